@@ -1,0 +1,195 @@
+"""Tracking overhead of a sweep: sweeplab against the pattern users write today, in one run.
+
+The peer: Optuna + optuna-integration's ``MLflowCallback`` (one MLflow run per trial, params and
+final value) with ``mlflow.log_metric`` called per epoch and metric inside the objective
+(``@callback.track_in_mlflow()``), which is how the curves get there.
+
+sweeplab: the real driver (``run_sweep``) on a registered trivial task whose "training" replays
+a fixed curve, so the figure includes everything sweeplab records per trial (child run under a
+parent, all params, batched curve points, summary metrics and tags, config.json artifact,
+provenance tags, and the parent's data report). Curve PNGs and checkpoints are switched off:
+they are artifacts, not tracking, and the peer makes none (``--plots`` adds them back to show
+their cost).
+
+Points are flushed at most once a second by default; the figure "flush each eval" forces one
+``log_batch`` per evaluation, which is what happens when epochs take longer than that.
+
+Both write to their own embedded SQLite store in a temporary folder. Overhead per trial is
+``(wall time - wall time of the same Optuna study without tracking) / trials``.
+
+    python benchmarks/tracking_overhead.py                 # 20 trials x 30 epochs x 5 metrics
+    python benchmarks/tracking_overhead.py --trials 10 --epochs 50 --plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc")
+
+
+def curve(x: float, epoch: int) -> dict[str, float]:
+    """A deterministic learning curve with a minimum of the validation loss mid-way."""
+    return {
+        "train_loss": 1.0 / epoch + x,
+        "val_loss": 1.0 / epoch + 0.01 * epoch + x,
+        "val_accuracy": 1.0 - 1.0 / (epoch + 1) - x,
+        "val_f1_macro": 0.9 - 1.0 / (epoch + 2),
+        "val_roc_auc": 0.95 - 1.0 / (epoch + 3),
+    }
+
+
+def bare(trials: int, epochs: int) -> float:
+    """The same study with no tracking at all: the baseline that overhead is measured against."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 0.1)
+        points = [curve(x, e) for e in range(1, epochs + 1)]
+        return max(p["val_accuracy"] for p in points)
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    return time.perf_counter() - start
+
+
+def peer(trials: int, epochs: int, folder: Path) -> float:
+    """Optuna + MLflowCallback + mlflow.log_metric per epoch and metric."""
+    import warnings
+
+    import mlflow
+    from optuna_integration.mlflow import MLflowCallback
+
+    warnings.filterwarnings("ignore")  # MLflowCallback's deprecation and experimental warnings
+
+    callback = MLflowCallback(tracking_uri=f"sqlite:///{folder / 'peer.db'}", metric_name="val_accuracy")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), study_name="peer")
+
+    @callback.track_in_mlflow()
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 0.1)
+        best = -math.inf
+        for epoch in range(1, epochs + 1):
+            point = curve(x, epoch)
+            for key in METRICS:
+                mlflow.log_metric(key, point[key], step=epoch)
+            best = max(best, point["val_accuracy"])
+        return best
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials, callbacks=[callback])
+    return time.perf_counter() - start
+
+
+def _sweeplab_task(epochs: int) -> Any:
+    """A registered task whose fit replays :func:`curve` through sweeplab's real fit loop."""
+    from sweeplab.datasets.report import ReadReport
+    from sweeplab.tasks import Loaded, Task, TrialEnv
+    from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+
+    class Replay:
+        def __init__(self, x: float) -> None:
+            self.x, self.epoch = x, 0
+
+        def train_round(self) -> tuple[int, float]:
+            self.epoch += 1
+            return self.epoch, curve(self.x, self.epoch)["train_loss"]
+
+        def evaluate(self) -> Evaluation:
+            point = curve(self.x, self.epoch)
+            return Evaluation({k: v for k, v in point.items() if k != "train_loss"})
+
+        def snapshot(self) -> dict[str, Any]:
+            return {}
+
+        def predict_unlabelled(self) -> None:
+            return None
+
+        def after_evaluation(self, metrics: Mapping[str, float]) -> None:
+            pass
+
+    def load(data_dir: Path, seed: int, val_fraction: float) -> Loaded:
+        return Loaded(payload=None, reports=(ReadReport("replay"),), fingerprint="replay")
+
+    def fit_replay(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        return fit(Replay(float(config["x"])), int(config["epochs"]), reporter, "val_accuracy", early_stop=None)
+
+    return Task(
+        name="bench-replay", summary="replays a fixed curve", metric="val_accuracy", direction="maximize",
+        defaults={"x": 0.0, "epochs": epochs}, default_space="", sample_data=Path("."), load=load,
+        prepare=lambda loaded, config, env: None, fit=fit_replay,
+    )
+
+
+def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str, flush_seconds: float = 1.0) -> float:
+    """The real ``run_sweep`` on the replay task (its store is ``folder/store``)."""
+    from sweeplab.sweeps.driver import SweepOptions, run_sweep
+    from sweeplab.tasks import register, task_names
+
+    if "bench-replay" not in task_names():
+        register(_sweeplab_task(epochs))
+    folder.mkdir(parents=True, exist_ok=True)
+    space = folder / "space.toml"
+    space.write_text(f'[search.x]\nlow = 0.0\nhigh = 0.1\n\n[fixed]\nepochs = {epochs}\n', encoding="utf-8")
+    options = SweepOptions(
+        task="bench-replay", trials=trials, space=str(space), sampler="random", pruner="none",
+        store_dir=folder / "store", checkpoints="none", plots=plots, study=study, flush_seconds=flush_seconds,
+    )
+    start = time.perf_counter()
+    run_sweep(options)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--plots", action="store_true", help="also measure sweeplab with curve PNGs on")
+    parser.add_argument("--json", type=Path, help="write the figures to this file too")
+    args = parser.parse_args()
+
+    from sweeplab.tracker.store import quiet_libraries
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # Warm-up: create both SQLite schemas (MLflow migrations take seconds, once per store).
+        peer(1, 1, folder)
+        sweeplab_run(1, args.epochs, folder, plots=False, study="warm-up")
+        base = bare(args.trials, args.epochs)
+        peer_s = peer(args.trials, args.epochs, folder)
+        ours_s = sweeplab_run(args.trials, args.epochs, folder, plots=False, study="measured")
+        figures = {
+            "trials": args.trials, "epochs": args.epochs, "metrics": len(METRICS),
+            "bare_s": base, "peer_s": peer_s, "sweeplab_s": ours_s,
+            "peer_overhead_per_trial_s": (peer_s - base) / args.trials,
+            "sweeplab_overhead_per_trial_s": (ours_s - base) / args.trials,
+        }
+        figures["ratio_sweeplab_to_peer"] = figures["sweeplab_overhead_per_trial_s"] / figures["peer_overhead_per_trial_s"]
+        # Real epochs take longer than the 1 s flush interval: then every evaluation is its own
+        # log_batch call. This is sweeplab's worst case.
+        each_s = sweeplab_run(args.trials, args.epochs, folder, plots=False, study="measured-each", flush_seconds=0.0)
+        figures["sweeplab_flush_each_eval_overhead_per_trial_s"] = (each_s - base) / args.trials
+        figures["ratio_flush_each_eval_to_peer"] = (
+            figures["sweeplab_flush_each_eval_overhead_per_trial_s"] / figures["peer_overhead_per_trial_s"]
+        )
+        if args.plots:
+            plots_s = sweeplab_run(args.trials, args.epochs, folder, plots=True, study="measured-plots")
+            figures["sweeplab_with_plots_overhead_per_trial_s"] = (plots_s - base) / args.trials
+    for key, value in figures.items():
+        print(f"{key:42} {value:.4f}" if isinstance(value, float) else f"{key:42} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The ``sweep`` command: thin Typer commands that parse, call one function and render with rich."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from sweeplab.errors import SweeplabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
+console = Console()
+errors = Console(stderr=True)
+
+StoreDir = Annotated[Path, typer.Option("--store-dir", help="Folder of the embedded store (SQLite + artifacts + Optuna journal).")]
+TrackingUri = Annotated[
+    Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the embedded store).")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _parse_sets(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SweeplabError(f"--set {item}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="Task to sweep: sentiment.")],
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median (prune trials far behind others) or none.")] = "median",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the sampler, the validation split and training.")] = 0,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: SPACE-SAMPLER).")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (default: sweeplab-TASK).")] = None,
+    store_dir: StoreDir = Path("mlruns"),
+    tracking_uri: TrackingUri = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage: RDB URL or journal file (default: beside the store).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Prepared-data cache (default: STORE_DIR/cache).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Fix a parameter: --set text_model=tiny (repeatable).")] = [],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (mixed precision via torch.autocast).")] = "auto",
+    early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="Stop a trial at its overfitting onset.")] = True,
+    onset_s: Annotated[int, typer.Option("--onset-s", help="UP_s: successive validation-loss rises that mark the onset.")] = 3,
+    onset_alpha: Annotated[float, typer.Option("--onset-alpha", help="GL_alpha: generalization-loss threshold in percent.")] = 5.0,
+    checkpoints: Annotated[str, typer.Option("--checkpoints", help="best (each new best trial), all or none.")] = "best",
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.")] = True,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
+) -> None:
+    """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
+    from sweeplab.console import RichObserver
+    from sweeplab.sweeps.driver import SweepFailed, SweepOptions, run_sweep
+
+    try:
+        options = SweepOptions(
+            task=task, trials=trials, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed,
+            study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
+            cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
+            early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, plots=plots,
+            val_fraction=val_fraction,
+        )
+        with RichObserver(console, "val_accuracy") as observer:
+            outcome = run_sweep(options, observer)
+    except SweeplabError as exc:
+        raise _fail(str(exc)) from None
+    except SweepFailed as exc:
+        raise _fail(str(exc), code=1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the same command again to resume", code=130) from None
+    for line in outcome.data_report:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+    counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
+    console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
+    console.print(f"MLflow: {outcome.tracking_uri}  experiment {outcome.experiment}  parent run {outcome.parent_run_id}")
+    console.print(f"next: sweep best --task {task}    sweep ui")
+
+
+@app.command()
+def best(
+    task: Annotated[str, typer.Option("--task", help="Task whose trials to rank.")],
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Summary metric to rank by (default: best_val_accuracy for the task).")] = None,
+    top: Annotated[int, typer.Option("--top", help="How many trials to show.")] = 1,
+    study: Annotated[Optional[str], typer.Option("--study", help="Only this study.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    store_dir: StoreDir = Path("mlruns"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """The best trial(s) of a task, from the tracking store alone: params, best epoch, onset, checkpoint."""
+    from sweeplab.tasks import get_task
+    from sweeplab.tracker.query import best_trials
+    from sweeplab.tracker.store import quiet_libraries, resolve_store
+
+    try:
+        spec = get_task(task)
+        if top < 1:
+            raise SweeplabError(f"--top {top}: expected a positive number")
+        store = resolve_store(store_dir, tracking_uri)
+        if store.is_local and not (store.root / "mlflow.db").is_file():
+            raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run {task}` first, or pass --store-dir)")
+        quiet_libraries()
+        rows = best_trials(store.tracking_uri, spec.name, metric or spec.best_metric, top=top, study=study)
+    except SweeplabError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif rows:
+        from sweeplab.console import trial_panels
+
+        for table in trial_panels(rows):
+            console.print(table)
+            console.print()
+    if not rows:
+        raise _fail(f"no finished trials of task {task} with metric {metric or spec.best_metric} in {store.tracking_uri}", code=1)
+
+
+@app.command()
+def ui(
+    store_dir: StoreDir = Path("mlruns"),
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the same store (parent run = sweep, child runs = trials)."""
+    from sweeplab.tracker.store import resolve_store
+
+    store = resolve_store(store_dir, tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI on http://{host}:{port} for {store.tracking_uri}")
+    raise typer.Exit(subprocess.call(command, env={**os.environ}))
+
+
+@app.command()
+def spaces(name: Annotated[Optional[str], typer.Argument(help="Print this built-in space (to copy and edit).")] = None) -> None:
+    """List the built-in search spaces, or print one."""
+    from sweeplab.sweeps.space import builtin_spaces
+
+    found = builtin_spaces()
+    if name is None:
+        for key, path in sorted(found.items()):
+            console.print(f"{key:24} {path}", highlight=False)
+        return
+    if name not in found:
+        raise _fail(f"{name}: no built-in space of that name (built-in: {', '.join(sorted(found))})")
+    print(found[name].read_text(encoding="utf-8"), end="")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,88 @@
+"""What the ``sweep`` command shows: a rich progress display during a sweep, tables after."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sweeplab.tracker.query import TrialRow
+
+__all__ = ["RichObserver", "trial_panels"]
+
+
+class RichObserver:
+    """A :class:`~sweeplab.sweeps.driver.SweepObserver` drawing two bars: trials (with the best
+    value so far) and the epochs of the running trial (with its latest metrics)."""
+
+    def __init__(self, console: Console, metric: str) -> None:
+        self.console = console
+        self.metric = metric
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self.trials: TaskID | None = None
+        self.epochs: TaskID | None = None
+
+    def __enter__(self) -> RichObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def sweep_started(self, study: str, total: int, done: int) -> None:
+        self.trials = self.progress.add_task(f"sweep {study}", total=total, completed=done)
+        self.epochs = self.progress.add_task("trial", total=1, visible=False)
+
+    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None:
+        self.progress.reset(self.epochs, total=max(rounds, 1), description=f"  trial {number}", visible=True)
+
+    def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None:
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("val_loss", self.metric))
+        self.progress.update(self.epochs, completed=step, description=f"  trial {number} {shown}")
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
+        value_text = "" if value is None else f" {self.metric}={value:.4f}"
+        self.progress.console.print(f"trial {number}: {state}{value_text}")
+        best_text = "" if best is None else f" (best {self.metric} {best:.4f})"
+        description = self.progress.tasks[self.trials].description.split(" (best")[0]
+        if state in ("complete", "pruned"):
+            self.progress.advance(self.trials)
+        self.progress.update(self.trials, description=description + best_text)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]:
+    """One key/value table per trial, best first: value, best epoch, overfitting onset,
+    parameters, run id, checkpoint and predictions locations."""
+    tables = []
+    for rank, row in enumerate(rows, start=1):
+        table = Table(
+            title=f"#{rank}  {row.metric} = {row.value:.4f}   (trial {row.trial} of study {row.study})",
+            title_justify="left", show_header=False, box=None, padding=(0, 2),
+        )
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        onset = row.summary.get(f"overfit_{x_axis}")
+        criterion = row.params.get("overfit_criterion", "")
+        table.add_row(f"best {x_axis}", _fmt(row.summary.get(f"best_{x_axis}")))
+        table.add_row("overfit onset", f"none ({criterion})" if onset is None else f"{onset:g} ({row.overfit} of {criterion})")
+        for key in ("best_val_loss", "best_val_f1_macro", "best_val_roc_auc", "gl_final"):
+            if key in row.summary and key != row.metric:
+                table.add_row(key, _fmt(row.summary[key]))
+        shown = {k: v for k, v in sorted(row.params.items()) if not k.startswith("overfit_")}
+        table.add_row("params", "  ".join(f"{k}={v}" for k, v in shown.items()))
+        table.add_row("run id", f"{row.run_id}  ({row.experiment})")
+        table.add_row("checkpoint", row.checkpoint or "not logged (see --checkpoints)")
+        if row.predictions:
+            table.add_row("predictions", row.predictions)
+        tables.append(table)
+    return tables

@@ -1,0 +1,71 @@
+"""Prepared data, made once per sweep and shared by every trial that can reuse it.
+
+Decoding images, tokenising texts and running a frozen backbone over the data cost far more than
+training a head, and they depend on a few settings (backbone, maximum length, image size), not on
+the trial. :class:`PrepCache` keys each prepared object by those settings: in memory for the
+length of a sweep, and on disk (``torch.save``) so that a rerun or a resumed sweep skips the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["PrepCache", "fingerprint_files"]
+
+T = TypeVar("T")
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    """A short hash of file names, sizes and modification times: changes when the data does."""
+    digest = hashlib.sha1()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class PrepCache:
+    """Memoise ``build()`` by ``(kind, key)``; persist to ``folder`` when one is given."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[str, Any] = {}
+        self.hits = 0
+        self.builds = 0
+
+    @staticmethod
+    def _name(kind: str, key: Mapping[str, Any]) -> str:
+        blob = json.dumps(dict(key), sort_keys=True, default=str).encode()
+        return f"{kind}-{hashlib.sha1(blob).hexdigest()[:16]}"
+
+    def get(self, kind: str, key: Mapping[str, Any], build: Callable[[], T]) -> T:
+        """The object prepared for ``key``: from memory, else from disk, else built and stored."""
+        name = self._name(kind, key)
+        if name in self._memory:
+            self.hits += 1
+            return self._memory[name]
+        path = self.folder / f"{name}.pt" if self.folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                value = torch.load(path, weights_only=True)
+                self.hits += 1
+                self._memory[name] = value
+                return value
+            except Exception:  # a truncated file from a killed run: rebuild it
+                path.unlink(missing_ok=True)
+        value = build()
+        self.builds += 1
+        self._memory[name] = value
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            torch.save(value, partial)
+            partial.replace(path)
+        return value

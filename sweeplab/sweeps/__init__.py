@@ -1,0 +1,1 @@
+"""Search spaces (one TOML per task and stage) and the Optuna driver."""

@@ -1,0 +1,405 @@
+"""The Optuna driver: one study per sweep, one MLflow child run per trial.
+
+Path of one trial: Optuna suggests a configuration from the space -> the tracker opens a child
+run under the sweep's parent run -> the task's trainer fits, and after every evaluation the
+reporter logs the curve point and reports the task metric to Optuna (which may prune) -> the
+tracker summarises the finished curve (best evaluation, overfitting onset), logs the summary and
+artifacts -> the objective returns the metric at the best evaluation, not the last one.
+
+Everything a user can get wrong (task, data, space, flags) is checked before the store is touched,
+so a bad command writes nothing. The study and the parent run are found again by name, so the
+same command run again resumes: ``--trials N`` is the number of finished (complete or pruned)
+trials the study should hold.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from sweeplab.datasets.cache import PrepCache
+from sweeplab.errors import SweeplabError
+from sweeplab.sweeps.space import Space, load_space
+from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
+from sweeplab.tracker import plots
+from sweeplab.tracker.curves import OnsetRule
+from sweeplab.tracker.provenance import provenance_tags
+from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
+from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
+from sweeplab.tracker.summary import TrialSummary, summarise
+from sweeplab.trainers.device import freeze_long_lived, pick_device, release_memory
+from sweeplab.trainers.loop import FitResult
+
+__all__ = ["SAMPLERS", "SweepFailed", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
+
+SAMPLERS = ("tpe", "grid", "random")
+PRUNERS = ("median", "none")
+CHECKPOINTS = ("best", "all", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepFailed(RuntimeError):
+    """The sweep ran but no trial finished (each failure's reason is on its MLflow run)."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Everything ``sweep run`` accepts, as plain values."""
+
+    task: str
+    trials: int = 6
+    data_dir: Path | None = None
+    space: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    study: str | None = None
+    experiment: str | None = None
+    store_dir: Path = Path("mlruns")
+    tracking_uri: str | None = None
+    storage: str | None = None
+    cache_dir: Path | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "auto"
+    early_stop: bool = True
+    onset_s: int | None = 3
+    onset_alpha: float | None = 5.0
+    checkpoints: str = "best"
+    plots: bool = True
+    val_fraction: float = 0.2
+    flush_seconds: float = 1.0
+
+
+class SweepObserver(Protocol):
+    """Hears the sweep's progress (the CLI renders it with rich; tests may record it)."""
+
+    def sweep_started(self, study: str, total: int, done: int) -> None: ...
+
+    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None: ...
+
+    def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None: ...
+
+
+class _Silent:
+    def sweep_started(self, study: str, total: int, done: int) -> None:
+        pass
+
+    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None:
+        pass
+
+    def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
+        pass
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished ``run_sweep`` reports."""
+
+    study: str
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    data_report: list[str]
+
+
+def _parse_override(task: Task, key: str, value: Any) -> Any:
+    """Coerce a ``--set key=value`` string to the type of the task's default."""
+    if key not in task.defaults:
+        raise SweeplabError(f"--set {key}: unknown parameter for task {task.name} (known: {', '.join(sorted(task.defaults))})")
+    default = task.defaults[key]
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise SweeplabError(f"--set {key}={value}: expected a {type(default).__name__}") from None
+    return value
+
+
+def _validate(options: SweepOptions) -> None:
+    if options.trials < 1:
+        raise SweeplabError(f"--trials {options.trials}: expected a positive number of trials")
+    if options.sampler not in SAMPLERS:
+        raise SweeplabError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
+    if options.pruner not in PRUNERS:
+        raise SweeplabError(f"--pruner {options.pruner}: expected one of {', '.join(PRUNERS)}")
+    if options.checkpoints not in CHECKPOINTS:
+        raise SweeplabError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
+    if not 0 < options.val_fraction < 1:
+        raise SweeplabError(f"--val-fraction {options.val_fraction}: expected a number between 0 and 1")
+
+
+def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler:
+    if options.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=options.seed)
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(10, max(2, options.trials // 4)))
+
+
+def _pruner(options: SweepOptions) -> optuna.pruners.BasePruner:
+    if options.pruner == "none":
+        return optuna.pruners.NopPruner()
+    # A trial is "far behind" when its metric is below the median of earlier trials at the same
+    # step, judged only after 3 finished trials and from the 3rd evaluation on.
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+
+
+class _Reporter:
+    """Bridges the trainer's evaluations to MLflow (curve points), Optuna (pruning) and the
+    observer (progress)."""
+
+    def __init__(self, trial: optuna.Trial, run: TrialRecorder, observer: SweepObserver, metric: str, prune: bool) -> None:
+        self.trial, self.run, self.observer, self.metric, self.prune = trial, run, observer, metric, prune
+
+    def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
+        self.run.log_point(step, metrics)
+        self.observer.evaluated(self.trial.number, step, metrics)
+        value = metrics.get(self.metric, math.nan)
+        if not self.prune or not math.isfinite(value):
+            return False
+        self.trial.report(value, int(step))
+        return self.trial.should_prune()
+
+
+class _Objective:
+    """One call is one trial; see the module docstring for the path it takes."""
+
+    def __init__(self, task: Task, space: Space, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
+                 options: SweepOptions, observer: SweepObserver, rule: OnsetRule, staging: Path) -> None:
+        self.task, self.space, self.loaded, self.env = task, space, loaded, env
+        self.recorder, self.options, self.observer, self.rule, self.staging = recorder, options, observer, rule, staging
+        self.best: float | None = None
+        self.user_error: SweeplabError | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.task.direction == "maximize" else value < self.best
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = {**self.task.defaults, **self.space.suggest(trial)}
+        tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
+        params = {**config, **self.rule.as_params(), "seed": self.options.seed}
+        run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        trial.set_user_attr("worker", _WORKER)
+        self.observer.trial_started(trial.number, config, int(config.get("epochs", 0)))
+        env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
+        prune = self.options.pruner != "none"
+        try:
+            result = self.task.fit(self.loaded, config, env, _Reporter(trial, run, self.observer, self.task.metric, prune))
+            summary = summarise(result.history, self.task.metric, self.task.direction, self.rule)
+            if summary.value is None:
+                raise RuntimeError(f"no finite {self.task.metric} in any evaluation")
+            state = "pruned" if result.stopped == "pruned" else "complete"
+            stop_tag = {"sweeplab.stopped": result.stopped or "none"}
+            run.log_summary(summary.metrics, {**summary.tags, **stop_tag})
+            self._artifacts(run, config, result, summary, state)
+        except KeyboardInterrupt:
+            run.close("killed", "interrupted")
+            self.observer.trial_finished(trial.number, "killed", None, self.best)
+            raise
+        except Exception as exc:
+            if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
+                self.user_error = exc
+                trial.study.stop()
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if isinstance(exc, torch.OutOfMemoryError):
+                reason = f"out of memory: {reason}"
+            trial.set_user_attr("fail_reason", reason)
+            run.close("failed", reason)
+            self.observer.trial_finished(trial.number, "failed", None, self.best)
+            raise
+        finally:
+            release_memory()
+        run.close(state)
+        if state == "complete" and self._better(summary.value):
+            self.best = summary.value
+        self.observer.trial_finished(trial.number, state, summary.value, self.best)
+        if state == "pruned":
+            raise optuna.TrialPruned()
+        return summary.value
+
+    def _artifacts(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary, state: str) -> None:
+        run.log_dict({"task": self.task.name, "config": dict(config), "onset_rule": self.rule.as_params()}, "config.json")
+        if self.options.plots:
+            fig = plots.curves_figure(result.history, summary, self.task.metric)
+            run.log_figure(fig, "curves.png")
+            plots.close(fig)
+            if self.task.class_names and "y_true" in result.outputs:
+                fig = plots.confusion_figure(
+                    result.outputs["y_true"], result.outputs["y_pred"], self.task.class_names,
+                    f"validation, best epoch {result.history[summary.best]['step']:g}",
+                )
+                run.log_figure(fig, "confusion_matrix.png")
+                plots.close(fig)
+        keep = self.options.checkpoints == "all" or (
+            self.options.checkpoints == "best" and state == "complete" and self._better(summary.value)
+        )
+        if not keep:
+            return
+        tags = {}
+        if result.state is not None:
+            path = self.staging / "model.pt"
+            torch.save({"state_dict": result.state, "config": dict(config), "task": self.task.name,
+                        "best_step": result.history[summary.best]["step"]}, path)
+            tags["sweeplab.checkpoint"] = run.log_file(path, "checkpoint")
+            path.unlink()
+        if result.predictions is not None and self.task.format_predictions is not None:
+            tags["sweeplab.predictions"] = run.log_text(
+                self.task.format_predictions(result.predictions), "predictions/test_predictions.txt"
+            )
+        if tags:
+            run.set_tags(tags)
+
+
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_dead_local_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose worker process on this host no longer exists (a killed
+    sweep). Trials of other hosts are left to RDB heartbeats."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "killed: its process ended")
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in TrialState}
+
+
+def _study_name(options: SweepOptions, space: Space) -> str:
+    return options.study or f"{space.name}-{options.sampler}"
+
+
+def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep until the study holds ``options.trials`` finished trials."""
+    observer = observer or _Silent()
+    _validate(options)
+    task = get_task(options.task)
+    overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
+    space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
+    sampler = _sampler(options, space)
+    rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
+    device = pick_device(options.device)
+    data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
+    loaded = task.load(data_dir, options.seed, options.val_fraction)
+
+    # Nothing above writes anything; from here on the store exists.
+    quiet_libraries()
+    store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
+    cache = PrepCache(options.cache_dir or store.root / "cache")
+    env = TrialEnv(device=device, precision=options.precision, cache=cache, seed=options.seed, trial_seed=options.seed,
+                   early_stop=rule if options.early_stop else None, keep_state=options.checkpoints != "none")
+    task.prepare(loaded, {**task.defaults, **space.fixed}, env)
+
+    study_name = _study_name(options, space)
+    study = optuna.create_study(storage=open_optuna_storage(store.optuna_storage), sampler=sampler,
+                                pruner=_pruner(options), study_name=study_name, direction=task.direction,
+                                load_if_exists=True)
+    experiment = options.experiment or f"sweeplab-{task.name}"
+    sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
+                    "seed": options.seed, "data_dir": str(data_dir), "trials": options.trials,
+                    "device": str(device), "precision": options.precision, **rule.as_params()}
+    base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
+    recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params)
+    _fail_dead_local_trials(study)
+    live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    recorder.close_stale_trials(live)
+    report_lines = [line for r in loaded.reports for line in r.lines()]
+    recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
+    recorder.log_file(space.path)
+
+    freeze_long_lived()
+    staging_root = store.root / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    status = "FAILED"
+    try:
+        with tempfile.TemporaryDirectory(dir=staging_root) as staging:
+            objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
+            done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+            completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+            if completed:
+                objective.best = study.best_value
+            observer.sweep_started(study_name, options.trials, done)
+            while done < options.trials:
+                before = len(study.get_trials(deepcopy=False))
+                study.optimize(
+                    objective, n_trials=options.trials - done, catch=(Exception,),
+                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED)],
+                )
+                if objective.user_error is not None:
+                    raise objective.user_error
+                new_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+                if new_done == done or len(study.get_trials(deepcopy=False)) == before:
+                    break  # every new trial failed, or the grid is used up
+                done = new_done
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        counts = _counts(study)
+        best = next(iter(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), None)
+        summary = {f"trials_{k}": float(v) for k, v in counts.items()}
+        tags = {}
+        if best is not None:
+            summary["best_value"] = study.best_value
+            tags["sweeplab.best_trial"] = str(study.best_trial.number)
+            tags["sweeplab.best_run_id"] = study.best_trial.user_attrs.get("mlflow_run_id", "")
+        recorder.log_summary(summary, tags)
+        recorder.close(status)
+    failures = [t.user_attrs.get("fail_reason", "unknown") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    if counts["complete"] + counts["pruned"] == 0 and failures:
+        raise SweepFailed(f"every trial failed; last reason: {failures[-1]}")
+    return SweepOutcome(
+        study=study_name,
+        experiment=experiment,
+        parent_run_id=recorder.parent_run_id,
+        tracking_uri=store.tracking_uri,
+        counts=counts,
+        best_value=study.best_value if counts["complete"] else None,
+        best_trial=study.best_trial.number if counts["complete"] else None,
+        data_report=report_lines,
+    )

@@ -1,0 +1,103 @@
+"""The task registry: one :class:`Task` object per task, found by name.
+
+A task names everything the sweep engine needs and nothing more: how to load its data (cheap,
+validated before anything is written to a store), how to prepare it once per sweep (decoding,
+tokenising, features, all cached), how to fit one configuration, the metric a trial
+is judged by, every hyperparameter it accepts with its default, its default search space and its
+packaged sample data. Adding a task is one new module that defines ``TASK`` and one line in
+:data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweeplab.datasets.cache import PrepCache
+from sweeplab.datasets.report import ReadReport
+from sweeplab.errors import SweeplabError
+from sweeplab.tracker.curves import Direction, OnsetRule
+from sweeplab.trainers.loop import FitResult, Reporter
+
+__all__ = ["REGISTRY", "Loaded", "Task", "TrialEnv", "get_task", "register", "task_names"]
+
+#: task name -> "module:attribute" of its Task object (imported on first use: torch and
+#: transformers are slow to import, and a typo in the task name should fail fast).
+REGISTRY: dict[str, str] = {
+    "sentiment": "sweeplab.trainers.sentiment:TASK",
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A task's data after reading: the task-specific payload and what the readers skipped."""
+
+    payload: Any
+    reports: tuple[ReadReport, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class TrialEnv:
+    """Where and how a trial runs; plain values shared by every trial of a sweep."""
+
+    device: torch.device
+    precision: str
+    cache: PrepCache
+    seed: int
+    trial_seed: int
+    early_stop: OnsetRule | None
+    keep_state: bool = True
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything the sweep engine needs to know about a task."""
+
+    name: str
+    summary: str
+    metric: str
+    direction: Direction
+    defaults: Mapping[str, Any]
+    default_space: str
+    sample_data: Path | None
+    load: Callable[[Path, int, float], Loaded]
+    prepare: Callable[[Loaded, Mapping[str, Any], TrialEnv], None]
+    fit: Callable[[Loaded, Mapping[str, Any], TrialEnv, Reporter], FitResult]
+    class_names: tuple[str, ...] = ()
+    format_predictions: Callable[[Any], str] | None = None
+
+    @property
+    def best_metric(self) -> str:
+        """The summary metric holding the trial's value, e.g. ``best_val_accuracy``."""
+        return f"best_{self.metric}"
+
+
+_REGISTERED: dict[str, Task] = {}
+
+
+def register(task: Task) -> None:
+    """Make a task object defined outside sweeplab (a plug-in, a benchmark) runnable by name."""
+    if task.name in REGISTRY or task.name in _REGISTERED:
+        raise ValueError(f"a task named {task.name!r} is already registered")
+    _REGISTERED[task.name] = task
+
+
+def task_names() -> list[str]:
+    """Every registered task name."""
+    return sorted({*REGISTRY, *_REGISTERED})
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; a clear error naming the known ones otherwise."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in REGISTRY:
+        raise SweeplabError(f"unknown task {name!r} (expected one of: {', '.join(task_names())})")
+    module, attr = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)

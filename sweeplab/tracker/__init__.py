@@ -1,0 +1,1 @@
+"""MLflow: the store, logging a sweep (batched), curve analysis, queries and plots."""

@@ -1,0 +1,58 @@
+"""Figures logged with each trial: the learning curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from sweeplab.tracker.summary import TrialSummary  # noqa: E402
+
+__all__ = ["confusion_figure", "curves_figure"]
+
+
+def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary, metric: str, x_axis: str = "epoch") -> Figure:
+    """Loss (train and validation) and the task metric against the step, with the best
+    evaluation and the overfitting onset marked."""
+    steps = [p["step"] for p in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
+    ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
+    ax_metric.plot(steps, [p.get(metric, np.nan) for p in history], "o-", color="tab:green", label=metric)
+    for ax in (ax_loss, ax_metric):
+        if summary.best is not None:
+            ax.axvline(steps[summary.best], color="tab:green", linestyle="--", label=f"best {x_axis} {steps[summary.best]:g}")
+        if summary.onset is not None:
+            ax.axvline(
+                steps[summary.onset.index], color="tab:red", linestyle=":",
+                label=f"overfit onset {steps[summary.onset.index]:g} ({summary.tags['sweeplab.overfit_criterion']})",
+            )
+        ax.set_xlabel(x_axis)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax_loss.set_title("loss")
+    ax_metric.set_title(metric)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Confusion matrix (scikit-learn's display) of the predictions at the best evaluation."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(len(class_names))), display_labels=list(class_names), ax=ax, colorbar=False
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    """Free a figure's memory (pyplot keeps every open figure)."""
+    plt.close(fig)

@@ -1,0 +1,210 @@
+"""Logging a sweep to MLflow: one parent run per sweep, one child run per trial.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent
+``mlflow.start_run`` state), so nesting is always right and worker threads or processes cannot
+mix runs up. Curve points are buffered and written with ``log_batch`` (one call carries every
+metric of an evaluation, and points that arrive within ``flush_seconds`` of each other share a
+call): ``log_metric`` per value is the slow path peers use (mlflow#5269). A trial's buffer is
+flushed before its run is closed, whatever way the trial ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+
+__all__ = ["ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
+
+ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
+STATE = "sweeplab.state"  # running | complete | pruned | failed | killed
+MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
+
+
+class TrialRecorder:
+    """One trial's child run: buffered curve points, summary, state and artifacts."""
+
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str, flush_seconds: float = 1.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+        self.flush_seconds = flush_seconds
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.closed = False
+
+    def log_point(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Buffer one evaluation's metrics (``step`` is the x axis); flush when due."""
+        stamp = _now_ms()
+        for key, value in metrics.items():
+            if key != "step" and value is not None:
+                self._buffer.append(Metric(key, float(value), stamp, int(step)))
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered points in batches of up to 1,000 (MLflow's limit per call)."""
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        self._last_flush = time.monotonic()
+
+    def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        """Summary metrics (no step) and tags, in one call with whatever is still buffered."""
+        stamp = _now_ms()
+        self._buffer += [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(v)]
+        batch_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, metrics=self._buffer[:1000], tags=batch_tags, synchronous=True)
+        self._buffer = self._buffer[1000:]
+        self.flush()
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def artifact_location(self, path: str) -> str:
+        """Full URI of an artifact of this run."""
+        return f"{self.artifact_uri.rstrip('/')}/{path}"
+
+    def log_file(self, local_path: Path, artifact_dir: str | None = None) -> str:
+        """Log a file; returns its artifact URI."""
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
+        return self.artifact_location(f"{artifact_dir}/{local_path.name}" if artifact_dir else local_path.name)
+
+    def log_text(self, text: str, artifact_file: str) -> str:
+        self.client.log_text(self.run_id, text, artifact_file)
+        return self.artifact_location(artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, json.loads(json.dumps(data, default=str)), artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def close(self, state: str, reason: str | None = None) -> None:
+        """Flush, record the final state (and the reason of a failure) and end the run.
+
+        MLflow status: FINISHED for complete and pruned trials (``sweeplab.state`` tells them
+        apart), FAILED for failures, KILLED for interrupted trials.
+        """
+        if self.closed:
+            return
+        tags = {STATE: state}
+        if reason:
+            tags["sweeplab.fail_reason"] = reason[:4000]
+        try:
+            self.flush()
+        finally:
+            self.set_tags(tags)
+            status = {"complete": "FINISHED", "pruned": "FINISHED", "killed": "KILLED"}.get(state, "FAILED")
+            self.client.set_terminated(self.run_id, status=status)
+            self.closed = True
+
+
+class SweepRecorder:
+    """The sweep's parent run, found again on a rerun (same experiment and study name)."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, base_tags: Mapping[str, str]) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.base_tags = dict(base_tags)
+
+    @classmethod
+    def open(
+        cls,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: str | None,
+        study_name: str,
+        base_tags: Mapping[str, str],
+        params: Mapping[str, Any],
+    ) -> SweepRecorder:
+        """Get or create the experiment and the sweep's parent run; log the sweep's params."""
+        client = MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = f"{artifact_root.rstrip('/')}/{experiment}" if artifact_root else None
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        existing = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`sweeplab.study` = '{study_name}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1,
+        )
+        tags = {**base_tags, ROLE: "sweep", "sweeplab.study": study_name}
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+        else:
+            run_id = client.create_run(experiment_id, tags=tags, run_name=study_name).info.run_id
+            items = list(_params(params))
+            for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+                client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_CALL], synchronous=True)
+        return cls(client, experiment_id, run_id, base_tags)
+
+    def start_trial(self, number: int, params: Mapping[str, Any], tags: Mapping[str, str], flush_seconds: float = 1.0) -> TrialRecorder:
+        """Create the child run of trial ``number`` with its params and tags, in two calls."""
+        run_tags = {
+            **self.base_tags,
+            **tags,
+            "mlflow.parentRunId": self.parent_run_id,
+            ROLE: "trial",
+            "sweeplab.trial": str(number),
+            STATE: "running",
+        }
+        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=f"trial-{number:03d}")
+        items = _params(params)
+        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(run.info.run_id, params=items[i : i + MAX_PARAMS_PER_CALL], synchronous=True)
+        return TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri, flush_seconds)
+
+    def close_stale_trials(self, live_numbers: set[int]) -> int:
+        """Close child runs left RUNNING by a killed process (their trial is not live in Optuna):
+        they become KILLED with ``sweeplab.state = killed``. Returns how many were closed."""
+        stale = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+            max_results=10000,
+        )
+        closed = 0
+        for run in stale:
+            if int(run.data.tags.get("sweeplab.trial", -1)) in live_numbers:
+                continue
+            TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri).close("killed", "the process running it ended")
+            closed += 1
+        return closed
+
+    def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        stamp = _now_ms()
+        self.client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(v)],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            synchronous=True,
+        )
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.parent_run_id, json.loads(json.dumps(data, default=str)), artifact_file)
+
+    def log_file(self, path: Path) -> None:
+        self.client.log_artifact(self.parent_run_id, str(path))
+
+    def close(self, status: str = RunStatus.to_string(RunStatus.FINISHED)) -> None:
+        self.client.set_terminated(self.parent_run_id, status=status)

@@ -1,0 +1,42 @@
+"""Classification metrics per evaluation, all computed by scikit-learn."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+__all__ = ["classification_metrics"]
+
+
+def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+    """Loss, accuracy, macro F1 and one-vs-rest macro ROC-AUC of class probabilities.
+
+    * ``loss`` -- mean cross-entropy (scikit-learn ``log_loss`` over all classes);
+    * ``accuracy`` -- share of argmax predictions equal to the label;
+    * ``f1_macro`` -- unweighted mean of the per-class F1 scores;
+    * ``roc_auc`` -- unweighted mean over classes of the one-vs-rest ROC-AUC; ``nan`` when a class
+      is absent from ``y_true`` (the AUC is then undefined).
+    """
+    n_classes = y_prob.shape[1]
+    labels = list(range(n_classes))
+    y_pred = y_prob.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        try:
+            if n_classes == 2:
+                auc = float(roc_auc_score(y_true, y_prob[:, 1]))
+            else:
+                auc = float(roc_auc_score(y_true, y_prob, multi_class="ovr", average="macro", labels=labels))
+        except ValueError:
+            auc = math.nan
+        f1 = float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
+    return {
+        f"{prefix}loss": float(log_loss(y_true, np.clip(y_prob, 1e-12, 1.0), labels=labels)),
+        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
+        f"{prefix}f1_macro": f1,
+        f"{prefix}roc_auc": auc,
+    }

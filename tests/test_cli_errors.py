@@ -1,0 +1,77 @@
+"""Bad input: one line naming the thing and what was expected, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sweeplab.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def _run(tmp_path: Path, *args: str):
+    return runner.invoke(app, ["run", *args, "--store-dir", str(tmp_path / "store")])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["nosuchtask"], "unknown task 'nosuchtask'"),
+        (["sentiment", "--trials", "0"], "--trials 0: expected a positive number"),
+        (["sentiment", "--data-dir", "/no/such/dir"], "/no/such/dir: data directory not found"),
+        (["sentiment", "--sampler", "annealing"], "--sampler annealing: expected one of"),
+        (["sentiment", "--set", "bogus=1"], "--set bogus: unknown parameter"),
+        (["sentiment", "--set", "batch_size=big"], "--set batch_size=big: expected a int"),
+        (["sentiment", "--space", "nope.toml"], "nope.toml: space file not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = _run(tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert expected in message and len(message.splitlines()) == 1, message
+    assert "Traceback" not in message
+    assert not (tmp_path / "store").exists()
+
+
+def test_header_error_names_the_file_and_line(tmp_path: Path, sentiment_dir: Path) -> None:
+    (sentiment_dir / "train.txt").write_text("id,label\n1,positive\n", encoding="utf-8")
+    result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir))
+    assert result.exit_code == 2
+    assert f"{sentiment_dir / 'train.txt'}:1: expected the header 'guid,tag'" in result.output.replace("\n", "")
+    assert not (tmp_path / "store").exists()
+
+
+def test_space_with_unknown_key_and_empty_range(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[search.learning_rate]\nlow = 1\nhigh = 2\n", encoding="utf-8")
+    result = _run(tmp_path, "sentiment", "--space", str(bad))
+    assert result.exit_code == 2 and "unknown parameter [search.learning_rate]" in result.output
+    bad.write_text("[search.lr]\nlow = 1e-3\nhigh = 1e-3\n", encoding="utf-8")
+    result = _run(tmp_path, "sentiment", "--space", str(bad))
+    assert result.exit_code == 2 and "empty range" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_grid_sampler_on_a_continuous_space_is_rejected_before_running(tmp_path: Path) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text("[search.lr]\nlow = 1e-6\nhigh = 1e-4\n", encoding="utf-8")
+    result = _run(tmp_path, "sentiment", "--space", str(space), "--sampler", "grid")
+    assert result.exit_code == 2 and "add grid" in result.output
+
+
+def test_best_without_a_store_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["best", "--task", "sentiment", "--store-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no tracking store here" in result.output
+
+
+def test_unreadable_images_are_skipped_and_reported(tmp_path: Path, sentiment_dir: Path) -> None:
+    first = (sentiment_dir / "train.txt").read_text(encoding="utf-8").splitlines()[1].split(",")[0]
+    (sentiment_dir / "data" / f"{first}.jpg").write_bytes(b"broken")
+    result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", "--set", "epochs=1", *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"1 x undecodable image file (first: {first}.jpg)" in result.output.replace("\n", "")
