@@ -207,9 +207,9 @@ class _Objective:
         config = {**self.task.defaults, **self.space.suggest(trial)}
         tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
         params = {**config, **self.rule.as_params(), "seed": self.options.seed}
+        trial.set_user_attr("worker", _WORKER)  # first: a kill after this point is recoverable
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        trial.set_user_attr("worker", _WORKER)
         self.observer.trial_started(trial.number, config, int(config.get("epochs", 0)))
         env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
         prune = self.options.pruner != "none"
@@ -362,12 +362,17 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
             if completed:
                 objective.best = study.best_value
-            observer.sweep_started(study_name, options.trials, done)
-            while done < options.trials:
+            target = options.trials
+            if isinstance(sampler, optuna.samplers.GridSampler):
+                target = min(target, len(space.grid_cells()))  # every cell once, never repeated
+            observer.sweep_started(study_name, target, done)
+            while done < target:
+                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+                    break
                 before = len(study.get_trials(deepcopy=False))
                 study.optimize(
-                    objective, n_trials=options.trials - done, catch=(Exception,),
-                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED)],
+                    objective, n_trials=target - done, catch=(Exception,),
+                    callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)],
                 )
                 if objective.user_error is not None:
                     raise objective.user_error

@@ -44,7 +44,7 @@ class TrialRecorder:
         self.artifact_uri = artifact_uri
         self.flush_seconds = flush_seconds
         self._buffer: list[Metric] = []
-        self._last_flush = time.monotonic()
+        self._last_flush = -math.inf  # the first point is written at once
         self.closed = False
 
     def log_point(self, step: int, metrics: Mapping[str, float]) -> None:

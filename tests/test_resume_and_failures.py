@@ -1,0 +1,163 @@
+"""Never lose data: a killed sweep resumes; a failing trial is recorded and the sweep goes on."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from sweeplab.cli import app
+from sweeplab.datasets.report import ReadReport
+from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.tasks import Loaded, Task, TrialEnv, register, task_names
+from sweeplab.trainers.loop import Diverged, Evaluation, FitResult, Reporter, fit
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def _children(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweeplab-sentiment")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'", max_results=100)
+
+
+def _progress(db: Path) -> tuple[int, int]:
+    """(finished runs, running runs with at least one curve point), read straight from the SQLite
+    file, read-only (an MlflowClient would try to create the schema while the sweep process is
+    creating it)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            finished = con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
+            running = con.execute(
+                "select count(distinct r.run_uuid) from runs r join metrics m on m.run_uuid = r.run_uuid "
+                "where r.status = 'RUNNING'"
+            ).fetchone()[0]
+            return finished, running
+    except sqlite3.Error:
+        return 0, 0
+
+
+def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path, sentiment_dir: Path) -> None:
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "3", "--data-dir", str(sentiment_dir),
+               "--store-dir", str(store), "--pruner", "none", "--no-early-stop", "--set", "epochs=40", *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            finished, running = _progress(store / "mlflow.db")
+            if finished >= 1 and running >= 1:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the sweep never had a finished and a running trial at once")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    finished_before = {r.info.run_id for r in _children(store) if r.info.status == "FINISHED"}
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    runs = _children(store)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert finished_before <= {r.info.run_id for r in runs}  # nothing completed was lost
+    states = sorted(r.data.tags["sweeplab.state"] for r in runs)
+    assert states.count("complete") == 3 and states.count("killed") == 1
+    killed = next(r for r in runs if r.data.tags["sweeplab.state"] == "killed")
+    assert killed.info.status == "KILLED" and len(MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_metric_history(
+        killed.info.run_id, "val_accuracy")) >= 1  # its partial curve is kept
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
+    study = optuna.load_study(study_name="sentiment-tpe", storage=storage)
+    counts = {s: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
+    assert counts[optuna.trial.TrialState.COMPLETE] == 3 and counts[optuna.trial.TrialState.FAIL] == 1
+    assert counts[optuna.trial.TrialState.RUNNING] == 0
+
+
+class _Replay:
+    def __init__(self, epochs: int) -> None:
+        self.epoch, self.epochs = 0, epochs
+
+    def train_round(self) -> tuple[int, float]:
+        self.epoch += 1
+        return self.epoch, 1.0 / self.epoch
+
+    def evaluate(self) -> Evaluation:
+        return Evaluation({"val_loss": 1.0 / self.epoch, "val_accuracy": self.epoch / 10})
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def predict_unlabelled(self) -> None:
+        return None
+
+    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
+        pass
+
+
+def _flaky_task() -> Task:
+    """Trial 1 diverges and trial 2 runs out of memory; the others replay a rising curve."""
+
+    def fit_flaky(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        number = env.trial_seed  # seed 0: the trial number
+        if number == 1:
+            raise Diverged("training loss is nan at step 2")
+        if number == 2:
+            raise __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fit(_Replay(3), 3, reporter, "val_accuracy")
+
+    return Task(
+        name="flaky", summary="test task", metric="val_accuracy", direction="maximize",
+        defaults={"x": 0.0, "epochs": 3}, default_space="", sample_data=Path("."),
+        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
+        prepare=lambda loaded, config, env: None, fit=fit_flaky,
+    )
+
+
+def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    if "flaky" not in task_names():
+        register(_flaky_task())
+    space = tmp_path / "space.toml"
+    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    outcome = run_sweep(SweepOptions(task="flaky", trials=3, space=str(space), store_dir=tmp_path / "store",
+                                     pruner="none", plots=False, experiment="flaky"))
+    assert outcome.counts["complete"] == 3 and outcome.counts["fail"] == 2
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name("flaky")
+    runs = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'")
+    reasons = {int(r.data.tags["sweeplab.trial"]): r.data.tags.get("sweeplab.fail_reason") for r in runs}
+    assert reasons[1] == "Diverged: training loss is nan at step 2"
+    assert reasons[2].startswith("out of memory: OutOfMemoryError")
+    assert {r.info.status for r in runs if r.data.tags["sweeplab.state"] == "failed"} == {"FAILED"}
+    assert len(runs) == 5
+
+
+def test_a_missing_model_stops_the_sweep_with_exit_2(tmp_path: Path, sentiment_dir: Path) -> None:
+    result = runner.invoke(app, ["run", "sentiment", "--data-dir", str(sentiment_dir), "--store-dir", str(tmp_path / "s"),
+                                 "--set", "text_model=/no/such/model", "--set", "image_model=tiny", "--trials", "4"])
+    assert result.exit_code == 2
+    assert "text model '/no/such/model' cannot be loaded offline" in result.output.replace("\n", "")
+    assert len(_children(tmp_path / "s")) == 1  # stopped after the first trial, not four
+
+
+def test_grid_sampler_walks_every_cell_once(tmp_path: Path, sentiment_dir: Path) -> None:
+    result = runner.invoke(app, ["run", "sentiment", "--space", "sentiment-refine", "--sampler", "grid", "--trials", "9",
+                                 "--data-dir", str(sentiment_dir), "--store-dir", str(tmp_path / "s"), "--pruner", "none",
+                                 "--set", "epochs=1", "--set", "batch_size=16", *TINY])
+    assert result.exit_code == 0, result.output
+    lrs = sorted(float(r.data.params["lr"]) for r in _children(tmp_path / "s"))
+    assert lrs == [8e-6, 9e-6, 1e-5, 1.1e-5, 1.2e-5]  # 5 cells: the grid ends the sweep early
