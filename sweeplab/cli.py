@@ -88,6 +88,10 @@ def run(
     for line in outcome.data_report:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
+    finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
+    if finished < outcome.target:
+        errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
+                     "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
     console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
     console.print(f"MLflow: {outcome.tracking_uri}  experiment {outcome.experiment}  parent run {outcome.parent_run_id}")
     console.print(f"next: sweep best --task {task}    sweep ui")
@@ -113,7 +117,7 @@ def best(
         if top < 1:
             raise SweeplabError(f"--top {top}: expected a positive number")
         store = resolve_store(store_dir, tracking_uri)
-        if store.is_local and not (store.root / "mlflow.db").is_file():
+        if store.is_default and not (store.root / "mlflow.db").is_file():
             raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run {task}` first, or pass --store-dir)")
         quiet_libraries()
         rows = best_trials(store.tracking_uri, spec.name, metric or spec.best_metric, top=top, study=study)

@@ -98,11 +98,15 @@ def test_sweep_best_json_names_the_top_child(swept: Path) -> None:
     assert table.exit_code == 0 and rows[0]["run_id"] in table.output.replace("\n", "")
 
 
-def test_rerun_resumes_the_same_study_and_parent(swept: Path, tmp_path: Path) -> None:
-    from tests.conftest import make_sentiment_dir
+def test_rerun_with_other_settings_is_refused(swept: Path) -> None:
+    result = runner.invoke(app, ["run", "sentiment", "--trials", "4", "--data-dir", str(swept / "data"), "--store-dir",
+                                 str(swept / "store"), "--pruner", "none", "--seed", "7", *TINY, "--set", "epochs=4"])
+    assert result.exit_code == 2
+    assert "study 'sentiment-tpe' was made with other settings (seed differs)" in result.output.replace("\n", "")
 
-    data = make_sentiment_dir(tmp_path / "data", train_rows=60, test_rows=8)
-    _sweep(swept, data, 4, "--set", "epochs=4", "--no-early-stop")
+
+def test_rerun_resumes_the_same_study_and_parent(swept: Path) -> None:
+    _sweep(swept, swept / "data", 4, "--set", "epochs=4", "--no-early-stop")
     _, parents, children = _runs(swept)
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["trials_complete"] == 4

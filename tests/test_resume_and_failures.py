@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from sweeplab.cli import app
 from sweeplab.datasets.report import ReadReport
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import SweepOptions, _requeue_killed_grid_cells, run_sweep
 from sweeplab.tasks import Loaded, Task, TrialEnv, register, task_names
 from sweeplab.trainers.loop import Diverged, Evaluation, FitResult, Reporter, fit
 from tests.conftest import TINY
@@ -161,3 +161,57 @@ def test_grid_sampler_walks_every_cell_once(tmp_path: Path, sentiment_dir: Path)
     assert result.exit_code == 0, result.output
     lrs = sorted(float(r.data.params["lr"]) for r in _children(tmp_path / "s"))
     assert lrs == [8e-6, 9e-6, 1e-5, 1.1e-5, 1.2e-5]  # 5 cells: the grid ends the sweep early
+
+
+def test_killed_grid_cells_are_queued_again_but_failed_ones_are_not() -> None:
+    study = optuna.create_study()
+    dist = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
+    for value, state, reason in ((1, "COMPLETE", None), (2, "FAIL", "killed: its process ended"),
+                                 (3, "FAIL", "Diverged: nan"), (4, "FAIL", "interrupted")):
+        trial = optuna.trial.create_trial(params={"b": value}, distributions={"b": dist},
+                                          state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
+                                          user_attrs={"fail_reason": reason} if reason else {})
+        study.add_trial(trial)
+    assert _requeue_killed_grid_cells(study) == 2
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["fixed_params"]["b"] for t in waiting) == [2, 4]
+    assert _requeue_killed_grid_cells(study) == 0  # already queued
+
+
+def _lagging_task() -> Task:
+    """Trials 0-2 climb to 0.9; later trials stay at 0.05, far behind the median."""
+
+    class Lagging(_Replay):
+        def __init__(self, epochs: int, scale: float) -> None:
+            super().__init__(epochs)
+            self.scale = scale
+
+        def evaluate(self) -> Evaluation:
+            return Evaluation({"val_loss": 1.0 / self.epoch, "val_accuracy": self.scale * self.epoch / 10})
+
+    def fit_lagging(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        return fit(Lagging(9, 1.0 if env.trial_seed < 3 else 0.05), 9, reporter, "val_accuracy")
+
+    return Task(
+        name="lagging", summary="test task", metric="val_accuracy", direction="maximize",
+        defaults={"x": 0.0}, default_space="", sample_data=Path("."),
+        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
+        prepare=lambda loaded, config, env: None, fit=fit_lagging,
+    )
+
+
+def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> None:
+    if "lagging" not in task_names():
+        register(_lagging_task())
+    space = tmp_path / "space.toml"
+    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    outcome = run_sweep(SweepOptions(task="lagging", trials=4, space=str(space), store_dir=tmp_path / "store",
+                                     plots=False, experiment="lagging"))
+    assert outcome.counts["complete"] == 3 and outcome.counts["pruned"] == 1
+    client = MlflowClient(outcome.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("lagging").experiment_id], "tags.`sweeplab.trial` = '3'")
+    (pruned,) = runs
+    assert pruned.data.tags["sweeplab.state"] == "pruned" and pruned.info.status == "FINISHED"
+    assert pruned.data.tags["sweeplab.stopped"] == "pruned"
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_accuracy")] == [1, 2, 3]
+    assert pruned.data.metrics["best_epoch"] == 3.0

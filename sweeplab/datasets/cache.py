@@ -65,7 +65,7 @@ class PrepCache:
         self._memory[name] = value
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
+            partial = path.with_suffix(f".{os.getpid()}.partial")  # workers may build the same entry
             torch.save(value, partial)
             partial.replace(path)
         return value

@@ -45,6 +45,7 @@ __all__ = ["SAMPLERS", "SweepFailed", "SweepObserver", "SweepOptions", "SweepOut
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "none")
 CHECKPOINTS = ("best", "all", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -119,6 +120,7 @@ class SweepOutcome:
     best_value: float | None
     best_trial: int | None
     data_report: list[str]
+    target: int = 0
 
 
 def _parse_override(task: Task, key: str, value: Any) -> Any:
@@ -153,6 +155,12 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
     if not 0 < options.val_fraction < 1:
         raise SweeplabError(f"--val-fraction {options.val_fraction}: expected a number between 0 and 1")
+    if options.precision not in PRECISIONS:
+        raise SweeplabError(f"--precision {options.precision}: expected one of {', '.join(PRECISIONS)}")
+    if options.onset_s is not None and options.onset_s < 1:
+        raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
+    if options.onset_alpha is not None and not options.onset_alpha > 0:
+        raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
 
 def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler:
@@ -167,8 +175,9 @@ def _pruner(options: SweepOptions) -> optuna.pruners.BasePruner:
     if options.pruner == "none":
         return optuna.pruners.NopPruner()
     # A trial is "far behind" when its metric is below the median of earlier trials at the same
-    # step, judged only after 3 finished trials and from the 3rd evaluation on.
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    # step, judged only after 3 finished trials and from the 3rd evaluation on (steps are 1-based
+    # and Optuna prunes once step >= n_warmup_steps).
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
 
 
 class _Reporter:
@@ -204,25 +213,26 @@ class _Objective:
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
     def __call__(self, trial: optuna.Trial) -> float:
+        release_memory()  # whatever an earlier failed trial's traceback kept alive
         config = {**self.task.defaults, **self.space.suggest(trial)}
         tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
         params = {**config, **self.rule.as_params(), "seed": self.options.seed}
         trial.set_user_attr("worker", _WORKER)  # first: a kill after this point is recoverable
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        self.observer.trial_started(trial.number, config, int(config.get("epochs", 0)))
-        env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
-        prune = self.options.pruner != "none"
         try:
-            result = self.task.fit(self.loaded, config, env, _Reporter(trial, run, self.observer, self.task.metric, prune))
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            self.observer.trial_started(trial.number, config, int(config.get("epochs", 0)))
+            env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
+            reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none")
+            result = self.task.fit(self.loaded, config, env, reporter)
             summary = summarise(result.history, self.task.metric, self.task.direction, self.rule)
             if summary.value is None:
                 raise RuntimeError(f"no finite {self.task.metric} in any evaluation")
             state = "pruned" if result.stopped == "pruned" else "complete"
-            stop_tag = {"sweeplab.stopped": result.stopped or "none"}
-            run.log_summary(summary.metrics, {**summary.tags, **stop_tag})
+            run.log_summary(summary.metrics, {**summary.tags, "sweeplab.stopped": result.stopped or "none"})
             self._artifacts(run, config, result, summary, state)
         except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
             run.close("killed", "interrupted")
             self.observer.trial_finished(trial.number, "killed", None, self.best)
             raise
@@ -237,8 +247,6 @@ class _Objective:
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise
-        finally:
-            release_memory()
         run.close(state)
         if state == "complete" and self._better(summary.value):
             self.best = summary.value
@@ -304,6 +312,54 @@ def _fail_dead_local_trials(study: optuna.Study) -> None:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
+def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -> dict[str, str]:
+    """What makes trials of one study comparable: a resumed study must have been made with the
+    same task, data, split, seed and space (searched ranges and fixed values)."""
+    return {
+        "task": task.name,
+        "data_dir": str(Path(data_dir).resolve()),
+        "seed": str(options.seed),
+        "val_fraction": str(options.val_fraction),
+        "search": repr(sorted((k, repr(v)) for k, v in space.params.items())),
+        "fixed": repr(sorted((k, repr(v)) for k, v in space.fixed.items())),
+    }
+
+
+def _check_same_settings(study: optuna.Study, settings: Mapping[str, str]) -> None:
+    """Record the settings on a new study; refuse to resume one made with other settings."""
+    previous = study.user_attrs.get("sweeplab.settings")
+    if previous is None:
+        study.set_user_attr("sweeplab.settings", dict(settings))
+        return
+    differ = [key for key in settings if previous.get(key) != settings[key]]
+    if differ:
+        raise SweeplabError(
+            f"study {study.study_name!r} was made with other settings ({', '.join(differ)} "
+            f"{'differs' if len(differ) == 1 else 'differ'}); "
+            "pass --study NAME to start a new sweep, or repeat the original command to resume it"
+        )
+
+
+def _requeue_killed_grid_cells(study: optuna.Study) -> int:
+    """Optuna's grid sampler counts a failed trial's cell as visited; put back the cells whose
+    trial was killed or interrupted (not those that failed on their own) so that every cell of
+    the grid is run to the end once. Returns how many were queued."""
+    finished = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    queued = {
+        repr(sorted(t.system_attrs.get("fixed_params", {}).items()))  # where Optuna keeps queued params
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    }
+    count = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        key = repr(sorted(trial.params.items()))
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        if trial.params and key not in finished | queued and reason.startswith(("killed", "interrupted")):
+            study.enqueue_trial(trial.params, skip_if_exists=False)
+            queued.add(key)
+            count += 1
+    return count
+
+
 def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in TrialState}
@@ -338,6 +394,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     study = optuna.create_study(storage=open_optuna_storage(store.optuna_storage), sampler=sampler,
                                 pruner=_pruner(options), study_name=study_name, direction=task.direction,
                                 load_if_exists=True)
+    _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
                     "seed": options.seed, "data_dir": str(data_dir), "trials": options.trials,
@@ -345,6 +402,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
     recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params)
     _fail_dead_local_trials(study)
+    if isinstance(sampler, optuna.samplers.GridSampler):
+        _requeue_killed_grid_cells(study)
     live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     recorder.close_stale_trials(live)
     report_lines = [line for r in loaded.reports for line in r.lines()]
@@ -355,6 +414,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     staging_root = store.root / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
     status = "FAILED"
+    target = options.trials
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
@@ -366,8 +426,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             if isinstance(sampler, optuna.samplers.GridSampler):
                 target = min(target, len(space.grid_cells()))  # every cell once, never repeated
             observer.sweep_started(study_name, target, done)
-            while done < target:
-                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+            attempts = 0
+            while done < target and attempts < target + max(3, target):  # failures are retried, within limits
+                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting:
                     break
                 before = len(study.get_trials(deepcopy=False))
                 study.optimize(
@@ -376,9 +438,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 )
                 if objective.user_error is not None:
                     raise objective.user_error
+                attempts += len(study.get_trials(deepcopy=False)) - before
                 new_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
-                if new_done == done or len(study.get_trials(deepcopy=False)) == before:
-                    break  # every new trial failed, or the grid is used up
+                if len(study.get_trials(deepcopy=False)) == before:
+                    break  # nothing was run: the sampler has nothing left
                 done = new_done
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -407,4 +470,5 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         best_value=study.best_value if counts["complete"] else None,
         best_trial=study.best_trial.number if counts["complete"] else None,
         data_report=report_lines,
+        target=target,
     )

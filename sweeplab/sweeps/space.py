@@ -182,6 +182,8 @@ def _parse_param(path: Path, name: str, table: Any) -> Param:
     step = table.get("step")
     if step is not None and not _number(path, f"{where} step", step) > 0:
         raise SpaceError(f"{path}: {where} step must be > 0, got {step!r}")
+    if step is not None and log:
+        raise SpaceError(f"{path}: {where} cannot have both step and log = true (Optuna allows one)")
     kind: Literal["int", "float"] = "int" if isinstance(low, int) and isinstance(high, int) else "float"
     grid = table.get("grid", [])
     if not isinstance(grid, list):

@@ -32,9 +32,9 @@ class Store:
     optuna_storage: str
 
     @property
-    def is_local(self) -> bool:
-        """True for the embedded SQLite store (nothing to reach over the network)."""
-        return self.tracking_uri.startswith("sqlite:")
+    def is_default(self) -> bool:
+        """True for the embedded SQLite store under ``root`` (no URI given anywhere)."""
+        return self.tracking_uri == f"sqlite:///{self.root / 'mlflow.db'}"
 
 
 def quiet_libraries() -> None:
@@ -50,7 +50,9 @@ def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = N
     embedded default under ``store_dir``."""
     root = Path(store_dir).resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    artifact_root = (root / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    # A tracking server decides where artifacts go; any database URI gets the store's folder
+    # (else MLflow would fall back to ./mlruns in whatever directory a worker runs in).
+    artifact_root = None if uri.startswith(("http:", "https:", "databricks")) else (root / "artifacts").as_uri()
     return Store(root=root, tracking_uri=uri, artifact_root=artifact_root, optuna_storage=storage or str(root / "optuna.journal"))
 
 

@@ -11,7 +11,9 @@ steps) and owns what must be the same for every task:
   "prune": the trial is far behind others);
 * the trial stops early once the validation loss shows an overfitting onset
   (:func:`sweeplab.tracker.curves.overfit_onset`), when an ``early_stop`` rule is given;
-* a non-finite training or validation loss ends the trial with :class:`Diverged`.
+* a non-finite training or validation loss ends the trial: with :class:`Diverged` when no
+  evaluation was finite yet, else as a stopped trial (``stopped = "diverged"``) that keeps its
+  best evaluation, since a trial's value is its best epoch, not its last.
 
 The seam passes plain values (floats, dicts, numpy arrays), so the loop knows nothing of Optuna
 or MLflow.
@@ -78,7 +80,7 @@ class FitResult:
     state: dict[str, Any] | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     predictions: Any = None
-    stopped: str | None = None  # "pruned", "overfit" or None (ran every round)
+    stopped: str | None = None  # "pruned", "overfit", "diverged" or None (ran every round)
 
 
 def fit(
@@ -96,12 +98,16 @@ def fit(
     result = FitResult(history=[], best=None)
     for _ in range(rounds):
         step, train_loss = trainer.train_round()
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss is {train_loss} at step {step}")
-        evaluation = trainer.evaluate()
-        val_loss = evaluation.metrics.get("val_loss", 0.0)
-        if not math.isfinite(val_loss):
-            raise Diverged(f"validation loss is {val_loss} at step {step}")
+        problem = None if math.isfinite(train_loss) else f"training loss is {train_loss} at step {step}"
+        evaluation = None if problem else trainer.evaluate()
+        val_loss = evaluation.metrics.get("val_loss", 0.0) if evaluation else 0.0
+        if not problem and not math.isfinite(val_loss):
+            problem = f"validation loss is {val_loss} at step {step}"
+        if problem:
+            if result.best is None:
+                raise Diverged(problem)
+            result.stopped = "diverged"
+            break
         point = {"step": float(step), "train_loss": float(train_loss), **evaluation.metrics}
         result.history.append(point)
         trainer.after_evaluation(evaluation.metrics)

@@ -19,7 +19,6 @@ Two ways to train, chosen by ``freeze_backbones``:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,7 +190,7 @@ def _frozen_text_features(loaded: Loaded, config: Mapping[str, Any], env: TrialE
     """Text vectors of every row from the frozen text backbone, computed once per sweep (the
     backbone is only loaded when the cache misses)."""
     key = {"data": loaded.fingerprint, "model": config["text_model"], "pooling": config["text_pooling"],
-           "max_length": int(config["max_length"])}
+           "max_length": int(config["max_length"]), "precision": env.precision}
 
     def build() -> torch.Tensor:
         seed_everything(env.seed)
@@ -205,7 +204,7 @@ def _frozen_text_features(loaded: Loaded, config: Mapping[str, Any], env: TrialE
 def _frozen_image_features(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, pixels: torch.Tensor) -> torch.Tensor:
     """Image vectors of every row from the frozen image backbone, computed once per sweep."""
     key = {"data": loaded.fingerprint, "model": config["image_model"], "weights": config["image_weights"],
-           "size": int(config["image_size"])}
+           "size": int(config["image_size"]), "precision": env.precision}
 
     def build() -> torch.Tensor:
         seed_everything(env.seed)
@@ -230,6 +229,7 @@ class _SentimentTrainer:
         self.frozen = bool(config["freeze_backbones"])
         payload: _Payload = loaded.payload
         data = payload.data
+        seed_everything(env.trial_seed)  # every model built below starts from the trial's seed
 
         prepared = _prepare_pixels(loaded, env, int(config["image_size"]))
         failed = set(prepared["failed"].tolist())
@@ -257,7 +257,6 @@ class _SentimentTrainer:
 
         if self.frozen:
             self._standardise()
-        seed_everything(env.trial_seed)
         self.text_bb, self.image_bb = text_bb, image_bb
         text_dim = (self.inputs["text"].shape[1] if self.frozen else text_bb.hidden_size) if self.use_text else None
         image_dim = (self.inputs["image"].shape[1] if self.frozen else image_bb.feature_dim) if self.use_image else None
@@ -378,7 +377,15 @@ class _SentimentTrainer:
         self.scheduler.step(metrics["val_loss"])
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: copy.deepcopy(m.state_dict()) for name, m in zip(("head", "text", "image"), self._modules())}
+        """State dicts on the CPU (a copy on the GPU per new best would double its memory), by
+        part: ``head``, and ``text`` / ``image`` when those backbones are fine-tuned."""
+        parts = {"head": self.head, "text": self.text_bb.model if self.text_bb else None,
+                 "image": self.image_bb.model if self.image_bb else None}
+        return {
+            name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            for name, module in parts.items()
+            if module is not None
+        }
 
     def predict_unlabelled(self) -> list[tuple[str, str]] | None:
         if self.test is None:
@@ -387,8 +394,11 @@ class _SentimentTrainer:
         return [(guid, LABELS[int(p)]) for guid, p in zip(self.test.guids, pred)]
 
     def close(self) -> None:
+        """Give the trial's memory back: models to the CPU, optimizer state and inputs dropped."""
         for module in self._modules():
             module.to("cpu")
+        self.optimizer.state.clear()
+        self.inputs.clear()
 
 
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
@@ -415,6 +425,8 @@ def _format_predictions(predictions: list[tuple[str, str]]) -> str:
 def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     """Decode every image once, before the first trial, and add the ones that do not decode to
     the read reports, so that the sweep's parent run records them."""
+    if config["modality"] == "text":
+        return  # images are never decoded for a text-only sweep
     failed = _prepare_pixels(loaded, env, int(config["image_size"]))["failed"].tolist()
     data: SentimentData = loaded.payload.data
     n_labelled = len(data.labelled)

@@ -75,3 +75,10 @@ def test_nan_loss_is_divergence() -> None:
 def test_keep_state_false_keeps_no_weights() -> None:
     result = fit(FakeTrainer([0.5, 0.8], [1.0, 0.8]), 2, Recorder(), "val_accuracy", keep_state=False)
     assert result.state is None and result.best == 1
+
+
+def test_divergence_after_a_good_epoch_keeps_the_best() -> None:
+    trainer = FakeTrainer([0.5, 0.8, 0.6], [1.0, 0.8, math.nan])
+    result = fit(trainer, 5, Recorder(), "val_accuracy")
+    assert result.stopped == "diverged" and result.best == 1 and result.state == {"epoch": 2}
+    assert len(result.history) == 2
