@@ -68,8 +68,10 @@ def run(
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
     from sweeplab.sweeps.driver import SweepFailed, SweepOptions, run_sweep
+    from sweeplab.tasks import get_task
 
     try:
+        metric = get_task(task).metric
         options = SweepOptions(
             task=task, trials=trials, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed,
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
@@ -77,7 +79,7 @@ def run(
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, plots=plots,
             val_fraction=val_fraction,
         )
-        with RichObserver(console, "val_accuracy") as observer:
+        with RichObserver(console, metric) as observer:
             outcome = run_sweep(options, observer)
     except SweeplabError as exc:
         raise _fail(str(exc)) from None
