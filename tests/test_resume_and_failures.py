@@ -109,6 +109,16 @@ class _Replay:
         pass
 
 
+def _test_task(name: str, fit_fn: Any) -> Task:
+    """A task with no data whose fit is ``fit_fn``, for driving the real sweep engine."""
+    return Task(
+        name=name, summary="test task", metric="val_accuracy", direction="maximize",
+        defaults={"x": 0.0}, default_space="", sample_data=Path("."),
+        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
+        prepare=lambda loaded, config, env: None, fit=fit_fn,
+    )
+
+
 def _flaky_task() -> Task:
     """Trial 1 diverges and trial 2 runs out of memory; the others replay a rising curve."""
 
@@ -120,12 +130,7 @@ def _flaky_task() -> Task:
             raise __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return fit(_Replay(3), 3, reporter, "val_accuracy")
 
-    return Task(
-        name="flaky", summary="test task", metric="val_accuracy", direction="maximize",
-        defaults={"x": 0.0, "epochs": 3}, default_space="", sample_data=Path("."),
-        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
-        prepare=lambda loaded, config, env: None, fit=fit_flaky,
-    )
+    return _test_task("flaky", fit_flaky)
 
 
 def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -192,12 +197,7 @@ def _lagging_task() -> Task:
     def fit_lagging(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
         return fit(Lagging(9, 1.0 if env.trial_seed < 3 else 0.05), 9, reporter, "val_accuracy")
 
-    return Task(
-        name="lagging", summary="test task", metric="val_accuracy", direction="maximize",
-        defaults={"x": 0.0}, default_space="", sample_data=Path("."),
-        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
-        prepare=lambda loaded, config, env: None, fit=fit_lagging,
-    )
+    return _test_task("lagging", fit_lagging)
 
 
 def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> None:
