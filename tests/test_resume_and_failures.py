@@ -119,6 +119,16 @@ def _test_task(name: str, fit_fn: Any) -> Task:
     )
 
 
+def _sweep_test_task(task: Task, tmp_path: Path, trials: int, **options: Any) -> Any:
+    """Register ``task`` (once) and sweep it over one float, in its own store and experiment."""
+    if task.name not in task_names():
+        register(task)
+    space = tmp_path / "space.toml"
+    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    return run_sweep(SweepOptions(task=task.name, trials=trials, space=str(space), store_dir=tmp_path / "store",
+                                  plots=False, experiment=task.name, **options))
+
+
 def _flaky_task() -> Task:
     """Trial 1 diverges and trial 2 runs out of memory; the others replay a rising curve."""
 
@@ -134,12 +144,7 @@ def _flaky_task() -> Task:
 
 
 def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    if "flaky" not in task_names():
-        register(_flaky_task())
-    space = tmp_path / "space.toml"
-    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
-    outcome = run_sweep(SweepOptions(task="flaky", trials=3, space=str(space), store_dir=tmp_path / "store",
-                                     pruner="none", plots=False, experiment="flaky"))
+    outcome = _sweep_test_task(_flaky_task(), tmp_path, 3, pruner="none")
     assert outcome.counts["complete"] == 3 and outcome.counts["fail"] == 2
     client = MlflowClient(outcome.tracking_uri)
     exp = client.get_experiment_by_name("flaky")
@@ -201,12 +206,7 @@ def _lagging_task() -> Task:
 
 
 def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> None:
-    if "lagging" not in task_names():
-        register(_lagging_task())
-    space = tmp_path / "space.toml"
-    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
-    outcome = run_sweep(SweepOptions(task="lagging", trials=4, space=str(space), store_dir=tmp_path / "store",
-                                     plots=False, experiment="lagging"))
+    outcome = _sweep_test_task(_lagging_task(), tmp_path, 4)
     assert outcome.counts["complete"] == 3 and outcome.counts["pruned"] == 1
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("lagging").experiment_id], "tags.`sweeplab.trial` = '3'")
