@@ -360,6 +360,36 @@ def _requeue_killed_grid_cells(study: optuna.Study) -> int:
     return count
 
 
+def _finished(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+
+
+def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objective: _Objective, target: int,
+              observer: SweepObserver) -> None:
+    """Run trials until the study holds ``target`` finished ones. Failed trials are retried, up
+    to ``max(3, target)`` extra attempts; a grid stops when every cell (and every re-queued
+    killed cell) has run."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        objective.best = study.best_value
+    done = _finished(study)
+    observer.sweep_started(study.study_name, target, done)
+    attempts = 0
+    while done < target and attempts < target + max(3, target):
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting:
+            return
+        before = len(study.get_trials(deepcopy=False))
+        study.optimize(objective, n_trials=target - done, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)])
+        if objective.user_error is not None:
+            raise objective.user_error
+        ran = len(study.get_trials(deepcopy=False)) - before
+        if ran == 0:
+            return  # the sampler has nothing left
+        attempts += ran
+        done = _finished(study)
+
+
 def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in TrialState}
@@ -413,46 +443,21 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     freeze_long_lived()
     staging_root = store.root / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
+    target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
     status = "FAILED"
-    target = options.trials
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-            done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
-            completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-            if completed:
-                objective.best = study.best_value
-            target = options.trials
-            if isinstance(sampler, optuna.samplers.GridSampler):
-                target = min(target, len(space.grid_cells()))  # every cell once, never repeated
-            observer.sweep_started(study_name, target, done)
-            attempts = 0
-            while done < target and attempts < target + max(3, target):  # failures are retried, within limits
-                waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting:
-                    break
-                before = len(study.get_trials(deepcopy=False))
-                study.optimize(
-                    objective, n_trials=target - done, catch=(Exception,),
-                    callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)],
-                )
-                if objective.user_error is not None:
-                    raise objective.user_error
-                attempts += len(study.get_trials(deepcopy=False)) - before
-                new_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
-                if len(study.get_trials(deepcopy=False)) == before:
-                    break  # nothing was run: the sampler has nothing left
-                done = new_done
+            _optimise(study, sampler, objective, target, observer)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         counts = _counts(study)
-        best = next(iter(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), None)
         summary = {f"trials_{k}": float(v) for k, v in counts.items()}
         tags = {}
-        if best is not None:
+        if counts["complete"]:
             summary["best_value"] = study.best_value
             tags["sweeplab.best_trial"] = str(study.best_trial.number)
             tags["sweeplab.best_run_id"] = study.best_trial.user_attrs.get("mlflow_run_id", "")

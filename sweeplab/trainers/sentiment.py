@@ -218,7 +218,6 @@ class _SentimentTrainer:
     """One trial of the sentiment task as a :class:`~sweeplab.trainers.loop.RoundTrainer`."""
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
-        self.config = config
         self.env = env
         self.device = env.device
         modality = config["modality"]
