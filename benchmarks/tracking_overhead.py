@@ -117,7 +117,7 @@ def _sweeplab_task(epochs: int) -> Any:
         def after_evaluation(self, metrics: Mapping[str, float]) -> None:
             pass
 
-    def load(data_dir: Path, seed: int, val_fraction: float) -> Loaded:
+    def load(data_dir: Path, seed: int, val_fraction: float, settings: Mapping[str, Any]) -> Loaded:
         return Loaded(payload=None, reports=(ReadReport("replay"),), fingerprint="replay")
 
     def fit_replay(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:

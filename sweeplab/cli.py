@@ -42,7 +42,7 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Argument(help="Task to sweep: sentiment.")],
+    task: Annotated[str, typer.Argument(help="Task to sweep: news or sentiment.")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
@@ -88,13 +88,18 @@ def run(
     except KeyboardInterrupt:
         raise _fail("interrupted; run the same command again to resume", code=130) from None
     for line in outcome.data_report:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+        console.print(f"[yellow]data:[/] {line}", highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
     finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
     if finished < outcome.target:
         errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
                      "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
     console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
+    if outcome.test:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.test.items()))
+        console.print(f"test split, best trial's checkpoint: {shown}", highlight=False)
+    for note in outcome.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"MLflow: {outcome.tracking_uri}  experiment {outcome.experiment}  parent run {outcome.parent_run_id}")
     console.print(f"next: sweep best --task {task}    sweep ui")
 
@@ -130,7 +135,7 @@ def best(
     elif rows:
         from sweeplab.console import trial_panels
 
-        for table in trial_panels(rows):
+        for table in trial_panels(rows, spec.x_axis):
             console.print(table)
             console.print()
     if not rows:

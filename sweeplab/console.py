@@ -16,7 +16,7 @@ __all__ = ["RichObserver", "trial_panels"]
 
 class RichObserver:
     """A :class:`~sweeplab.sweeps.driver.SweepObserver` drawing two bars: trials (with the best
-    value so far) and the epochs of the running trial (with its latest metrics)."""
+    value so far) and the evaluations of the running trial (with its step and latest metrics)."""
 
     def __init__(self, console: Console, metric: str) -> None:
         self.console = console
@@ -44,7 +44,7 @@ class RichObserver:
 
     def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("val_loss", self.metric))
-        self.progress.update(self.epochs, completed=step, description=f"  trial {number} {shown}")
+        self.progress.update(self.epochs, advance=1, description=f"  trial {number} @{step} {shown}")
 
     def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
         value_text = "" if value is None else f" {self.metric}={value:.4f}"
@@ -60,8 +60,17 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _figures(summary: Mapping[str, float], prefix: str) -> str:
+    """``accuracy 0.91  f1_macro 0.90 ...`` for the summary metrics that start with ``prefix``."""
+    order = ("accuracy", "f1_macro", "roc_auc", "loss")
+    found = {k.removeprefix(prefix): v for k, v in summary.items() if k.startswith(prefix)}
+    names = [n for n in order if n in found] + sorted(n for n in found if n not in order)
+    return "  ".join(f"{name} {_fmt(found[name])}" for name in names)
+
+
 def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]:
-    """One key/value table per trial, best first: value, best epoch, overfitting onset,
+    """One key/value table per trial, best first: value, best step, overfitting onset, the
+    validation figures at the best step beside the test figures (when the checkpoint was scored),
     parameters, run id, checkpoint and predictions locations."""
     tables = []
     for rank, row in enumerate(rows, start=1):
@@ -75,9 +84,12 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]
         criterion = row.params.get("overfit_criterion", "")
         table.add_row(f"best {x_axis}", _fmt(row.summary.get(f"best_{x_axis}")))
         table.add_row("overfit onset", f"none ({criterion})" if onset is None else f"{onset:g} ({row.overfit} of {criterion})")
-        for key in ("best_val_loss", "best_val_f1_macro", "best_val_roc_auc", "gl_final"):
-            if key in row.summary and key != row.metric:
-                table.add_row(key, _fmt(row.summary[key]))
+        table.add_row(f"validation (best {x_axis})", _figures(row.summary, "best_val_"))
+        test = _figures(row.summary, "test_")
+        if test:
+            table.add_row("test (best checkpoint)", test)
+        if "gl_final" in row.summary:
+            table.add_row("gl_final", _fmt(row.summary["gl_final"]))
         shown = {k: v for k, v in sorted(row.params.items()) if not k.startswith("overfit_")}
         table.add_row("params", "  ".join(f"{k}={v}" for k, v in shown.items()))
         table.add_row("run id", f"{row.run_id}  ({row.experiment})")

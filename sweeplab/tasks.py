@@ -22,13 +22,14 @@ from sweeplab.datasets.cache import PrepCache
 from sweeplab.datasets.report import ReadReport
 from sweeplab.errors import SweeplabError
 from sweeplab.tracker.curves import Direction, OnsetRule
-from sweeplab.trainers.loop import FitResult, Reporter
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 
 __all__ = ["REGISTRY", "Loaded", "Task", "TrialEnv", "get_task", "register", "task_names"]
 
 #: task name -> "module:attribute" of its Task object (imported on first use: torch and
 #: transformers are slow to import, and a typo in the task name should fail fast).
 REGISTRY: dict[str, str] = {
+    "news": "sweeplab.trainers.news:TASK",
     "sentiment": "sweeplab.trainers.sentiment:TASK",
 }
 
@@ -40,6 +41,7 @@ class Loaded:
     payload: Any
     reports: tuple[ReadReport, ...]
     fingerprint: str
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,15 @@ class TrialEnv:
 
 @dataclass(frozen=True)
 class Task:
-    """Everything the sweep engine needs to know about a task."""
+    """Everything the sweep engine needs to know about a task.
+
+    ``load(data_dir, seed, val_fraction, settings)`` reads and validates the data (``settings``
+    are the defaults with the space's fixed values, e.g. a ``layout``); ``x_axis`` names the
+    curves' step (``epoch``, or ``step`` for tasks evaluated every N optimizer steps).
+    ``save_checkpoint(loaded, config, state, folder)`` writes the best state in the task's own
+    format (default: ``model.pt`` holding the state dict); ``evaluate_test(loaded, config,
+    folder, env)`` scores such a folder on the held-out test split, once, after the search.
+    """
 
     name: str
     summary: str
@@ -66,11 +76,14 @@ class Task:
     defaults: Mapping[str, Any]
     default_space: str
     sample_data: Path | None
-    load: Callable[[Path, int, float], Loaded]
+    load: Callable[[Path, int, float, Mapping[str, Any]], Loaded]
     prepare: Callable[[Loaded, Mapping[str, Any], TrialEnv], None]
     fit: Callable[[Loaded, Mapping[str, Any], TrialEnv, Reporter], FitResult]
     class_names: tuple[str, ...] = ()
     format_predictions: Callable[[Any], str] | None = None
+    x_axis: str = "epoch"
+    save_checkpoint: Callable[[Loaded, Mapping[str, Any], Mapping[str, Any], Path], None] | None = None
+    evaluate_test: Callable[[Loaded, Mapping[str, Any], Path, TrialEnv], Evaluation | None] | None = None
 
     @property
     def best_metric(self) -> str:

@@ -114,7 +114,7 @@ def _test_task(name: str, fit_fn: Any) -> Task:
     return Task(
         name=name, summary="test task", metric="val_accuracy", direction="maximize",
         defaults={"x": 0.0}, default_space="", sample_data=Path("."),
-        load=lambda d, s, v: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
+        load=lambda d, s, v, settings: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
         prepare=lambda loaded, config, env: None, fit=fit_fn,
     )
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["ReadReport"]
+from sweeplab.errors import SweeplabError
+
+__all__ = ["DataError", "ReadReport"]
 
 _KEEP = 5  # offending places remembered per problem; the count is always exact
+
+
+class DataError(SweeplabError):
+    """A data directory or file that cannot be used at all."""
 
 
 @dataclass
@@ -23,12 +29,18 @@ class ReadReport:
     used: int = 0
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     first: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: list[str] = field(default_factory=list)
 
     def skip(self, problem: str, where: str | int) -> None:
         """Record one skipped row."""
         self.counts[problem] += 1
         if len(self.first[problem]) < _KEEP:
             self.first[problem].append(str(where))
+
+    def note(self, text: str) -> None:
+        """Record something a user should know that is not a skipped row (a held-out split, the
+        share of unknown tokens...)."""
+        self.notes.append(text)
 
     @property
     def skipped(self) -> int:
@@ -39,7 +51,7 @@ class ReadReport:
         return [
             f"{self.source}: {n} x {problem} (first: {', '.join(self.first[problem])})"
             for problem, n in sorted(self.counts.items())
-        ]
+        ] + [f"{self.source}: {text}" for text in self.notes]
 
     def as_dict(self) -> dict[str, object]:
         """Plain values for logging as a JSON artifact."""
@@ -48,4 +60,5 @@ class ReadReport:
             "rows": self.rows,
             "used": self.used,
             "skipped": {k: {"count": v, "first": self.first[k]} for k, v in self.counts.items()},
+            "notes": list(self.notes),
         }

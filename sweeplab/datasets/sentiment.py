@@ -18,30 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
-
-from sweeplab.datasets.report import ReadReport
-from sweeplab.errors import SweeplabError
+from sweeplab.datasets.report import DataError, ReadReport
 
 __all__ = [
     "LABELS",
-    "DataError",
     "Example",
     "SentimentData",
     "decode_text",
     "read_list",
     "read_sentiment",
-    "stratified_split",
 ]
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 HEADER = "guid,tag"
 TEST_LIST = "test_without_label.txt"
 ENCODINGS = ("utf-8", "gb18030")
-
-
-class DataError(SweeplabError):
-    """A data directory or file that cannot be used at all."""
 
 
 @dataclass(frozen=True)
@@ -150,16 +141,3 @@ def read_sentiment(data_dir: Path) -> SentimentData:
         unlabelled, test_report = _read_examples(data_dir, TEST_LIST, labelled=False)
         reports.append(test_report)
     return SentimentData(labelled=labelled, unlabelled=unlabelled, reports=tuple(reports))
-
-
-def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of a seeded, stratified train/validation split (scikit-learn's
-    ``train_test_split``); classes too small to stratify fall back to a plain seeded split."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    index = list(range(len(labels)))
-    try:
-        train, val = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=labels)
-    except ValueError:
-        train, val = train_test_split(index, test_size=val_fraction, random_state=seed)
-    return sorted(train), sorted(val)

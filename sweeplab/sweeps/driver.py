@@ -14,8 +14,10 @@ trials the study should hold.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -38,7 +40,8 @@ from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, pick_device, release_memory
-from sweeplab.trainers.loop import FitResult
+from sweeplab.trainers.loop import Evaluation, FitResult
+from sweeplab.trainers.metrics import per_class_report
 
 __all__ = ["SAMPLERS", "SweepFailed", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
 
@@ -87,7 +90,8 @@ class SweepObserver(Protocol):
 
     def sweep_started(self, study: str, total: int, done: int) -> None: ...
 
-    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None: ...
+    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None:
+        """A trial's training begins; ``rounds`` evaluations are planned."""
 
     def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None: ...
 
@@ -121,6 +125,8 @@ class SweepOutcome:
     best_trial: int | None
     data_report: list[str]
     target: int = 0
+    test: dict[str, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _parse_override(task: Task, key: str, value: Any) -> Any:
@@ -175,8 +181,8 @@ def _pruner(options: SweepOptions) -> optuna.pruners.BasePruner:
     if options.pruner == "none":
         return optuna.pruners.NopPruner()
     # A trial is "far behind" when its metric is below the median of earlier trials at the same
-    # step, judged only after 3 finished trials and from the 3rd evaluation on (steps are 1-based
-    # and Optuna prunes once step >= n_warmup_steps).
+    # evaluation, judged only after 3 finished trials and from the 3rd evaluation on (evaluations
+    # are reported 1-based, see _Reporter, and Optuna prunes once step >= n_warmup_steps).
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
 
 
@@ -184,16 +190,26 @@ class _Reporter:
     """Bridges the trainer's evaluations to MLflow (curve points), Optuna (pruning) and the
     observer (progress)."""
 
-    def __init__(self, trial: optuna.Trial, run: TrialRecorder, observer: SweepObserver, metric: str, prune: bool) -> None:
+    def __init__(self, trial: optuna.Trial, run: TrialRecorder, observer: SweepObserver, metric: str, prune: bool,
+                 config: Mapping[str, Any]) -> None:
         self.trial, self.run, self.observer, self.metric, self.prune = trial, run, observer, metric, prune
+        self.config = config
+        self.evaluations = 0
+
+    def on_start(self, rounds: int) -> None:
+        self.observer.trial_started(self.trial.number, self.config, rounds)
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         self.run.log_point(step, metrics)
         self.observer.evaluated(self.trial.number, step, metrics)
+        self.evaluations += 1
         value = metrics.get(self.metric, math.nan)
         if not self.prune or not math.isfinite(value):
             return False
-        self.trial.report(value, int(step))
+        # Optuna hears the evaluation's index (1, 2, ...), not the curve's step: trials with other
+        # batch sizes evaluate at other optimizer steps, and the pruner compares trials at equal
+        # keys; its warm-up then counts evaluations for every task.
+        self.trial.report(value, self.evaluations)
         return self.trial.should_prune()
 
 
@@ -221,11 +237,10 @@ class _Objective:
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
         try:
             trial.set_user_attr("mlflow_run_id", run.run_id)
-            self.observer.trial_started(trial.number, config, int(config.get("epochs", 0)))
             env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
-            reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none")
+            reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none", config)
             result = self.task.fit(self.loaded, config, env, reporter)
-            summary = summarise(result.history, self.task.metric, self.task.direction, self.rule)
+            summary = summarise(result.history, self.task.metric, self.task.direction, self.rule, self.task.x_axis)
             if summary.value is None:
                 raise RuntimeError(f"no finite {self.task.metric} in any evaluation")
             state = "pruned" if result.stopped == "pruned" else "complete"
@@ -256,18 +271,15 @@ class _Objective:
         return summary.value
 
     def _artifacts(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary, state: str) -> None:
+        x_axis = self.task.x_axis
         run.log_dict({"task": self.task.name, "config": dict(config), "onset_rule": self.rule.as_params()}, "config.json")
         if self.options.plots:
-            fig = plots.curves_figure(result.history, summary, self.task.metric)
+            fig = plots.curves_figure(result.history, summary, self.task.metric, x_axis)
             run.log_figure(fig, "curves.png")
             plots.close(fig)
-            if self.task.class_names and "y_true" in result.outputs:
-                fig = plots.confusion_figure(
-                    result.outputs["y_true"], result.outputs["y_pred"], self.task.class_names,
-                    f"validation, best epoch {result.history[summary.best]['step']:g}",
-                )
-                run.log_figure(fig, "confusion_matrix.png")
-                plots.close(fig)
+        if "y_true" in result.outputs:
+            where = f"validation, best {x_axis} {result.history[summary.best]['step']:g}"
+            _log_class_outputs(run, result.outputs, self.loaded.class_names or self.task.class_names, where, "", self.options.plots)
         keep = self.options.checkpoints == "all" or (
             self.options.checkpoints == "best" and state == "complete" and self._better(summary.value)
         )
@@ -275,17 +287,43 @@ class _Objective:
             return
         tags = {}
         if result.state is not None:
-            path = self.staging / "model.pt"
-            torch.save({"state_dict": result.state, "config": dict(config), "task": self.task.name,
-                        "best_step": result.history[summary.best]["step"]}, path)
-            tags["sweeplab.checkpoint"] = run.log_file(path, "checkpoint")
-            path.unlink()
+            tags["sweeplab.checkpoint"] = self._log_checkpoint(run, config, result, summary)
         if result.predictions is not None and self.task.format_predictions is not None:
             tags["sweeplab.predictions"] = run.log_text(
                 self.task.format_predictions(result.predictions), "predictions/test_predictions.txt"
             )
         if tags:
             run.set_tags(tags)
+
+    def _log_checkpoint(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary) -> str:
+        """Log the state kept at the best evaluation under ``checkpoint/``: in the task's own format
+        when it has one (a ``save_pretrained`` folder...), else ``model.pt`` holding the state dict
+        with its config and best step. Returns the artifact URI of the folder or the file."""
+        folder = self.staging / "checkpoint"
+        folder.mkdir()
+        try:
+            if self.task.save_checkpoint is not None:
+                self.task.save_checkpoint(self.loaded, config, result.state, folder)
+                return run.log_folder(folder, "checkpoint")
+            torch.save({"state_dict": result.state, "config": dict(config), "task": self.task.name,
+                        "best_step": result.history[summary.best]["step"]}, folder / "model.pt")
+            return run.log_file(folder / "model.pt", "checkpoint")
+        finally:
+            shutil.rmtree(folder)
+
+
+def _log_class_outputs(run: TrialRecorder, outputs: Mapping[str, Any], class_names: tuple[str, ...], where: str,
+                       prefix: str, figures: bool) -> None:
+    """The per-class report (JSON and text) and the confusion matrix of one set of predictions."""
+    if not class_names:
+        return
+    as_dict, as_text = per_class_report(outputs["y_true"], outputs["y_pred"], class_names)
+    run.log_dict(as_dict, f"{prefix}classification_report.json")
+    run.log_text(f"{where}\n\n{as_text}", f"{prefix}classification_report.txt")
+    if figures:
+        fig = plots.confusion_figure(outputs["y_true"], outputs["y_pred"], class_names, where)
+        run.log_figure(fig, f"{prefix}confusion_matrix.png")
+        plots.close(fig)
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -390,6 +428,38 @@ def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objecti
         done = _finished(study)
 
 
+def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
+                        staging: Path, figures: bool) -> tuple[dict[str, float] | None, str | None]:
+    """Score the best trial's checkpoint on the test split, once: the figures (``test_accuracy``
+    ...) go on its child run and on the parent run. Returns them, or ``None`` and why not.
+
+    Only the best trial is scored, after the search, so the test split never takes part in a
+    choice; a rerun that finds the same best trial already scored reuses the figures."""
+    if task.evaluate_test is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None, None
+    best = study.best_trial
+    run_id = str(best.user_attrs.get("mlflow_run_id", ""))
+    if not run_id:
+        return None, f"trial {best.number} has no MLflow run to score"
+    run = recorder.trial(run_id)
+    stored = run.stored().data
+    scored = {k: v for k, v in stored.metrics.items() if k.startswith("test_")}
+    if not scored:
+        if "sweeplab.checkpoint" not in stored.tags:
+            return None, f"trial {best.number} kept no checkpoint (--checkpoints none), so the test split was not scored"
+        folder = run.download("checkpoint", staging)
+        config = json.loads(run.download("config.json", staging).read_text(encoding="utf-8"))["config"]
+        evaluation: Evaluation | None = task.evaluate_test(loaded, config, folder, env)
+        if evaluation is None:
+            return None, "the data has no test split"
+        scored = {k: v for k, v in evaluation.metrics.items() if math.isfinite(v)}
+        run.log_summary(scored, {"sweeplab.test_scored": "checkpoint"})
+        _log_class_outputs(run, evaluation.outputs, loaded.class_names or task.class_names,
+                           f"test split, checkpoint of trial {best.number}", "test_", figures)
+    recorder.log_summary(scored, {"sweeplab.test_trial": str(best.number)})
+    return scored, None
+
+
 def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in TrialState}
@@ -410,7 +480,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
     device = pick_device(options.device)
     data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
-    loaded = task.load(data_dir, options.seed, options.val_fraction)
+    loaded = task.load(data_dir, options.seed, options.val_fraction, {**task.defaults, **space.fixed})
 
     # Nothing above writes anything; from here on the store exists.
     quiet_libraries()
@@ -449,6 +519,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
             _optimise(study, sampler, objective, target, observer)
+            test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -476,4 +547,6 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         best_trial=study.best_trial.number if counts["complete"] else None,
         data_report=report_lines,
         target=target,
+        test=test,
+        notes=[why_not] if why_not else [],
     )

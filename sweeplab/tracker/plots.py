@@ -18,14 +18,21 @@ __all__ = ["confusion_figure", "curves_figure"]
 
 
 def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary, metric: str, x_axis: str = "epoch") -> Figure:
-    """Loss (train and validation) and the task metric against the step, with the best
-    evaluation and the overfitting onset marked."""
+    """One panel for the losses (training and validation) and one per other validation metric
+    (the task metric first: accuracy, macro F1, ROC-AUC... as the lab report plotted them), all
+    against the step, with the best evaluation and the overfitting onset marked."""
     steps = [p["step"] for p in history]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    others = sorted({k for p in history for k in p if k.startswith("val_") and k not in ("val_loss", metric)})
+    names = [metric, *others]
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 4), squeeze=False)
+    ax_loss, metric_axes = axes[0][0], axes[0][1:]
     ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
     ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
-    ax_metric.plot(steps, [p.get(metric, np.nan) for p in history], "o-", color="tab:green", label=metric)
-    for ax in (ax_loss, ax_metric):
+    ax_loss.set_title("loss")
+    for ax, name in zip(metric_axes, names):
+        ax.plot(steps, [p.get(name, np.nan) for p in history], "o-", color="tab:green", label=name)
+        ax.set_title(name)
+    for ax in axes[0]:
         if summary.best is not None:
             ax.axvline(steps[summary.best], color="tab:green", linestyle="--", label=f"best {x_axis} {steps[summary.best]:g}")
         if summary.onset is not None:
@@ -36,8 +43,6 @@ def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary,
         ax.set_xlabel(x_axis)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    ax_loss.set_title("loss")
-    ax_metric.set_title(metric)
     fig.tight_layout()
     return fig
 

@@ -84,6 +84,19 @@ class TrialRecorder:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
         return self.artifact_location(f"{artifact_dir}/{local_path.name}" if artifact_dir else local_path.name)
 
+    def log_folder(self, local_dir: Path, artifact_dir: str) -> str:
+        """Log every file under a folder; returns the artifact URI of the folder."""
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_dir)
+        return self.artifact_location(artifact_dir)
+
+    def download(self, path: str, folder: Path) -> Path:
+        """Copy an artifact file or folder of this run into ``folder``; returns its local path."""
+        return Path(self.client.download_artifacts(self.run_id, path, str(folder)))
+
+    def stored(self) -> Any:
+        """The run as the store holds it now (``.data.metrics``, ``.data.tags``)."""
+        return self.client.get_run(self.run_id)
+
     def log_text(self, text: str, artifact_file: str) -> str:
         self.client.log_text(self.run_id, text, artifact_file)
         return self.artifact_location(artifact_file)
@@ -190,6 +203,10 @@ class SweepRecorder:
             TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri).close("killed", "the process running it ended")
             closed += 1
         return closed
+
+    def trial(self, run_id: str) -> TrialRecorder:
+        """A recorder for an existing child run (to add to a finished trial, e.g. its test score)."""
+        return TrialRecorder(self.client, run_id, self.client.get_run(run_id).info.artifact_uri)
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
         stamp = _now_ms()

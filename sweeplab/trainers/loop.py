@@ -66,7 +66,10 @@ class RoundTrainer(Protocol):
 
 
 class Reporter(Protocol):
-    """Hears every evaluation; returns ``True`` when the trial should be pruned."""
+    """Hears the plan (how many rounds) and every evaluation; ``on_eval`` returns ``True`` when
+    the trial should be pruned."""
+
+    def on_start(self, rounds: int) -> None: ...
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool: ...
 
@@ -96,6 +99,7 @@ def fit(
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     result = FitResult(history=[], best=None)
+    reporter.on_start(rounds)
     for _ in range(rounds):
         step, train_loss = trainer.train_round()
         problem = None if math.isfinite(train_loss) else f"training loss is {train_loss} at step {step}"

@@ -7,9 +7,9 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss, roc_auc_score
 
-__all__ = ["classification_metrics"]
+__all__ = ["classification_metrics", "per_class_report"]
 
 
 def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, prefix: str = "val_") -> dict[str, float]:
@@ -40,3 +40,10 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, prefix: str =
         f"{prefix}f1_macro": f1,
         f"{prefix}roc_auc": auc,
     }
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> tuple[dict, str]:
+    """scikit-learn's per-class precision, recall, F1 and support, as a dict and as the usual
+    text table."""
+    args = {"labels": list(range(len(class_names))), "target_names": list(class_names), "zero_division": 0, "digits": 4}
+    return classification_report(y_true, y_pred, output_dict=True, **args), classification_report(y_true, y_pred, **args)

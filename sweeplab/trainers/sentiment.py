@@ -33,7 +33,9 @@ from torchvision.transforms import v2
 
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
-from sweeplab.datasets.sentiment import LABELS, DataError, SentimentData, read_sentiment, stratified_split
+from sweeplab.datasets.report import DataError
+from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
+from sweeplab.datasets.splits import stratified_split
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
 from sweeplab.trainers.device import autocast, seed_everything
@@ -125,12 +127,12 @@ class _Payload:
     val: list[int]
 
 
-def _load(data_dir: Path, seed: int, val_fraction: float = 0.2) -> Loaded:
+def _load(data_dir: Path, seed: int, val_fraction: float = 0.2, settings: Mapping[str, Any] | None = None) -> Loaded:
     data = read_sentiment(data_dir)
     train, val = stratified_split([e.label for e in data.labelled], val_fraction, seed)
     images = [e.image for e in data.labelled + data.unlabelled]
     fingerprint = fingerprint_files(images + [p.with_suffix(".txt") for p in images])
-    return Loaded(payload=_Payload(data, train, val), reports=data.reports, fingerprint=fingerprint)
+    return Loaded(payload=_Payload(data, train, val), reports=data.reports, fingerprint=fingerprint, class_names=LABELS)
 
 
 def _prepare_pixels(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeplab.datasets.sentiment import DataError, decode_text, read_sentiment, stratified_split
+from sweeplab.datasets.report import DataError
+from sweeplab.datasets.sentiment import decode_text, read_sentiment
+from sweeplab.datasets.splits import stratified_split
 
 
 def _dataset(root: Path, rows: list[str], files: dict[str, bytes]) -> Path:

@@ -39,6 +39,9 @@ class Recorder:
         self.steps: list[int] = []
         self.prune_at = prune_at
 
+    def on_start(self, rounds: int) -> None:
+        self.rounds = rounds
+
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         self.steps.append(step)
         return step == self.prune_at

@@ -1,0 +1,361 @@
+"""The ``news`` task: Chinese news classification with a BERT sequence classifier, after the lab
+report in ``shared/seeds/000`` (bert-base-chinese, batch 8, evaluated every N steps, the best
+checkpoint chosen by validation accuracy).
+
+Model (``model``): any transformers model name or local directory, loaded with
+``AutoModelForSequenceClassification`` (a pretrained checkpoint is fine-tuned), or ``scratch``
+(the offline default): a randomly initialised BERT of ``layers`` layers, width ``hidden_size`` and
+``heads`` attention heads, with the real bert-base-chinese vocabulary that ships with sweeplab, so
+Chinese text is split one character per token exactly as bert-base-chinese does.
+
+Data: read by :mod:`sweeplab.datasets.news` (cnews, THUCNews titles or CCF 2019), tokenised once per
+sweep and tokenizer (without special tokens, up to :data:`TOKEN_CAP` tokens) and cached; a trial
+truncates to its own ``max_length`` and pads each batch to its longest text, not to a fixed length
+(titles are under 32 tokens).
+
+Training: AdamW (no weight decay on biases and LayerNorm weights, the usual BERT practice), a
+linear schedule with ``warmup_ratio`` of the steps as warm-up, gradient clipping at
+``max_grad_norm``. Evaluation every ``eval_every`` optimizer steps, or once per epoch when it is 0;
+the curves' x axis is the optimizer step. After the search, the best trial's checkpoint (a
+``save_pretrained`` folder, loadable with transformers) is evaluated once on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeplab.datasets.cache import fingerprint_files
+from sweeplab.datasets.news import NewsData, NewsSplit, read_news
+from sweeplab.datasets.report import DataError
+from sweeplab.tasks import Loaded, Task, TrialEnv
+from sweeplab.trainers.backbones import BackboneError, quiet_loaders, chinese_tokenizer
+from sweeplab.trainers.device import autocast, seed_everything
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.metrics import classification_metrics
+
+__all__ = ["TASK", "TOKEN_CAP", "TokenisedSplit", "batch_inputs"]
+
+DEFAULTS: dict[str, Any] = {
+    "model": "scratch",
+    "hidden_size": 256,
+    "layers": 2,
+    "heads": 4,
+    "dropout": 0.1,
+    "lr": 5e-4,
+    "batch_size": 64,
+    "max_length": 32,
+    "epochs": 3,
+    "eval_every": 0,
+    "warmup_ratio": 0.06,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "eval_batch_size": 256,
+    "layout": "auto",
+}
+#: Tokens kept per text when the data is tokenised (BERT's 512 positions less [CLS] and [SEP]).
+TOKEN_CAP = 510
+SPLITS = ("train", "val", "test")
+
+
+def _load(data_dir: Path, seed: int, val_fraction: float, settings: Mapping[str, Any]) -> Loaded:
+    data = read_news(data_dir, str(settings.get("layout", "auto")), seed, val_fraction)
+    return Loaded(payload=data, reports=data.reports, fingerprint=fingerprint_files(data.files), class_names=data.classes)
+
+
+def _load_tokenizer(spec: str) -> tuple[Any, str]:
+    """The tokenizer of ``model`` and a key that names it for the cache."""
+    if spec == "scratch":
+        return chinese_tokenizer(), "bert-base-chinese-vocab"
+    from transformers import AutoTokenizer, BertTokenizer
+
+    source = str(Path(spec).resolve()) if Path(spec).exists() else spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        try:
+            tokenizer = BertTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise BackboneError(
+                f"model {spec!r}: no tokenizer can be loaded offline ({str(exc).splitlines()[0][:120]}); "
+                "give a local directory or model=scratch"
+            ) from None
+    return tokenizer, f"{source}:{len(tokenizer)}"
+
+
+class TokenisedSplit:
+    """Token ids of one split without special tokens, right-padded to its longest text (at most
+    :data:`TOKEN_CAP`), with the true lengths."""
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
+        self.ids, self.lengths, self.labels = ids, lengths, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _tokenise(tokenizer: Any, split: NewsSplit) -> dict[str, torch.Tensor]:
+    encoded = tokenizer(split.texts, add_special_tokens=False, truncation=True, max_length=TOKEN_CAP)["input_ids"]
+    width = max(1, max(len(ids) for ids in encoded))
+    ids = torch.full((len(encoded), width), int(tokenizer.pad_token_id or 0), dtype=torch.int32)
+    for row, seq in enumerate(encoded):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
+    return {"ids": ids, "lengths": torch.tensor([len(s) for s in encoded], dtype=torch.int32),
+            "labels": torch.tensor(split.labels, dtype=torch.long)}
+
+
+def _tokens(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str, TokenisedSplit]:
+    """Every split tokenised, once per sweep and tokenizer (cached on disk for reruns)."""
+    data: NewsData = loaded.payload
+
+    def build() -> dict[str, dict[str, torch.Tensor]]:
+        return {name: _tokenise(tokenizer, getattr(data, name)) for name in SPLITS if getattr(data, name) is not None}
+
+    raw = env.cache.get("news-tokens", {"data": loaded.fingerprint, "tokenizer": key, "cap": TOKEN_CAP}, build)
+    return {name: TokenisedSplit(**parts) for name, parts in raw.items()}
+
+
+def batch_inputs(split: TokenisedSplit, rows: torch.Tensor, max_length: int, cls: int, sep: int, pad: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``rows``: ``[CLS] text [SEP]``, each text cut to
+    ``max_length - 2`` tokens, padded to the longest in the batch."""
+    n = split.lengths[rows].long().clamp(max=max_length - 2)
+    width = int(n.max()) + 2
+    body = split.ids[rows, : width - 2].long()
+    keep = torch.arange(width - 2)[None, :] < n[:, None]
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    input_ids[:, 0] = cls
+    input_ids[:, 1 : width - 1] = torch.where(keep, body, torch.full_like(body, pad))
+    input_ids[torch.arange(len(rows)), n + 1] = sep
+    attention_mask = (torch.arange(width)[None, :] < (n + 2)[:, None]).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if cls is None or sep is None:
+        raise BackboneError("the model's tokenizer has no [CLS]/[SEP] (or bos/eos) tokens to frame a text with")
+    return int(cls), int(sep), int(tokenizer.pad_token_id or 0)
+
+
+def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int) -> nn.Module:
+    """A sequence classifier: a random BERT for ``scratch``, else a pretrained checkpoint."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    spec = str(config["model"])
+    if spec == "scratch":
+        hidden, heads = int(config["hidden_size"]), int(config["heads"])
+        if hidden % heads:
+            raise DataError(f"hidden_size {hidden} is not a multiple of heads {heads}")
+        dropout = float(config["dropout"])
+        bert = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=int(config["layers"]),
+                          num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=TOKEN_CAP + 2,
+                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=num_labels)
+        return BertForSequenceClassification(bert)
+    try:
+        with quiet_loaders():
+            return AutoModelForSequenceClassification.from_pretrained(spec, num_labels=num_labels, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(
+            f"model {spec!r} cannot be loaded offline ({str(exc).splitlines()[0][:120]}); give a local directory or model=scratch"
+        ) from None
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only, not on biases or LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, split: TokenisedSplit, frame: tuple[int, int, int], max_length: int,
+                   batch_size: int, device: torch.device, precision: str) -> np.ndarray:
+    """Class probabilities of every row, batched by length (short texts together) for speed."""
+    model.eval()
+    order = torch.argsort(split.lengths.long(), stable=True)
+    parts = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        inputs = batch_inputs(split, rows, max_length, *frame)
+        with autocast(device, precision):
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+        parts.append(torch.softmax(logits.float(), dim=-1).cpu())
+    out = torch.empty(len(split), parts[0].shape[1])
+    out[order] = torch.cat(parts)
+    return out.numpy()
+
+
+def _evaluate(model: nn.Module, split: TokenisedSplit, frame: tuple[int, int, int], config: Mapping[str, Any],
+              env: TrialEnv, prefix: str) -> Evaluation:
+    prob = _probabilities(model, split, frame, int(config["max_length"]), int(config["eval_batch_size"]), env.device, env.precision)
+    y_true = split.labels.numpy()
+    return Evaluation(metrics=classification_metrics(y_true, prob, prefix=prefix),
+                      outputs={"y_true": y_true, "y_pred": prob.argmax(1)})
+
+
+class _NewsTrainer:
+    """One trial of the news task as a :class:`~sweeplab.trainers.loop.RoundTrainer`: a round is
+    ``eval_every`` optimizer steps (or one epoch), the step returned is the global step."""
+
+    def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
+        self.config, self.env, self.device = config, env, env.device
+        if int(config["max_length"]) < 3:
+            raise DataError(f"max_length {config['max_length']}: expected at least 3 ([CLS], one token, [SEP])")
+        tokenizer, key = _load_tokenizer(str(config["model"]))
+        self.frame = _special_ids(tokenizer)
+        tokens = _tokens(loaded, env, tokenizer, key)
+        self.train, self.val = tokens["train"], tokens["val"]
+        seed_everything(env.trial_seed)
+        self.model = _build_model(config, len(loaded.class_names), len(tokenizer)).to(self.device)
+        self.batch_size = int(config["batch_size"])
+        steps_per_epoch = math.ceil(len(self.train) / self.batch_size)
+        self.total_steps = int(config["epochs"]) * steps_per_epoch
+        self.every = int(config["eval_every"]) or steps_per_epoch
+        self.rounds = math.ceil(self.total_steps / self.every)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, float(config["weight_decay"])), lr=float(config["lr"]))
+        from transformers import get_linear_schedule_with_warmup
+
+        warmup = round(float(config["warmup_ratio"]) * self.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
+        self.generator = torch.Generator().manual_seed(env.trial_seed)
+        self.batches = self._batches()
+        self.step = 0
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """Row indices of training batches, reshuffled every epoch, without end."""
+        while True:
+            order = torch.randperm(len(self.train), generator=self.generator)
+            for start in range(0, len(order), self.batch_size):
+                yield order[start : start + self.batch_size]
+
+    def train_round(self) -> tuple[int, float]:
+        self.model.train()
+        max_length, clip = int(self.config["max_length"]), float(self.config["max_grad_norm"])
+        total, count = 0.0, 0
+        for _ in range(min(self.every, self.total_steps - self.step)):
+            rows = next(self.batches)
+            inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train, rows, max_length, *self.frame).items()}
+            with autocast(self.device, self.env.precision):
+                logits = self.model(**inputs).logits
+            loss = nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            total += float(loss.detach())
+            count += 1
+            if not math.isfinite(total):
+                break
+        return self.step, total / max(count, 1)
+
+    def evaluate(self) -> Evaluation:
+        evaluation = _evaluate(self.model, self.val, self.frame, self.config, self.env, "val_")
+        evaluation.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        return evaluation
+
+    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
+        """The schedule follows the step, not a validation metric."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model's state dict, copied to the CPU."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def predict_unlabelled(self) -> None:
+        """The test split is labelled: it is scored once, after the search (see the module docstring)."""
+        return None
+
+    def close(self) -> None:
+        """Give the trial's memory back: the model to the CPU, optimizer state dropped."""
+        self.model.to("cpu")
+        self.optimizer.state.clear()
+
+
+def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+    trainer = _NewsTrainer(loaded, config, env)
+    try:
+        return fit(trainer, rounds=trainer.rounds, reporter=reporter, metric="val_accuracy", direction="maximize",
+                   early_stop=env.early_stop, keep_state=env.keep_state)
+    finally:
+        trainer.close()
+
+
+def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
+    """The best model as a ``save_pretrained`` folder with its tokenizer and label names, so that
+    ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it."""
+    tokenizer, _ = _load_tokenizer(str(config["model"]))
+    model = _build_model(config, len(loaded.class_names), len(tokenizer))
+    model.load_state_dict(state)
+    model.config.id2label = dict(enumerate(loaded.class_names))
+    model.config.label2id = {name: i for i, name in enumerate(loaded.class_names)}
+    with quiet_loaders():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEnv) -> Evaluation | None:
+    """Metrics (``test_accuracy``...) of the checkpoint in ``folder`` on the test split; ``None``
+    when the data has no test split."""
+    if loaded.payload.test is None:
+        return None
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer, key = _load_tokenizer(str(config["model"]))
+    tokens = _tokens(loaded, env, tokenizer, key)
+    with quiet_loaders():
+        model = AutoModelForSequenceClassification.from_pretrained(folder).to(env.device)
+    try:
+        return _evaluate(model, tokens["test"], _special_ids(tokenizer), config, env, "test_")
+    finally:
+        model.to("cpu")
+
+
+def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
+    """Tokenise every split before the first trial and note in the training report how many
+    tokens the vocabulary does not know (bert-base-chinese has no curly quotes, for example)."""
+    tokenizer, key = _load_tokenizer(str(config["model"]))
+    train = _tokens(loaded, env, tokenizer, key)["train"]
+    ids = train.ids[torch.arange(train.ids.shape[1])[None, :] < train.lengths[:, None].long()]
+    unk = tokenizer.unk_token_id
+    unknown = int((ids == unk).sum()) if unk is not None else 0
+    note = f"{unknown} of {len(ids)} training tokens are {tokenizer.unk_token} ({100 * unknown / max(len(ids), 1):.2f}%)"
+    if unknown:
+        data: NewsData = loaded.payload
+        chars = Counter(ch for text in data.train.texts for ch in text if not ch.isspace())
+        missing = [(n, ch) for ch, n in chars.items() if tokenizer.tokenize(ch) == [tokenizer.unk_token]]
+        note += "; most often " + " ".join(ch for _, ch in sorted(missing, reverse=True)[:5])
+    truncated = int((train.lengths > int(config["max_length"]) - 2).sum())
+    note += f"; {truncated} of {len(train)} training texts are longer than max_length {config['max_length']} and cut"
+    loaded.reports[0].note(note)
+
+
+TASK = Task(
+    name="news",
+    summary="Chinese news classification (cnews, THUCNews titles, CCF 2019) with a BERT, evaluated by steps",
+    metric="val_accuracy",
+    direction="maximize",
+    defaults=DEFAULTS,
+    default_space="news",
+    sample_data=Path(str(resources.files("sweeplab") / "data" / "news")),
+    load=_load,
+    prepare=_prepare,
+    fit=_fit,
+    x_axis="step",
+    save_checkpoint=_save_checkpoint,
+    evaluate_test=_evaluate_test,
+)
