@@ -27,6 +27,9 @@ def _run(tmp_path: Path, *args: str):
         (["sentiment", "--set", "bogus=1"], "--set bogus: unknown parameter"),
         (["sentiment", "--set", "batch_size=big"], "--set batch_size=big: expected a int"),
         (["sentiment", "--space", "nope.toml"], "nope.toml: space file not found"),
+        (["news", "--data-dir", "tests/fixtures"], "no news training file found (expected exactly one of: cnews.train.txt"),
+        (["news", "--set", "layout=cnews"], "cnews.train.txt: file not found (the cnews layout's training file)"),
+        (["news", "--space", "sentiment"], "is for task 'sentiment'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -75,3 +78,15 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path: Path, sentiment_di
     result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", "--set", "epochs=1", *TINY)
     assert result.exit_code == 0, result.output
     assert f"1 x undecodable image file (first: {first}.jpg)" in result.output.replace("\n", "")
+
+
+def test_news_file_with_nothing_usable_names_file_and_problems(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cnews.train.txt").write_bytes("体育\t比赛\n财经\t股市\n".encode("gbk"))
+    result = _run(tmp_path, "news", "--data-dir", str(data))
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "cnews.train.txt: no usable lines (" in message and "2 x not UTF-8 (first: 1, 2)" in message
+    assert not (tmp_path / "store").exists()
