@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ __all__ = [
     "chinese_vocab_dir",
     "load_image_backbone",
     "load_text_backbone",
+    "load_tokenizer",
     "quiet_loaders",
 ]
 
@@ -157,6 +159,22 @@ def _optional(module: str, package: str, preset: str) -> object:
         ) from None
 
 
+def load_tokenizer(source: str, way_out: str) -> Any:
+    """The tokenizer of a model name or folder: ``AutoTokenizer``, else ``BertTokenizer`` (a folder
+    holding only ``vocab.txt`` loads with the latter alone); a one-line error otherwise."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        try:
+            return BertTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise BackboneError(
+                f"{source!r}: no tokenizer can be loaded offline ({str(exc).splitlines()[0][:120]}); {way_out}"
+            ) from None
+
+
 def load_text_backbone(spec: str, pooling: str = "auto") -> TextBackbone:
     """Load a text backbone from a preset, a local directory or a model name (offline cache)."""
     if pooling not in ("auto", "cls", "mean"):
@@ -164,7 +182,7 @@ def load_text_backbone(spec: str, pooling: str = "auto") -> TextBackbone:
     if spec == "tiny":
         backbone = _load_tiny_text()
     else:
-        from transformers import AutoModel, AutoTokenizer, BertTokenizer
+        from transformers import AutoModel
 
         source = spec
         default_pooling = "cls"
@@ -179,10 +197,7 @@ def load_text_backbone(spec: str, pooling: str = "auto") -> TextBackbone:
                 f"text model {spec!r} cannot be loaded offline ({str(exc).splitlines()[0][:120]}); "
                 "give a local directory or a preset (tiny, minilm)"
             ) from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError):
-            tokenizer = BertTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source, "give a local directory or a preset (tiny, minilm)")
         backbone = TextBackbone(spec, model, tokenizer, int(model.config.hidden_size), default_pooling)
     if pooling != "auto":
         backbone.pooling = pooling

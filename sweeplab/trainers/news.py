@@ -37,7 +37,7 @@ from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.news import NewsData, NewsSplit, read_news
 from sweeplab.datasets.report import DataError
 from sweeplab.tasks import Loaded, Task, TrialEnv
-from sweeplab.trainers.backbones import BackboneError, quiet_loaders, chinese_tokenizer
+from sweeplab.trainers.backbones import BackboneError, chinese_tokenizer, load_tokenizer, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from sweeplab.trainers.metrics import classification_metrics
@@ -75,19 +75,8 @@ def _load_tokenizer(spec: str) -> tuple[Any, str]:
     """The tokenizer of ``model`` and a key that names it for the cache."""
     if spec == "scratch":
         return chinese_tokenizer(), "bert-base-chinese-vocab"
-    from transformers import AutoTokenizer, BertTokenizer
-
     source = str(Path(spec).resolve()) if Path(spec).exists() else spec
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        try:
-            tokenizer = BertTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise BackboneError(
-                f"model {spec!r}: no tokenizer can be loaded offline ({str(exc).splitlines()[0][:120]}); "
-                "give a local directory or model=scratch"
-            ) from None
+    tokenizer = load_tokenizer(source, "give a local directory or model=scratch")
     return tokenizer, f"{source}:{len(tokenizer)}"
 
 

@@ -106,3 +106,26 @@ def test_prepare_notes_unknown_tokens_and_cut_texts(tmp_path: Path) -> None:
     assert re.search(r"\d+ of \d+ training tokens are \[UNK\] \(0\.\d\d%\); most often ", note)
     cut = int(re.search(r"(\d+) of 2000 training texts are longer than max_length 12", note).group(1))
     assert 1000 < cut < 2000
+
+
+def test_any_local_checkpoint_folder_is_fine_tuned(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "my-bert"
+    config = BertConfig(vocab_size=CHINESE_VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(folder)  # a head of the wrong size: replaced
+    chinese_tokenizer().save_pretrained(folder)
+    loaded = _loaded(tmp_path)
+    trial = {**TASK.defaults, "model": str(folder), "batch_size": 256, "epochs": 1}
+    trainer = _NewsTrainer(loaded, trial, _env(tmp_path))
+    assert trainer.model.config.num_labels == 10 and trainer.model.config.hidden_size == 32
+    result = fit(trainer, trainer.rounds, _Steps(), "val_accuracy")
+    assert [p["step"] for p in result.history] == [8]
+
+
+def test_a_model_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path) -> None:
+    from sweeplab.trainers.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="no tokenizer can be loaded offline.*model=scratch"):
+        _NewsTrainer(_loaded(tmp_path), {**TASK.defaults, "model": str(tmp_path / "nothing-here")}, _env(tmp_path))
