@@ -62,6 +62,7 @@ def run(
     onset_s: Annotated[int, typer.Option("--onset-s", help="UP_s: successive validation-loss rises that mark the onset.")] = 3,
     onset_alpha: Annotated[float, typer.Option("--onset-alpha", help="GL_alpha: generalization-loss threshold in percent.")] = 5.0,
     checkpoints: Annotated[str, typer.Option("--checkpoints", help="best (each new best trial), all or none.")] = "best",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.")] = True,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
 ) -> None:
@@ -71,12 +72,12 @@ def run(
     from sweeplab.tasks import get_task
 
     try:
-        metric = get_task(task).metric
+        metric = metric or get_task(task).metric
         options = SweepOptions(
             task=task, trials=trials, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed,
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
-            early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, plots=plots,
+            early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
             val_fraction=val_fraction,
         )
         with RichObserver(console, metric) as observer:

@@ -46,7 +46,8 @@ class Loaded:
 
 @dataclass(frozen=True)
 class TrialEnv:
-    """Where and how a trial runs; plain values shared by every trial of a sweep."""
+    """Where and how a trial runs; plain values shared by every trial of a sweep. ``metric`` and
+    ``direction`` pick a trial's best evaluation (the task's, unless ``sweep run --metric``)."""
 
     device: torch.device
     precision: str
@@ -55,6 +56,8 @@ class TrialEnv:
     trial_seed: int
     early_stop: OnsetRule | None
     keep_state: bool = True
+    metric: str = "val_accuracy"
+    direction: Direction = "maximize"
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,11 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-def _runs(tmp: Path) -> tuple[MlflowClient, object, list]:
+def _runs(tmp: Path, study: str = "news-tpe") -> tuple[MlflowClient, object, list]:
+    """The parent run and the child runs of one study."""
     client = MlflowClient(f"sqlite:///{tmp / 'store' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sweeplab-news")
-    runs = client.search_runs([exp.experiment_id], max_results=100)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=100) if r.data.tags["sweeplab.study"] == study]
     parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
     assert len(parents) == 1
     return client, parents[0], [r for r in runs if r.data.tags.get("sweeplab.role") == "trial"]
@@ -112,3 +113,19 @@ def test_sweep_best_shows_test_beside_validation(swept: Path) -> None:
     text = " ".join(table.output.split())
     assert "best step" in text and "test (best checkpoint) accuracy" in text
     assert f"accuracy {row['summary']['test_accuracy']:.4g}" in text
+
+
+def test_metric_flag_picks_the_best_step_by_another_metric(swept: Path) -> None:
+    args = ["run", "news", "--trials", "1", "--data-dir", str(swept / "data"), "--store-dir", str(swept / "store"),
+            "--pruner", "none", "--no-early-stop", *TINY_NEWS]
+    refused = runner.invoke(app, [*args, "--metric", "val_loss"])
+    assert refused.exit_code == 2 and "metric differs" in refused.output, refused.output
+    result = runner.invoke(app, [*args, "--metric", "val_loss", "--study", "by-loss"])
+    assert result.exit_code == 0, result.output
+    client, _, children = _runs(swept, "by-loss")
+    child = children[0]
+    losses = sorted(client.get_metric_history(child.info.run_id, "val_loss"), key=lambda m: m.step)
+    values = [m.value for m in losses]
+    assert child.data.metrics["best_step"] == losses[int(np.argmin(values))].step
+    assert child.data.metrics["best_val_loss"] == min(values)
+    assert len(list((swept / "store" / "cache").glob("news-tokens-*.pt"))) == 1  # tokenised once, shared

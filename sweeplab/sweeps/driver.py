@@ -80,6 +80,7 @@ class SweepOptions:
     onset_s: int | None = 3
     onset_alpha: float | None = 5.0
     checkpoints: str = "best"
+    metric: str | None = None
     plots: bool = True
     val_fraction: float = 0.2
     flush_seconds: float = 1.0
@@ -127,6 +128,17 @@ class SweepOutcome:
     target: int = 0
     test: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _with_metric(task: Task, metric: str | None) -> Task:
+    """The task judged by another validation metric (``--metric val_f1_macro``): it picks each
+    trial's best evaluation, its value and the best trial. Losses are minimised, the rest
+    maximised."""
+    if metric is None or metric == task.metric:
+        return task
+    if not metric.startswith("val_"):
+        raise SweeplabError(f"--metric {metric}: expected a validation metric such as val_accuracy, val_f1_macro or val_loss")
+    return replace(task, metric=metric, direction="minimize" if metric.endswith("loss") else "maximize")
 
 
 def _parse_override(task: Task, key: str, value: Any) -> Any:
@@ -358,6 +370,7 @@ def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -
         "data_dir": str(Path(data_dir).resolve()),
         "seed": str(options.seed),
         "val_fraction": str(options.val_fraction),
+        "metric": f"{task.metric} ({task.direction})",
         "search": repr(sorted((k, repr(v)) for k, v in space.params.items())),
         "fixed": repr(sorted((k, repr(v)) for k, v in space.fixed.items())),
     }
@@ -369,7 +382,7 @@ def _check_same_settings(study: optuna.Study, settings: Mapping[str, str]) -> No
     if previous is None:
         study.set_user_attr("sweeplab.settings", dict(settings))
         return
-    differ = [key for key in settings if previous.get(key) != settings[key]]
+    differ = [key for key in settings if previous.get(key, settings[key]) != settings[key]]  # absent: made before the key
     if differ:
         raise SweeplabError(
             f"study {study.study_name!r} was made with other settings ({', '.join(differ)} "
@@ -473,7 +486,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     """Run (or resume) a sweep until the study holds ``options.trials`` finished trials."""
     observer = observer or _Silent()
     _validate(options)
-    task = get_task(options.task)
+    task = _with_metric(get_task(options.task), options.metric)
     overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
     space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
     sampler = _sampler(options, space)
@@ -487,7 +500,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
     cache = PrepCache(options.cache_dir or store.root / "cache")
     env = TrialEnv(device=device, precision=options.precision, cache=cache, seed=options.seed, trial_seed=options.seed,
-                   early_stop=rule if options.early_stop else None, keep_state=options.checkpoints != "none")
+                   early_stop=rule if options.early_stop else None, keep_state=options.checkpoints != "none",
+                   metric=task.metric, direction=task.direction)
     task.prepare(loaded, {**task.defaults, **space.fixed}, env)
 
     study_name = _study_name(options, space)

@@ -278,7 +278,7 @@ class _NewsTrainer:
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
     trainer = _NewsTrainer(loaded, config, env)
     try:
-        return fit(trainer, rounds=trainer.rounds, reporter=reporter, metric="val_accuracy", direction="maximize",
+        return fit(trainer, rounds=trainer.rounds, reporter=reporter, metric=env.metric, direction=env.direction,
                    early_stop=env.early_stop, keep_state=env.keep_state)
     finally:
         trainer.close()

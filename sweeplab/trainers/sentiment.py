@@ -409,8 +409,8 @@ def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Rep
             trainer,
             rounds=int(config["epochs"]),
             reporter=reporter,
-            metric="val_accuracy",
-            direction="maximize",
+            metric=env.metric,
+            direction=env.direction,
             early_stop=env.early_stop,
             keep_state=env.keep_state,
         )
