@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,14 @@ def _load_tokenizer(spec: str) -> tuple[Any, str]:
     return tokenizer, f"{source}:{len(tokenizer)}"
 
 
+@dataclass(frozen=True)
 class TokenisedSplit:
     """Token ids of one split without special tokens, right-padded to its longest text (at most
-    :data:`TOKEN_CAP`), with the true lengths."""
+    :data:`TOKEN_CAP`), with the true lengths and the labels."""
 
-    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-        self.ids, self.lengths, self.labels = ids, lengths, labels
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -192,20 +195,33 @@ def _evaluate(model: nn.Module, split: TokenisedSplit, frame: tuple[int, int, in
                       outputs={"y_true": y_true, "y_pred": prob.argmax(1)})
 
 
+def _check(config: Mapping[str, Any]) -> None:
+    """One-line errors for settings no trial can run with."""
+    if int(config["max_length"]) < 3:
+        raise DataError(f"max_length {config['max_length']}: expected at least 3 ([CLS], one token, [SEP])")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if int(config[key]) < 1:
+            raise DataError(f"{key} {config[key]}: expected a positive number")
+    if int(config["eval_every"]) < 0:
+        raise DataError(f"eval_every {config['eval_every']}: expected 0 (once per epoch) or a number of optimizer steps")
+
+
 class _NewsTrainer:
     """One trial of the news task as a :class:`~sweeplab.trainers.loop.RoundTrainer`: a round is
     ``eval_every`` optimizer steps (or one epoch), the step returned is the global step."""
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         self.config, self.env, self.device = config, env, env.device
-        if int(config["max_length"]) < 3:
-            raise DataError(f"max_length {config['max_length']}: expected at least 3 ([CLS], one token, [SEP])")
+        _check(config)
         tokenizer, key = _load_tokenizer(str(config["model"]))
         self.frame = _special_ids(tokenizer)
         tokens = _tokens(loaded, env, tokenizer, key)
         self.train, self.val = tokens["train"], tokens["val"]
         seed_everything(env.trial_seed)
         self.model = _build_model(config, len(loaded.class_names), len(tokenizer)).to(self.device)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions is not None and int(config["max_length"]) > positions:
+            raise DataError(f"max_length {config['max_length']}: the model {config['model']} has {positions} positions")
         self.batch_size = int(config["batch_size"])
         steps_per_epoch = math.ceil(len(self.train) / self.batch_size)
         self.total_steps = int(config["epochs"]) * steps_per_epoch
