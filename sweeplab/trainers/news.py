@@ -9,9 +9,8 @@ Model (``model``): any transformers model name or local directory, loaded with
 Chinese text is split one character per token exactly as bert-base-chinese does.
 
 Data: read by :mod:`sweeplab.datasets.news` (cnews, THUCNews titles or CCF 2019), tokenised once per
-sweep and tokenizer (without special tokens, up to :data:`TOKEN_CAP` tokens) and cached; a trial
-truncates to its own ``max_length`` and pads each batch to its longest text, not to a fixed length
-(titles are under 32 tokens).
+sweep and tokenizer and cached (:mod:`sweeplab.trainers.tokens`: a trial cuts texts to its own
+``max_length`` and pads each batch to its longest text).
 
 Training: AdamW (no weight decay on biases and LayerNorm weights, the usual BERT practice), a
 linear schedule with ``warmup_ratio`` of the steps as warm-up, gradient clipping at
@@ -35,18 +34,19 @@ import torch
 from torch import nn
 
 from sweeplab.datasets.cache import fingerprint_files
-from sweeplab.datasets.news import NewsData, NewsSplit, read_news
+from sweeplab.datasets.news import NewsData, read_news
 from sweeplab.datasets.report import DataError
 from sweeplab.tasks import Loaded, Task, TrialEnv
-from sweeplab.trainers.backbones import BackboneError, chinese_tokenizer, load_tokenizer, quiet_loaders
+from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from sweeplab.trainers.metrics import classification_metrics
+from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
-__all__ = ["TASK", "TOKEN_CAP", "TokenisedSplit", "batch_inputs"]
+__all__ = ["TASK"]
 
 DEFAULTS: dict[str, Any] = {
-    "model": "scratch",
+    "model": SCRATCH,
     "hidden_size": 256,
     "layers": 2,
     "heads": 4,
@@ -62,8 +62,6 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": 256,
     "layout": "auto",
 }
-#: Tokens kept per text when the data is tokenised (BERT's 512 positions less [CLS] and [SEP]).
-TOKEN_CAP = 510
 SPLITS = ("train", "val", "test")
 
 
@@ -72,70 +70,27 @@ def _load(data_dir: Path, seed: int, val_fraction: float, settings: Mapping[str,
     return Loaded(payload=data, reports=data.reports, fingerprint=fingerprint_files(data.files), class_names=data.classes)
 
 
-def _load_tokenizer(spec: str) -> tuple[Any, str]:
-    """The tokenizer of ``model`` and a key that names it for the cache."""
-    if spec == "scratch":
-        return chinese_tokenizer(), "bert-base-chinese-vocab"
-    source = str(Path(spec).resolve()) if Path(spec).exists() else spec
-    tokenizer = load_tokenizer(source, "give a local directory or model=scratch")
-    return tokenizer, f"{source}:{len(tokenizer)}"
-
-
 @dataclass(frozen=True)
-class TokenisedSplit:
-    """Token ids of one split without special tokens, right-padded to its longest text (at most
-    :data:`TOKEN_CAP`), with the true lengths and the labels."""
+class _Split:
+    """One split, tokenised, with its label indices."""
 
-    ids: torch.Tensor
-    lengths: torch.Tensor
+    texts: TokenisedTexts
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def _tokenise(tokenizer: Any, split: NewsSplit) -> dict[str, torch.Tensor]:
-    encoded = tokenizer(split.texts, add_special_tokens=False, truncation=True, max_length=TOKEN_CAP)["input_ids"]
-    width = max(1, max(len(ids) for ids in encoded))
-    ids = torch.full((len(encoded), width), int(tokenizer.pad_token_id or 0), dtype=torch.int32)
-    for row, seq in enumerate(encoded):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
-    return {"ids": ids, "lengths": torch.tensor([len(s) for s in encoded], dtype=torch.int32),
-            "labels": torch.tensor(split.labels, dtype=torch.long)}
-
-
-def _tokens(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str, TokenisedSplit]:
+def _tokens(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str, _Split]:
     """Every split tokenised, once per sweep and tokenizer (cached on disk for reruns)."""
     data: NewsData = loaded.payload
 
     def build() -> dict[str, dict[str, torch.Tensor]]:
-        return {name: _tokenise(tokenizer, getattr(data, name)) for name in SPLITS if getattr(data, name) is not None}
+        return {name: {**tokenise(tokenizer, split.texts), "labels": torch.tensor(split.labels, dtype=torch.long)}
+                for name in SPLITS if (split := getattr(data, name)) is not None}
 
     raw = env.cache.get("news-tokens", {"data": loaded.fingerprint, "tokenizer": key, "cap": TOKEN_CAP}, build)
-    return {name: TokenisedSplit(**parts) for name, parts in raw.items()}
-
-
-def batch_inputs(split: TokenisedSplit, rows: torch.Tensor, max_length: int, cls: int, sep: int, pad: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of ``rows``: ``[CLS] text [SEP]``, each text cut to
-    ``max_length - 2`` tokens, padded to the longest in the batch."""
-    n = split.lengths[rows].long().clamp(max=max_length - 2)
-    width = int(n.max()) + 2
-    body = split.ids[rows, : width - 2].long()
-    keep = torch.arange(width - 2)[None, :] < n[:, None]
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    input_ids[:, 0] = cls
-    input_ids[:, 1 : width - 1] = torch.where(keep, body, torch.full_like(body, pad))
-    input_ids[torch.arange(len(rows)), n + 1] = sep
-    attention_mask = (torch.arange(width)[None, :] < (n + 2)[:, None]).long()
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
-    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    if cls is None or sep is None:
-        raise BackboneError("the model's tokenizer has no [CLS]/[SEP] (or bos/eos) tokens to frame a text with")
-    return int(cls), int(sep), int(tokenizer.pad_token_id or 0)
+    return {name: _Split(TokenisedTexts(parts["ids"], parts["lengths"]), parts["labels"]) for name, parts in raw.items()}
 
 
 def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int) -> nn.Module:
@@ -143,7 +98,7 @@ def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int) ->
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     spec = str(config["model"])
-    if spec == "scratch":
+    if spec == SCRATCH:
         hidden, heads = int(config["hidden_size"]), int(config["heads"])
         if hidden % heads:
             raise DataError(f"hidden_size {hidden} is not a multiple of heads {heads}")
@@ -170,15 +125,15 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, split: TokenisedSplit, frame: tuple[int, int, int], max_length: int,
+def _probabilities(model: nn.Module, split: _Split, frame: tuple[int, int, int], max_length: int,
                    batch_size: int, device: torch.device, precision: str) -> np.ndarray:
     """Class probabilities of every row, batched by length (short texts together) for speed."""
     model.eval()
-    order = torch.argsort(split.lengths.long(), stable=True)
+    order = torch.argsort(split.texts.lengths.long(), stable=True)
     parts = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = batch_inputs(split, rows, max_length, *frame)
+        inputs = batch_inputs(split.texts, rows, max_length, *frame)
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
         parts.append(torch.softmax(logits.float(), dim=-1).cpu())
@@ -187,7 +142,7 @@ def _probabilities(model: nn.Module, split: TokenisedSplit, frame: tuple[int, in
     return out.numpy()
 
 
-def _evaluate(model: nn.Module, split: TokenisedSplit, frame: tuple[int, int, int], config: Mapping[str, Any],
+def _evaluate(model: nn.Module, split: _Split, frame: tuple[int, int, int], config: Mapping[str, Any],
               env: TrialEnv, prefix: str) -> Evaluation:
     prob = _probabilities(model, split, frame, int(config["max_length"]), int(config["eval_batch_size"]), env.device, env.precision)
     y_true = split.labels.numpy()
@@ -213,8 +168,8 @@ class _NewsTrainer:
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         self.config, self.env, self.device = config, env, env.device
         _check(config)
-        tokenizer, key = _load_tokenizer(str(config["model"]))
-        self.frame = _special_ids(tokenizer)
+        tokenizer, key = load_tokenizer_for(str(config["model"]))
+        self.frame = frame_ids(tokenizer)
         tokens = _tokens(loaded, env, tokenizer, key)
         self.train, self.val = tokens["train"], tokens["val"]
         seed_everything(env.trial_seed)
@@ -250,7 +205,7 @@ class _NewsTrainer:
         total, count = 0.0, 0
         for _ in range(min(self.every, self.total_steps - self.step)):
             rows = next(self.batches)
-            inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train, rows, max_length, *self.frame).items()}
+            inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
             with autocast(self.device, self.env.precision):
                 logits = self.model(**inputs).logits
             loss = nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device))
@@ -303,7 +258,7 @@ def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Rep
 def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
     """The best model as a ``save_pretrained`` folder with its tokenizer and label names, so that
     ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it."""
-    tokenizer, _ = _load_tokenizer(str(config["model"]))
+    tokenizer, _ = load_tokenizer_for(str(config["model"]))
     model = _build_model(config, len(loaded.class_names), len(tokenizer))
     model.load_state_dict(state)
     model.config.id2label = dict(enumerate(loaded.class_names))
@@ -320,12 +275,12 @@ def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env:
         return None
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer, key = _load_tokenizer(str(config["model"]))
+    tokenizer, key = load_tokenizer_for(str(config["model"]))
     tokens = _tokens(loaded, env, tokenizer, key)
     with quiet_loaders():
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(env.device)
     try:
-        return _evaluate(model, tokens["test"], _special_ids(tokenizer), config, env, "test_")
+        return _evaluate(model, tokens["test"], frame_ids(tokenizer), config, env, "test_")
     finally:
         model.to("cpu")
 
@@ -333,9 +288,10 @@ def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env:
 def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     """Tokenise every split before the first trial and note in the training report how many
     tokens the vocabulary does not know (bert-base-chinese has no curly quotes, for example)."""
-    tokenizer, key = _load_tokenizer(str(config["model"]))
+    tokenizer, key = load_tokenizer_for(str(config["model"]))
     train = _tokens(loaded, env, tokenizer, key)["train"]
-    ids = train.ids[torch.arange(train.ids.shape[1])[None, :] < train.lengths[:, None].long()]
+    texts = train.texts
+    ids = texts.ids[torch.arange(texts.ids.shape[1])[None, :] < texts.lengths[:, None].long()]
     unk = tokenizer.unk_token_id
     unknown = int((ids == unk).sum()) if unk is not None else 0
     note = f"{unknown} of {len(ids)} training tokens are {tokenizer.unk_token} ({100 * unknown / max(len(ids), 1):.2f}%)"
@@ -344,7 +300,7 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         chars = Counter(ch for text in data.train.texts for ch in text if not ch.isspace())
         missing = [(n, ch) for ch, n in chars.items() if tokenizer.tokenize(ch) == [tokenizer.unk_token]]
         note += "; most often " + " ".join(ch for _, ch in sorted(missing, reverse=True)[:5])
-    truncated = int((train.lengths > int(config["max_length"]) - 2).sum())
+    truncated = int((texts.lengths > int(config["max_length"]) - 2).sum())
     note += f"; {truncated} of {len(train)} training texts are longer than max_length {config['max_length']} and cut"
     loaded.reports[0].note(note)
 

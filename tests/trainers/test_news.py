@@ -13,7 +13,8 @@ from sweeplab.datasets.cache import PrepCache
 from sweeplab.tasks import TrialEnv
 from sweeplab.trainers.backbones import CHINESE_VOCAB_SIZE, chinese_tokenizer
 from sweeplab.trainers.loop import fit
-from sweeplab.trainers.news import TASK, TokenisedSplit, _evaluate, _load_tokenizer, _NewsTrainer, _tokens, batch_inputs
+from sweeplab.trainers.news import TASK, _evaluate, _NewsTrainer, _tokens
+from sweeplab.trainers.tokens import TokenisedTexts, batch_inputs, load_tokenizer_for
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "news"
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -40,7 +41,7 @@ def test_vocabulary_is_bert_base_chinese_one_token_per_character() -> None:
 
 def test_batch_is_cls_text_sep_cut_to_max_length_and_padded_to_the_longest() -> None:
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 0, 0, 0], [5, 0, 0, 0, 0]], dtype=torch.int32)
-    split = TokenisedSplit(ids, torch.tensor([5, 2, 1], dtype=torch.int32), torch.tensor([0, 1, 2]))
+    split = TokenisedTexts(ids, torch.tensor([5, 2, 1], dtype=torch.int32))
     out = batch_inputs(split, torch.tensor([1, 2]), max_length=16, cls=101, sep=102, pad=0)
     assert out["input_ids"].tolist() == [[101, 5, 6, 102], [101, 5, 102, 0]]  # width 2 + 2, not 16
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
@@ -95,7 +96,7 @@ def test_checkpoint_folder_loads_with_transformers_and_predicts_as_the_kept_stat
     assert set(evaluation.metrics) == {"test_loss", "test_accuracy", "test_f1_macro", "test_roc_auc"}
     assert len(evaluation.outputs["y_true"]) == 500
     trainer.model.load_state_dict(result.state)  # the kept state, scored without the checkpoint
-    direct = _evaluate(trainer.model, _tokens(loaded, env, *_load_tokenizer("scratch"))["test"], trainer.frame, config, env, "test_")
+    direct = _evaluate(trainer.model, _tokens(loaded, env, *load_tokenizer_for("scratch"))["test"], trainer.frame, config, env, "test_")
     assert direct.metrics == pytest.approx(evaluation.metrics)
 
 
