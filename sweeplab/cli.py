@@ -42,7 +42,7 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Argument(help="Task to sweep: news or sentiment.")],
+    task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval or sentiment.")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
@@ -172,6 +172,27 @@ def spaces(name: Annotated[Optional[str], typer.Argument(help="Print this built-
     if name not in found:
         raise _fail(f"{name}: no built-in space of that name (built-in: {', '.join(sorted(found))})")
     print(found[name].read_text(encoding="utf-8"), end="")
+
+
+@app.command()
+def shapes(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write {split}_imgs.tsv and {split}_texts.jsonl into.")],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 800,
+    valid: Annotated[int, typer.Option("--valid", help="Validation images.")] = 150,
+    test: Annotated[int, typer.Option("--test", help="Test images (0: no test split).")] = 150,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the images in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generator.")] = 0,
+) -> None:
+    """Write a MUGE-format retrieval set of coloured shapes with Chinese captions (for `sweep run retrieval`)."""
+    from sweeplab.datasets.shapes import write_shapes
+
+    sizes = {"train": train, "valid": valid, "test": test}
+    bad = [f"--{k} {v}" for k, v in sizes.items() if v < (0 if k == "test" else 2)]
+    if bad or image_size < 16:
+        raise _fail(f"{bad[0] if bad else f'--image-size {image_size}'}: expected at least "
+                    f"{'2 images (0 for --test)' if bad else '16 pixels'}")
+    write_shapes(out_dir, {k: v for k, v in sizes.items() if v}, seed, image_size)
+    console.print(f"wrote {out_dir}; next: sweep run retrieval --data-dir {out_dir}", highlight=False)
 
 
 def main() -> None:

@@ -60,9 +60,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _figures(summary: Mapping[str, float], prefix: str) -> str:
-    """``accuracy 0.91  f1_macro 0.90 ...`` for the summary metrics that start with ``prefix``."""
-    order = ("accuracy", "f1_macro", "roc_auc", "loss")
+def _figures(summary: Mapping[str, float], prefix: str, first: str) -> str:
+    """``accuracy 0.91  f1_macro 0.90 ...`` for the summary metrics that start with ``prefix``,
+    ``first`` (the ranking metric, without prefix) first."""
+    order = tuple(dict.fromkeys((first, "accuracy", "recall_mean", "f1_macro", "roc_auc", "loss")))
     found = {k.removeprefix(prefix): v for k, v in summary.items() if k.startswith(prefix)}
     names = [n for n in order if n in found] + sorted(n for n in found if n not in order)
     return "  ".join(f"{name} {_fmt(found[name])}" for name in names)
@@ -84,8 +85,9 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]
         criterion = row.params.get("overfit_criterion", "")
         table.add_row(f"best {x_axis}", _fmt(row.summary.get(f"best_{x_axis}")))
         table.add_row("overfit onset", f"none ({criterion})" if onset is None else f"{onset:g} ({row.overfit} of {criterion})")
-        table.add_row(f"validation (best {x_axis})", _figures(row.summary, "best_val_"))
-        test = _figures(row.summary, "test_")
+        first = row.metric.removeprefix("best_").removeprefix("val_")
+        table.add_row(f"validation (best {x_axis})", _figures(row.summary, "best_val_", first))
+        test = _figures(row.summary, "test_", first)
         if test:
             table.add_row("test (best checkpoint)", test)
         if "gl_final" in row.summary:

@@ -30,6 +30,7 @@ __all__ = ["REGISTRY", "Loaded", "Task", "TrialEnv", "get_task", "register", "ta
 #: transformers are slow to import, and a typo in the task name should fail fast).
 REGISTRY: dict[str, str] = {
     "news": "sweeplab.trainers.news:TASK",
+    "retrieval": "sweeplab.trainers.retrieval:TASK",
     "sentiment": "sweeplab.trainers.sentiment:TASK",
 }
 

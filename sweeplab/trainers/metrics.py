@@ -1,4 +1,4 @@
-"""Classification metrics per evaluation, all computed by scikit-learn."""
+"""Metrics per evaluation: classification (computed by scikit-learn) and retrieval recall@K."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss, roc_auc_score
 
-__all__ = ["classification_metrics", "per_class_report"]
+__all__ = ["classification_metrics", "per_class_report", "recall_at_k"]
 
 
 def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, prefix: str = "val_") -> dict[str, float]:
@@ -47,3 +47,21 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[
     text table."""
     args = {"labels": list(range(len(class_names))), "target_names": list(class_names), "zero_division": 0, "digits": 4}
     return classification_report(y_true, y_pred, output_dict=True, **args), classification_report(y_true, y_pred, **args)
+
+
+def recall_at_k(similarity: np.ndarray, targets: list[list[int]], ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """Recall@K of a retrieval: the share of queries (rows of ``similarity``) for which at least
+    one of their targets (column indices) is among the K highest-scoring columns.
+
+    A query's rank is the number of columns scoring strictly higher than its best target, so a
+    tie is counted in the query's favour. Queries without targets are left out."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    rows = [i for i, t in enumerate(targets) if t]
+    if not rows:
+        return {k: math.nan for k in ks}
+    mask = np.zeros_like(similarity, dtype=bool)
+    for i in rows:
+        mask[i, targets[i]] = True
+    best = np.where(mask, similarity, -np.inf).max(axis=1)
+    rank = (similarity > best[:, None]).sum(axis=1)[rows]
+    return {k: float((rank < k).mean()) for k in ks}
