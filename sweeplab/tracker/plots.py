@@ -17,21 +17,31 @@ from sweeplab.tracker.summary import TrialSummary  # noqa: E402
 __all__ = ["confusion_figure", "curves_figure"]
 
 
+def _panels(history: Sequence[Mapping[str, float]], metric: str) -> list[list[str]]:
+    """Validation metrics other than the loss, grouped one panel per family (``val_t2i_r1``,
+    ``val_t2i_r5``... share ``val_t2i``), the task metric's panel first."""
+    others = {k for p in history for k in p if k.startswith("val_") and k not in ("val_loss", metric)}
+    groups: dict[str, list[str]] = {metric: [metric]}
+    for name in sorted(others, key=lambda n: (n.rsplit("_", 1)[0], len(n), n)):  # r1, r5, r10
+        groups.setdefault(name.rsplit("_", 1)[0], []).append(name)
+    return list(groups.values())
+
+
 def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary, metric: str, x_axis: str = "epoch") -> Figure:
-    """One panel for the losses (training and validation) and one per other validation metric
-    (the task metric first: accuracy, macro F1, ROC-AUC... as the lab report plotted them), all
-    against the step, with the best evaluation and the overfitting onset marked."""
+    """One panel for the losses (training and validation) and one per family of other validation
+    metrics (the task metric first: accuracy, macro F1, ROC-AUC, or recall@K... as the lab reports
+    plotted them), all against the step, with the best evaluation and the overfitting onset marked."""
     steps = [p["step"] for p in history]
-    others = sorted({k for p in history for k in p if k.startswith("val_") and k not in ("val_loss", metric)})
-    names = [metric, *others]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4.2 * (1 + len(names)), 4), squeeze=False)
+    panels = _panels(history, metric)
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 4), squeeze=False)
     ax_loss, metric_axes = axes[0][0], axes[0][1:]
     ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
     ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
     ax_loss.set_title("loss")
-    for ax, name in zip(metric_axes, names):
-        ax.plot(steps, [p.get(name, np.nan) for p in history], "o-", color="tab:green", label=name)
-        ax.set_title(name)
+    for ax, names in zip(metric_axes, panels):
+        for name in names:
+            ax.plot(steps, [p.get(name, np.nan) for p in history], "o-", label=name)
+        ax.set_title(names[0] if len(names) == 1 else names[0].rsplit("_", 1)[0])
     for ax in axes[0]:
         if summary.best is not None:
             ax.axvline(steps[summary.best], color="tab:green", linestyle="--", label=f"best {x_axis} {steps[summary.best]:g}")

@@ -1,0 +1,35 @@
+"""Curve figures: one panel for the losses and one per family of validation metrics."""
+
+from __future__ import annotations
+
+from sweeplab.tracker import plots
+from sweeplab.tracker.curves import OnsetRule
+from sweeplab.tracker.summary import summarise
+
+
+def _history(names: list[str], n: int = 4) -> list[dict[str, float]]:
+    return [{"step": float(10 * (i + 1)), "train_loss": 1.0 / (i + 1), "val_loss": 1.0 + 0.1 * abs(i - 1),
+             **{name: 0.1 * (i + 1) for name in names}} for i in range(n)]
+
+
+def test_retrieval_recalls_share_panels_and_the_task_metric_comes_first() -> None:
+    names = ["val_recall_mean", "val_t2i_r1", "val_t2i_r5", "val_t2i_r10", "val_i2t_r1", "val_i2t_r5", "val_i2t_r10"]
+    history = _history(names)
+    summary = summarise(history, "val_recall_mean", "maximize", OnsetRule(), "epoch")
+    fig = plots.curves_figure(history, summary, "val_recall_mean", "epoch")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "val_recall_mean", "val_i2t", "val_t2i"]
+    t2i = fig.axes[3]
+    assert [line.get_label() for line in t2i.get_lines()][:3] == ["val_t2i_r1", "val_t2i_r5", "val_t2i_r10"]
+    assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+    plots.close(fig)
+
+
+def test_classification_panels_mark_the_best_step() -> None:
+    history = _history(["val_accuracy", "val_f1_macro", "val_roc_auc"])
+    summary = summarise(history, "val_accuracy", "maximize", OnsetRule(), "step")
+    fig = plots.curves_figure(history, summary, "val_accuracy", "step")
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "val_accuracy", "val_f1_macro", "val_roc_auc"]
+    labels = [line.get_label() for line in fig.axes[1].get_lines()]
+    assert "best step 40" in labels
+    plots.close(fig)
