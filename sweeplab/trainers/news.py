@@ -39,8 +39,9 @@ from sweeplab.datasets.report import DataError
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 from sweeplab.trainers.metrics import classification_metrics
+from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
 __all__ = ["TASK"]
@@ -116,14 +117,6 @@ def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int) ->
         ) from None
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only, not on biases or LayerNorm weights."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def _probabilities(model: nn.Module, split: _Split, frame: tuple[int, int, int], max_length: int,
                    batch_size: int, device: torch.device, precision: str) -> np.ndarray:
@@ -161,20 +154,19 @@ def _check(config: Mapping[str, Any]) -> None:
         raise DataError(f"eval_every {config['eval_every']}: expected 0 (once per epoch) or a number of optimizer steps")
 
 
-class _NewsTrainer:
+class _NewsTrainer(ModelTrainer):
     """One trial of the news task as a :class:`~sweeplab.trainers.loop.RoundTrainer`: a round is
     ``eval_every`` optimizer steps (or one epoch), the step returned is the global step."""
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
-        self.config, self.env, self.device = config, env, env.device
         _check(config)
         tokenizer, key = load_tokenizer_for(str(config["model"]))
         self.frame = frame_ids(tokenizer)
         tokens = _tokens(loaded, env, tokenizer, key)
         self.train, self.val = tokens["train"], tokens["val"]
         seed_everything(env.trial_seed)
-        self.model = _build_model(config, len(loaded.class_names), len(tokenizer)).to(self.device)
-        positions = getattr(self.model.config, "max_position_embeddings", None)
+        model = _build_model(config, len(loaded.class_names), len(tokenizer))
+        positions = getattr(model.config, "max_position_embeddings", None)
         if positions is not None and int(config["max_length"]) > positions:
             raise DataError(f"max_length {config['max_length']}: the model {config['model']} has {positions} positions")
         self.batch_size = int(config["batch_size"])
@@ -182,13 +174,8 @@ class _NewsTrainer:
         self.total_steps = int(config["epochs"]) * steps_per_epoch
         self.every = int(config["eval_every"]) or steps_per_epoch
         self.rounds = math.ceil(self.total_steps / self.every)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, float(config["weight_decay"])), lr=float(config["lr"]))
-        from transformers import get_linear_schedule_with_warmup
-
         warmup = round(float(config["warmup_ratio"]) * self.total_steps)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
-        self.generator = torch.Generator().manual_seed(env.trial_seed)
+        super().__init__(model, config, env, self.total_steps, warmup, "linear")
         self.batches = self._batches()
         self.step = 0
 
@@ -201,24 +188,15 @@ class _NewsTrainer:
 
     def train_round(self) -> tuple[int, float]:
         self.model.train()
-        max_length, clip = int(self.config["max_length"]), float(self.config["max_grad_norm"])
+        max_length = int(self.config["max_length"])
         total, count = 0.0, 0
         for _ in range(min(self.every, self.total_steps - self.step)):
             rows = next(self.batches)
             inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
             with autocast(self.device, self.env.precision):
                 logits = self.model(**inputs).logits
-            loss = nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            total += self.optimise(nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device)))
             self.step += 1
-            total += float(loss.detach())
             count += 1
             if not math.isfinite(total):
                 break
@@ -226,33 +204,13 @@ class _NewsTrainer:
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.val, self.frame, self.config, self.env, "val_")
-        evaluation.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        evaluation.metrics["lr"] = self.learning_rate()
         return evaluation
-
-    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        """The schedule follows the step, not a validation metric."""
-
-    def snapshot(self) -> dict[str, Any]:
-        """The model's state dict, copied to the CPU."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-    def predict_unlabelled(self) -> None:
-        """The test split is labelled: it is scored once, after the search (see the module docstring)."""
-        return None
-
-    def close(self) -> None:
-        """Give the trial's memory back: the model to the CPU, optimizer state dropped."""
-        self.model.to("cpu")
-        self.optimizer.state.clear()
 
 
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
     trainer = _NewsTrainer(loaded, config, env)
-    try:
-        return fit(trainer, rounds=trainer.rounds, reporter=reporter, metric=env.metric, direction=env.direction,
-                   early_stop=env.early_stop, keep_state=env.keep_state)
-    finally:
-        trainer.close()
+    return fit_and_close(trainer, trainer.rounds, reporter, env)
 
 
 def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
@@ -260,12 +218,9 @@ def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[s
     ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it."""
     tokenizer, _ = load_tokenizer_for(str(config["model"]))
     model = _build_model(config, len(loaded.class_names), len(tokenizer))
-    model.load_state_dict(state)
     model.config.id2label = dict(enumerate(loaded.class_names))
     model.config.label2id = {name: i for i, name in enumerate(loaded.class_names)}
-    with quiet_loaders():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+    save_with_tokenizer(model, state, tokenizer, folder)
 
 
 def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEnv) -> Evaluation | None:

@@ -44,8 +44,9 @@ from sweeplab.datasets.report import DataError
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 from sweeplab.trainers.metrics import recall_at_k
+from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
 __all__ = ["TASK", "retrieval_metrics"]
@@ -235,12 +236,11 @@ def _splits(loaded: Loaded, env: TrialEnv, config: Mapping[str, Any]) -> tuple[d
     return {s.name: _prepare_split(s, pixels[s.name], tokens[s.name]) for s in data.splits()}, tokenizer, frame_ids(tokenizer)
 
 
-class _RetrievalTrainer:
+class _RetrievalTrainer(ModelTrainer):
     """One trial of the retrieval task as a :class:`~sweeplab.trainers.loop.RoundTrainer` (a
     round is an epoch)."""
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
-        self.config, self.env, self.device = config, env, env.device
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if int(config[key]) < 1:
                 raise DataError(f"{key} {config[key]}: expected a positive number")
@@ -249,32 +249,20 @@ class _RetrievalTrainer:
         splits, tokenizer, self.frame = _splits(loaded, env, config)
         self.train, self.valid = splits["train"], splits["valid"]
         seed_everything(env.trial_seed)
-        self.model = _build_model(config, len(tokenizer)).to(self.device)
+        model = _build_model(config, len(tokenizer))
         towers = {"freeze_text": ("text_model", "text_projection"), "freeze_vision": ("vision_model", "visual_projection")}
         for flag, parts in towers.items():
             if config[flag]:
                 for part in parts:
-                    getattr(self.model, part).requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        rest = [p for p in params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(config["weight_decay"])}, {"params": rest, "weight_decay": 0.0}],
-            lr=float(config["lr"]),
-        )
+                    getattr(model, part).requires_grad_(False)
         self.batch_size = int(config["batch_size"])
-        self.steps_per_epoch = math.ceil(len(self.train.texts) / self.batch_size)
-        from transformers import get_cosine_schedule_with_warmup
-
-        total = int(config["epochs"]) * self.steps_per_epoch
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, min(int(config["warmup_steps"]), total), total)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
-        self.generator = torch.Generator().manual_seed(env.trial_seed)
+        total = int(config["epochs"]) * math.ceil(len(self.train.texts) / self.batch_size)
+        super().__init__(model, config, env, total, int(config["warmup_steps"]), "cosine")
         self.epoch = 0
 
     def train_round(self) -> tuple[int, float]:
         self.model.train()
-        max_length, clip = int(self.config["max_length"]), float(self.config["max_grad_norm"])
+        max_length = int(self.config["max_length"])
         order = torch.randperm(len(self.train.texts), generator=self.generator)
         total, count = 0.0, 0
         for start in range(0, len(order), self.batch_size):
@@ -286,15 +274,7 @@ class _RetrievalTrainer:
             inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
             with autocast(self.device, self.env.precision):
                 loss = self.model(**inputs, pixel_values=_normalise(self.train.pixels[images], self.device), return_loss=True).loss
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss.float()).backward()
-            if clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            total += float(loss.detach())
+            total += self.optimise(loss)
             count += 1
             if not math.isfinite(total):
                 break
@@ -303,43 +283,20 @@ class _RetrievalTrainer:
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.valid, self.frame, self.config, self.env, "val_")
-        evaluation.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        evaluation.metrics["lr"] = self.learning_rate()
         evaluation.metrics["temperature"] = float(1.0 / self.model.logit_scale.detach().exp())
         return evaluation
 
-    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        """The schedule follows the step, not a validation metric."""
-
-    def snapshot(self) -> dict[str, Any]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-    def predict_unlabelled(self) -> None:
-        """The test split is labelled: it is scored once, after the search."""
-        return None
-
-    def close(self) -> None:
-        self.model.to("cpu")
-        self.optimizer.state.clear()
-
 
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
-    trainer = _RetrievalTrainer(loaded, config, env)
-    try:
-        return fit(trainer, rounds=int(config["epochs"]), reporter=reporter, metric=env.metric, direction=env.direction,
-                   early_stop=env.early_stop, keep_state=env.keep_state)
-    finally:
-        trainer.close()
+    return fit_and_close(_RetrievalTrainer(loaded, config, env), int(config["epochs"]), reporter, env)
 
 
 def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
     """The best model as a ``save_pretrained`` folder with its tokenizer:
     ``ChineseCLIPModel.from_pretrained(folder)`` loads it."""
     tokenizer, _ = load_tokenizer_for(str(config["model"]))
-    model = _build_model(config, len(tokenizer))
-    model.load_state_dict(state)
-    with quiet_loaders():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+    save_with_tokenizer(_build_model(config, len(tokenizer)), state, tokenizer, folder)
 
 
 def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEnv) -> Evaluation | None:

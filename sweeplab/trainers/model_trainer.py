@@ -1,0 +1,101 @@
+"""What the trainers of one transformers model, trained end to end, share (news, retrieval).
+
+:class:`ModelTrainer` is the common half of a :class:`~sweeplab.trainers.loop.RoundTrainer`:
+AdamW with weight decay on weight matrices only (not on biases or LayerNorm weights, the usual
+BERT / CLIP practice), a transformers warm-up schedule stepped once per optimizer step, gradient
+clipping, mixed precision (a ``GradScaler`` for fp16), the best state kept on the CPU, and the
+trial's memory given back at the end. A task's trainer subclasses it, builds its model and data,
+and writes ``train_round`` (calling :meth:`ModelTrainer.optimise` once per batch) and
+``evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweeplab.tasks import TrialEnv
+from sweeplab.trainers.backbones import quiet_loaders
+from sweeplab.trainers.loop import FitResult, Reporter, fit
+
+__all__ = ["ModelTrainer", "decay_groups", "fit_and_close", "save_with_tokenizer"]
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on the trainable weight matrices, none on biases and
+    normalisation weights (the 1-d parameters)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+
+class ModelTrainer:
+    """Optimizer, schedule, clipping, precision and memory of one model's trial (see the module
+    docstring). ``schedule`` is a transformers scheduler name (``linear``, ``cosine``...)."""
+
+    def __init__(self, model: nn.Module, config: Mapping[str, Any], env: TrialEnv, total_steps: int, warmup_steps: int,
+                 schedule: str) -> None:
+        from transformers import get_scheduler
+
+        self.config, self.env, self.device = config, env, env.device
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.AdamW(decay_groups(self.model, float(config["weight_decay"])), lr=float(config["lr"]))
+        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=min(warmup_steps, total_steps),
+                                       num_training_steps=total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
+        self.clip = float(config["max_grad_norm"])
+        self.generator = torch.Generator().manual_seed(env.trial_seed)
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """One optimizer step on ``loss``; returns its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.float()).backward()
+        if self.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
+        """The schedule follows the optimizer step, not a validation metric."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model's state dict, copied to the CPU (a copy on the GPU per new best would double
+        its memory)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def predict_unlabelled(self) -> None:
+        """These tasks have a labelled test split, scored once after the search instead."""
+        return None
+
+    def close(self) -> None:
+        """Give the trial's memory back: the model to the CPU, optimizer state dropped."""
+        self.model.to("cpu")
+        self.optimizer.state.clear()
+
+
+def fit_and_close(trainer: ModelTrainer, rounds: int, reporter: Reporter, env: TrialEnv) -> FitResult:
+    """:func:`~sweeplab.trainers.loop.fit` with the sweep's metric and rules, then free the trial's memory."""
+    try:
+        return fit(trainer, rounds=rounds, reporter=reporter, metric=env.metric, direction=env.direction,
+                   early_stop=env.early_stop, keep_state=env.keep_state)
+    finally:
+        trainer.close()
+
+
+def save_with_tokenizer(model: nn.Module, state: Mapping[str, Any], tokenizer: Any, folder: Path) -> None:
+    """Load ``state`` into ``model`` and write both with ``save_pretrained``, so that the model
+    class's ``from_pretrained(folder)`` (and ``AutoTokenizer``) load the checkpoint."""
+    model.load_state_dict(state)
+    with quiet_loaders():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
