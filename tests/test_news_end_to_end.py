@@ -129,3 +129,11 @@ def test_metric_flag_picks_the_best_step_by_another_metric(swept: Path) -> None:
     assert child.data.metrics["best_step"] == losses[int(np.argmin(values))].step
     assert child.data.metrics["best_val_loss"] == min(values)
     assert len(list((swept / "store" / "cache").glob("news-tokens-*.pt"))) == 1  # tokenised once, shared
+
+
+def test_an_unknown_metric_stops_the_sweep_with_one_line(swept: Path) -> None:
+    args = ["run", "news", "--trials", "1", "--data-dir", str(swept / "data"), "--store-dir", str(swept / "store"),
+            "--study", "typo", "--metric", "val_acc", *TINY_NEWS]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "metric 'val_acc' is not one this task reports (lr, val_accuracy, val_f1_macro" in " ".join(result.output.split())

@@ -31,6 +31,14 @@ from sweeplab.datasets.report import DataError, ReadReport
 __all__ = ["SPLITS", "MugeData", "MugeSplit", "read_muge", "read_split"]
 
 SPLITS = ("train", "valid", "test")
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _id(value: object) -> str | None:
+    """An id as text: a string or an integer (not a bool, a float or null)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value).strip() or None
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,8 @@ def _read_images(path: Path) -> tuple[list[str], list[bytes], ReadReport]:
             report.skip("duplicate image_id", number)
         else:
             try:
-                data = base64.b64decode(payload.strip(), validate=True)
+                # the standard or the URL-safe alphabet (Chinese-CLIP reads both)
+                data = base64.b64decode(payload.strip().translate(_URLSAFE), validate=True)
             except (binascii.Error, ValueError):
                 report.skip("malformed base64", number)
                 continue
@@ -118,35 +127,39 @@ def _read_texts(path: Path, index: dict[str, int]) -> tuple[list[str], list[str]
     texts: list[str] = []
     targets: list[list[int]] = []
     seen: set[str] = set()
-    unknown = 0
+    unknown: list[int] = []  # lines of kept texts that also name ids of no image
     for number, line in _lines(path, report):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             report.skip("not JSON", number)
             continue
-        if not isinstance(row, dict) or "text_id" not in row or "text" not in row or not isinstance(row.get("image_ids"), list):
+        if (not isinstance(row, dict) or _id(row.get("text_id")) is None or not isinstance(row.get("text"), str)
+                or not isinstance(row.get("image_ids"), list)):
             report.skip("not an object with text_id, text and image_ids", number)
             continue
-        text_id, text = str(row["text_id"]), str(row["text"]).strip()
+        text_id, text = _id(row["text_id"]), row["text"].strip()
         if text_id in seen:
             report.skip("duplicate text_id", number)
             continue
         if not text:
             report.skip("empty text", number)
             continue
-        found = [index[str(i)] for i in row["image_ids"] if str(i) in index]
+        named = [_id(i) for i in row["image_ids"]]
+        found = [index[i] for i in named if i in index]
         if not found:
             report.skip("image_ids name no image of the split", number)
             continue
-        unknown += len(row["image_ids"]) - len(found)
+        if len(found) < len(named):
+            unknown.append(number)
         seen.add(text_id)
         text_ids.append(text_id)
         texts.append(text)
         targets.append(sorted(set(found)))
     report.used = len(texts)
     if unknown:
-        report.note(f"{unknown} image_ids of kept texts name no image of the split and were dropped")
+        first = ", ".join(str(n) for n in unknown[:5])
+        report.note(f"{len(unknown)} kept texts also name image_ids of no image of the split, dropped (first: {first})")
     if not texts:
         raise _nothing_usable(path, report)
     return text_ids, texts, targets, report

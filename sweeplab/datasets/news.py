@@ -19,8 +19,8 @@ Three layouts, detected from the file names in the data directory (or named with
     Train_DataSet.csv        id,title,content   (CSV with a header; fields may span lines)
     Train_DataSet_Label.csv  id,label
 
-  The text is the title followed by the content; the labels are the distinct values of the label
-  file, sorted. There are no separate validation or test files: both are held out of the labelled
+  The text is the title followed by the content; the labels are the distinct labels of the rows
+  kept, sorted. There are no separate validation or test files: both are held out of the labelled
   rows with a seeded, stratified split.
 
 Common rules: files are UTF-8 (a leading BOM is dropped). A line that is not UTF-8, has no tab,
@@ -153,9 +153,30 @@ def _index_labels(split: NewsSplit) -> tuple[NewsSplit, tuple[str, ...]]:
     return NewsSplit(split.texts, [index[label] for label in split.labels], split.origin), classes
 
 
-def _held_out(train: NewsSplit, fraction: float, seed: int) -> tuple[NewsSplit, NewsSplit]:
-    kept, held = stratified_split(train.labels, fraction, seed)
+def _held_out(train: NewsSplit, fraction: float, seed: int, source: Path) -> tuple[NewsSplit, NewsSplit]:
+    try:
+        kept, held = stratified_split(train.labels, fraction, seed)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None
     return train.subset(kept), train.subset(held)
+
+
+def _read_classes(path: Path) -> tuple[str, ...]:
+    """Label names, one per line; the id of a name is its line index (from 0)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (the thucnews layout names its labels there, one per line)")
+    try:
+        lines = path.read_text(encoding="utf-8").removeprefix("\ufeff").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+    if not names:
+        raise DataError(f"{path}: no label names")
+    if "" in names:
+        raise DataError(f"{path}:{names.index('') + 1}: empty label name (the id of a name is its line index)")
+    return names
 
 
 def _optional_split(path: Path, label_of: dict[str, int], label_first: bool, reports: list[ReadReport]) -> NewsSplit | None:
@@ -170,12 +191,7 @@ def _read_tab_layout(data_dir: Path, layout: str, seed: int, val_fraction: float
     train_name, val_name, test_name = LAYOUTS[layout]
     reports: list[ReadReport] = []
     if layout == "thucnews":
-        classes_path = data_dir / THUCNEWS_CLASSES
-        if not classes_path.is_file():
-            raise DataError(f"{classes_path}: file not found (the thucnews layout names its labels there, one per line)")
-        classes = tuple(line.strip() for line in classes_path.read_text(encoding="utf-8").splitlines() if line.strip())
-        if not classes:
-            raise DataError(f"{classes_path}: no label names")
+        classes = _read_classes(data_dir / THUCNEWS_CLASSES)
         label_of = {str(i): i for i in range(len(classes))}
         train, report = _read_tab_file(data_dir / train_name, label_of, label_first=False)
     else:
@@ -186,8 +202,8 @@ def _read_tab_layout(data_dir: Path, layout: str, seed: int, val_fraction: float
     label_first = layout == "cnews"
     val = _optional_split(data_dir / val_name, label_of, label_first, reports)
     if val is None:
-        train, val = _held_out(train, val_fraction, seed)
-        report.note(f"no {val_name}: {len(val)} training rows ({val_fraction:.0%}, seed {seed}) held out for validation")
+        train, val = _held_out(train, val_fraction, seed, data_dir / train_name)
+        report.note(f"no {val_name}: {len(val)} of {len(train) + len(val)} training rows (seed {seed}) held out for validation")
     test = _optional_split(data_dir / test_name, label_of, label_first, reports)
     files = tuple(p for p in (data_dir / n for n in (train_name, val_name, test_name, THUCNEWS_CLASSES)) if p.is_file())
     return NewsData(layout, classes, train, val, test, tuple(reports), files)
@@ -198,19 +214,22 @@ def _csv_rows(path: Path, report: ReadReport, columns: tuple[str, ...]) -> Itera
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise DataError(f"{path}:1: expected a header with {', '.join(columns)}, found {','.join(reader.fieldnames or [])!r}")
-    line = 1
-    for row in reader:
-        start, line = line + 1, reader.line_num
+        raise DataError(f"{path}:1: expected a header with {', '.join(columns)}, found {','.join(header)!r}")
+    where = {c: header.index(c) for c in columns}
+    line = reader.line_num
+    for fields in reader:
+        start, line = line + 1, reader.line_num  # a row starts after the previous one ends
+        if not fields:
+            continue  # a blank line
         report.rows += 1
-        values = [v or "" for v in row.values() if isinstance(v, str)]
-        if any(_UNDECODABLE.search(v) for v in values):
+        if any(_UNDECODABLE.search(v) for v in fields):
             report.skip("not UTF-8", start)
             continue
-        yield start, {k: (row.get(k) or "").strip() for k in columns}
+        yield start, {c: (fields[i] if i < len(fields) else "").strip() for c, i in where.items()}
 
 
 def _read_ccf(data_dir: Path, seed: int, val_fraction: float) -> NewsData:
@@ -241,9 +260,12 @@ def _read_ccf(data_dir: Path, seed: int, val_fraction: float) -> NewsData:
             written.append(labels[row["id"]])
             origin.append(f"{text_path.name}:{number}")
     raw, classes = _index_labels(_finish(report, NewsSplit(texts, written, origin), text_path))
-    rest, test = _held_out(raw, val_fraction, seed)
-    train, val = _held_out(rest, val_fraction / (1 - val_fraction), seed)
-    report.note(f"{len(val)} and {len(test)} rows ({val_fraction:.0%} each, seed {seed}) held out for validation and test")
+    if not val_fraction < 0.5:
+        raise DataError(f"--val-fraction {val_fraction}: the ccf layout holds out that share twice (validation and test); "
+                        "expected less than 0.5")
+    rest, test = _held_out(raw, val_fraction, seed, text_path)
+    train, val = _held_out(rest, val_fraction / (1 - val_fraction), seed, text_path)
+    report.note(f"{len(val)} and {len(test)} of {len(raw)} rows (seed {seed}) held out for validation and test")
     return NewsData("ccf", classes, train, val, test, (report, label_report), (text_path, label_path))
 
 

@@ -6,7 +6,7 @@ colours, each in one of five places (左上, 右上, 左下, 右下, 中间), on
 background, with small random shifts in place and size. Each image gets two captions:
 
 * a full description (``左上角是一个红色的圆形，右下角是一个蓝色的三角形``), whose ``image_ids`` are
-  every image of the split holding exactly those shapes;
+  every image of the split holding all those shapes in those places;
 * a partial one, naming one of its shapes with or without its place (``一个红色的圆形``), whose
   ``image_ids`` are every image of the split holding such a shape.
 
@@ -87,7 +87,7 @@ def _split(name: str, count: int, first_id: int, size: int, rng: random.Random) 
     captions: dict[str, list[str]] = {}  # caption -> image ids it describes
     for scene in scenes:
         full = "，".join(_describe(t, with_place=True) for t in scene)
-        captions.setdefault(full, [i for i, s in zip(ids, scenes) if s == scene])
+        captions.setdefault(full, [i for i, s in zip(ids, scenes) if set(scene) <= set(s)])
         thing = rng.choice(scene)
         with_place = rng.random() < 0.5
         partial = _describe(thing, with_place)

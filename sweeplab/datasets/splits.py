@@ -15,8 +15,13 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     index = list(range(len(labels)))
+    if len(index) < 2:
+        raise DataError(f"{len(index)} usable row(s): too few to hold out a {val_fraction:.0%} split")
     try:
         train, val = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=labels)
     except ValueError:
-        train, val = train_test_split(index, test_size=val_fraction, random_state=seed)
+        try:
+            train, val = train_test_split(index, test_size=val_fraction, random_state=seed)
+        except ValueError:
+            raise DataError(f"{len(index)} usable rows: too few to hold out a {val_fraction:.0%} split") from None
     return sorted(train), sorted(val)

@@ -207,8 +207,10 @@ class _Reporter:
         self.trial, self.run, self.observer, self.metric, self.prune = trial, run, observer, metric, prune
         self.config = config
         self.evaluations = 0
+        self.rounds = 0
 
     def on_start(self, rounds: int) -> None:
+        self.rounds = rounds
         self.observer.trial_started(self.trial.number, self.config, rounds)
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
@@ -216,8 +218,8 @@ class _Reporter:
         self.observer.evaluated(self.trial.number, step, metrics)
         self.evaluations += 1
         value = metrics.get(self.metric, math.nan)
-        if not self.prune or not math.isfinite(value):
-            return False
+        if not self.prune or not math.isfinite(value) or self.evaluations >= self.rounds:
+            return False  # pruning at the last evaluation would save nothing and only relabel the trial
         # Optuna hears the evaluation's index (1, 2, ...), not the curve's step: trials with other
         # batch sizes evaluate at other optimizer steps, and the pruner compares trials at equal
         # keys; its warm-up then counts evaluations for every task.
@@ -459,6 +461,7 @@ def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tr
     scored = {k: v for k, v in stored.metrics.items() if k.startswith("test_")}
     if not scored:
         if "sweeplab.checkpoint" not in stored.tags:
+            recorder.log_summary({}, {"sweeplab.test_trial": f"none (best trial {best.number} kept no checkpoint)"})
             return None, f"trial {best.number} kept no checkpoint (--checkpoints none), so the test split was not scored"
         folder = run.download("checkpoint", staging)
         config = json.loads(run.download("config.json", staging).read_text(encoding="utf-8"))["config"]
@@ -533,7 +536,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
             _optimise(study, sampler, objective, target, observer)
-            test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
+            try:
+                test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
+            except Exception as exc:  # the trials are done and kept: say why the score is missing
+                test, why_not = None, f"the test split was not scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

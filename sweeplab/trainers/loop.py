@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sweeplab.errors import SweeplabError
 from sweeplab.tracker.curves import Direction, OnsetRule, best_index, overfit_onset
 
 __all__ = ["Diverged", "Evaluation", "FitResult", "Reporter", "RoundTrainer", "fit"]
@@ -112,6 +113,8 @@ def fit(
                 raise Diverged(problem)
             result.stopped = "diverged"
             break
+        if metric not in evaluation.metrics:
+            raise SweeplabError(f"metric {metric!r} is not one this task reports ({', '.join(sorted(evaluation.metrics))})")
         point = {"step": float(step), "train_loss": float(train_loss), **evaluation.metrics}
         result.history.append(point)
         trainer.after_evaluation(evaluation.metrics)

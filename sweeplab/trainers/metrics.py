@@ -53,15 +53,17 @@ def recall_at_k(similarity: np.ndarray, targets: list[list[int]], ks: tuple[int,
     """Recall@K of a retrieval: the share of queries (rows of ``similarity``) for which at least
     one of their targets (column indices) is among the K highest-scoring columns.
 
-    A query's rank is the number of columns scoring strictly higher than its best target, so a
-    tie is counted in the query's favour. Queries without targets are left out."""
+    A query's rank is the number of other columns scoring at least as high as its best target:
+    ties count against the query, so a collapsed model that scores everything alike gets chance,
+    not perfect, recall. Queries without targets are left out; a similarity that is not finite
+    gives ``nan``."""
     similarity = np.asarray(similarity, dtype=np.float64)
     rows = [i for i, t in enumerate(targets) if t]
-    if not rows:
+    if not rows or not np.isfinite(similarity).all():
         return {k: math.nan for k in ks}
     mask = np.zeros_like(similarity, dtype=bool)
     for i in rows:
         mask[i, targets[i]] = True
     best = np.where(mask, similarity, -np.inf).max(axis=1)
-    rank = (similarity > best[:, None]).sum(axis=1)[rows]
+    rank = ((similarity > best[:, None]) | ((similarity == best[:, None]) & ~mask)).sum(axis=1)[rows]
     return {k: float((rank < k).mean()) for k in ks}

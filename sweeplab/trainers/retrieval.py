@@ -10,7 +10,8 @@ Model (``model``): ``transformers.ChineseCLIPModel`` from any model name or loca
 ``freeze_vision`` keep a tower (with its projection) fixed.
 
 Training: the symmetric contrastive (InfoNCE) loss with the learned temperature, as
-``ChineseCLIPModel`` computes it (``return_loss=True``). An epoch visits each training text once,
+``ChineseCLIPModel`` computes it (``return_loss=True``); the temperature is kept at or above
+1/100 after each step, as Chinese-CLIP's own training does. An epoch visits each training text once,
 paired with one of its images drawn at random. AdamW, cosine schedule after ``warmup_steps`` of
 linear warm-up (Chinese-CLIP's recipe), gradient clipping at ``max_grad_norm``.
 
@@ -164,11 +165,11 @@ def _build_model(config: Mapping[str, Any], vocab_size: int) -> nn.Module:
                 f"give a local directory or model={SCRATCH}"
             ) from None
     hidden, heads = int(config["hidden_size"]), int(config["heads"])
-    if hidden % heads:
-        raise DataError(f"hidden_size {hidden} is not a multiple of heads {heads}")
+    if hidden % heads:  # a trial's own values (they may be searched): the trial fails, not the sweep
+        raise ValueError(f"hidden_size {hidden} is not a multiple of heads {heads}")
     size, patch = int(config["image_size"]), int(config["patch_size"])
     if size % patch:
-        raise DataError(f"image_size {size} is not a multiple of patch_size {patch}")
+        raise ValueError(f"image_size {size} is not a multiple of patch_size {patch}")
     text = ChineseCLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=int(config["text_layers"]),
                                  num_attention_heads=heads, intermediate_size=4 * hidden)
     vision = ChineseCLIPVisionConfig(hidden_size=hidden, num_hidden_layers=int(config["vision_layers"]),
@@ -220,11 +221,10 @@ def _evaluate(model: nn.Module, split: _Prepared, frame: tuple[int, int, int], c
     similarity = (text @ image.T).cpu().numpy()
     scale = model.logit_scale.exp().float()
     first = torch.tensor([t[0] for t in split.targets], device=text.device)
-    losses = [
-        float(image_text_contrastive_loss(scale * text[start : start + size] @ image[first[start : start + size]].T))
-        for start in range(0, len(text), size)
-    ]
-    metrics = {f"{prefix}loss": float(np.mean(losses)), **retrieval_metrics(similarity, split.targets, split.texts_of, prefix)}
+    starts = range(0, len(text), size)
+    losses = [float(image_text_contrastive_loss(scale * text[s : s + size] @ image[first[s : s + size]].T)) for s in starts]
+    weights = [min(size, len(text) - s) for s in starts]
+    metrics = {f"{prefix}loss": float(np.average(losses, weights=weights)), **retrieval_metrics(similarity, split.targets, split.texts_of, prefix)}
     return Evaluation(metrics=metrics, outputs={})
 
 
@@ -275,6 +275,8 @@ class _RetrievalTrainer(ModelTrainer):
             with autocast(self.device, self.env.precision):
                 loss = self.model(**inputs, pixel_values=_normalise(self.train.pixels[images], self.device), return_loss=True).loss
             total += self.optimise(loss)
+            with torch.no_grad():  # as Chinese-CLIP does: a temperature of at least 1/100
+                self.model.logit_scale.clamp_(0, math.log(100))
             count += 1
             if not math.isfinite(total):
                 break

@@ -67,7 +67,7 @@ def test_every_bad_case_is_counted_with_its_line(tmp_path: Path) -> None:
     }
     assert text_report.first["image_ids name no image of the split"] == ["3", "8"]
     assert text_report.first["not JSON"] == ["5"]
-    assert any("1 image_ids" in note for note in text_report.notes)
+    assert text_report.notes == ["1 kept texts also name image_ids of no image of the split, dropped (first: 2)"]
     assert data.valid.targets == [[0], [0, 1]]  # ids as text: 2 and 1 are images 1 and 0, sorted
 
 
@@ -105,3 +105,21 @@ def test_generated_shapes_are_muge_with_shared_images_and_consistent_captions(tm
     assert sum(map(len, partial)) / len(partial) > sum(map(len, full)) / len(full)  # shape alone: more images
     with Image.open(io.BytesIO(data.train.images[0])) as image:
         assert image.size == (32, 32)
+
+
+def test_url_safe_base64_and_strict_field_types(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (250, 250, 250)).save(out, format="JPEG")
+    url_safe = base64.urlsafe_b64encode(out.getvalue()).decode("ascii")
+    _write(tmp_path, "train", [f"1\t{url_safe}", f"2\t{_png((0, 0, 255))}"], [
+        '{"text_id": 1, "text": "白", "image_ids": [1]}',          # 1 ok
+        '{"text_id": 2, "text": null, "image_ids": [1]}',          # 2 text is not a string
+        '{"text_id": 3.0, "text": "蓝", "image_ids": [2]}',         # 3 a float id
+        '{"text_id": true, "text": "蓝", "image_ids": [2]}',        # 4 a bool id
+        '{"text_id": "5", "text": "蓝", "image_ids": ["2"]}',       # 5 ok: ids as text
+    ])
+    _good(tmp_path, "valid")
+    data = read_muge(tmp_path)
+    assert data.train.image_ids == ["1", "2"] and data.reports[0].skipped == 0
+    assert data.train.text_ids == ["1", "5"] and data.train.targets == [[0], [1]]
+    assert dict(data.reports[1].counts) == {"not an object with text_id, text and image_ids": 3}

@@ -146,3 +146,28 @@ def test_ccf_without_label_columns_names_the_header(tmp_path: Path) -> None:
     (tmp_path / "Train_DataSet_Label.csv").write_text("id,sentiment\na,1\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"Train_DataSet_Label\.csv:1: expected a header with id, label"):
         read_news(tmp_path)
+
+
+def test_more_bad_inputs_are_one_line_errors_or_counted(tmp_path: Path) -> None:
+    ccf = tmp_path / "ccf"
+    ccf.mkdir()
+    (ccf / "Train_DataSet.csv").write_text("id,title,content\n\na,标题,\n\nb,,\nc,标题三,正文\n", encoding="utf-8")
+    (ccf / "Train_DataSet_Label.csv").write_text("id,label\na,0\nb,1\nc,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"Train_DataSet\.csv: 1 usable row\(s\): too few to hold out"):
+        read_news(ccf)  # 2 rows: one held out for test, one left
+    with pytest.raises(DataError, match=r"--val-fraction 0\.5: the ccf layout holds out that share twice"):
+        read_news(ccf, val_fraction=0.5)
+    from sweeplab.datasets.news import _csv_rows
+    from sweeplab.datasets.report import ReadReport
+
+    report = ReadReport("x")
+    lines = [n for n, _ in _csv_rows(ccf / "Train_DataSet.csv", report, ("id", "title", "content"))]
+    assert lines == [3, 5, 6]  # blank lines are skipped, not miscounted
+
+    folder = _thucnews(tmp_path / "t", ["央行宣布降准\t0", "国足战平对手\t2"])
+    (folder / "class.txt").write_text("finance\n\nsports\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"class\.txt:2: empty label name"):
+        read_news(folder)
+    (folder / "class.txt").write_bytes("财经\n".encode("gbk"))
+    with pytest.raises(DataError, match=r"class\.txt: not UTF-8 text"):
+        read_news(folder)

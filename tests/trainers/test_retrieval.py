@@ -25,10 +25,13 @@ def test_recall_at_k_on_a_hand_made_similarity_matrix() -> None:
         [0.9, 0.1, 0.5, 0.0],   # target 0 ranks 1st
         [0.2, 0.3, 0.8, 0.1],   # target 0 ranks 3rd
         [0.1, 0.7, 0.6, 0.2],   # targets {2, 3}: best is 2, ranked 2nd
-        [0.4, 0.4, 0.4, 0.4],   # a tie counts in the query's favour
+        [0.4, 0.4, 0.4, 0.4],   # ties count against the query: ranked 4th
     ])
     targets = [[0], [0], [2, 3], [3]]
-    assert recall_at_k(similarity, targets, (1, 2, 3)) == {1: 0.5, 2: 0.75, 3: 1.0}
+    assert recall_at_k(similarity, targets, (1, 2, 3, 4)) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
+    collapsed = np.zeros((5, 5))  # a model that scores everything alike is not perfect
+    assert recall_at_k(collapsed, [[i] for i in range(5)], (1,)) == {1: 0.0}
+    assert np.isnan(recall_at_k(np.full((2, 2), np.nan), [[0], [1]], (1,))[1])
     assert recall_at_k(similarity, [[0], [], [], []], (1,)) == {1: 1.0}  # queries without targets are left out
 
 
