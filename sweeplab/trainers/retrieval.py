@@ -23,6 +23,12 @@ in the top K), and ``val_loss`` the contrastive loss over batches of ``eval_batc
 (each text with its first image). Texts and images are prepared once per sweep: tokenised
 (:mod:`sweeplab.trainers.tokens`) and decoded and resized to ``uint8`` tensors
 (:mod:`sweeplab.datasets.images`), cached, and shared by every trial.
+
+Memory: a split's images are held as one ``uint8`` tensor, ``3 x image_size^2`` bytes an image
+(12 KB at the scratch model's 64 px, 150 KB at a pretrained ViT's 224 px): fine for the generated
+set and for tens of thousands of images, but the full MUGE training split (about 130k images at
+224 px, about 20 GB) needs more memory than most machines have; decoding per batch from the
+cache is the change that would lift this.
 """
 
 from __future__ import annotations
@@ -147,7 +153,8 @@ def _prepare_split(split: MugeSplit, pixels: dict[str, torch.Tensor], tokens: di
             texts_of[r].append(t)
     index = torch.tensor(kept_texts, dtype=torch.long)
     texts = TokenisedTexts(tokens["ids"][index], tokens["lengths"][index])
-    return _Prepared(texts, pixels["pixels"][torch.tensor(kept_images, dtype=torch.long)], targets, texts_of)
+    kept = pixels["pixels"] if not failed else pixels["pixels"][torch.tensor(kept_images, dtype=torch.long)]  # no copy
+    return _Prepared(texts, kept, targets, texts_of)
 
 
 def _build_model(config: Mapping[str, Any], vocab_size: int) -> nn.Module:
