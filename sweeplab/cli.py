@@ -144,6 +144,39 @@ def best(
 
 
 @app.command()
+def status(
+    task: Annotated[Optional[str], typer.Option("--task", help="Only sweeps of this task.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Only this study.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    store_dir: StoreDir = Path("mlruns"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Sweeps in the store, running or finished: trials complete, pruned, failed, killed and running, best so far."""
+    from sweeplab.tasks import get_task, task_names
+    from sweeplab.tracker.query import sweeps
+    from sweeplab.tracker.store import quiet_libraries, resolve_store
+
+    try:
+        if task is not None:
+            get_task(task)
+        store = resolve_store(store_dir, tracking_uri)
+        if store.is_default and not (store.root / "mlflow.db").is_file():
+            raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run TASK` first, or pass --store-dir)")
+        quiet_libraries()
+        rows = sweeps(store.tracking_uri, {name: get_task(name).best_metric for name in task_names()}, task, study)
+    except SweeplabError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif rows:
+        from sweeplab.console import sweeps_table
+
+        console.print(sweeps_table(rows))
+    if not rows:
+        raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {store.tracking_uri}", code=1)
+
+
+@app.command()
 def ui(
     store_dir: StoreDir = Path("mlruns"),
     tracking_uri: TrackingUri = None,

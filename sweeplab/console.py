@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sweeplab.tracker.query import TrialRow
+from sweeplab.tracker.query import TRIAL_STATES, SweepRow, TrialRow
 
-__all__ = ["RichObserver", "trial_panels"]
+__all__ = ["RichObserver", "sweeps_table", "trial_panels"]
 
 
 class RichObserver:
@@ -100,3 +100,17 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]
             table.add_row("predictions", row.predictions)
         tables.append(table)
     return tables
+
+
+def sweeps_table(rows: Sequence[SweepRow]) -> Table:
+    """One line per sweep, newest first: its MLflow status, finished trials against the target,
+    the trials in each state and the best value so far with its trial."""
+    table = Table(title="sweeps", title_justify="left")
+    for column in ("study", "task", "status", "finished", *TRIAL_STATES, "best so far", "parent run"):
+        table.add_column(column, justify="right" if column in (*TRIAL_STATES, "finished") else "left")
+    for row in rows:
+        finished = row.counts.get("complete", 0) + row.counts.get("pruned", 0)
+        best = "-" if row.best_value is None else f"{row.metric} {row.best_value:.4f} (trial {row.best_trial})"
+        table.add_row(row.study, row.task, row.status.lower(), f"{finished}/{row.target if row.target else '?'}",
+                      *(str(row.counts.get(s, 0)) for s in TRIAL_STATES), best, row.run_id)
+    return table

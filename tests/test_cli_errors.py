@@ -90,3 +90,10 @@ def test_news_file_with_nothing_usable_names_file_and_problems(tmp_path: Path) -
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     assert "cnews.train.txt: no usable lines (" in message and "2 x not UTF-8 (first: 1, 2)" in message
     assert not (tmp_path / "store").exists()
+
+
+def test_status_without_a_store_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", "--store-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no tracking store here" in result.output
+    result = runner.invoke(app, ["status", "--task", "nosuchtask", "--store-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "unknown task 'nosuchtask'" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -69,6 +70,8 @@ def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path
         if process.poll() is None:
             process.kill()
     finished_before = {r.info.run_id for r in _children(store) if r.info.status == "FINISHED"}
+    during = _status(store)
+    assert during["status"] == "RUNNING" and during["counts"]["running"] >= 1 and during["counts"]["complete"] >= 1
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -86,6 +89,19 @@ def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path
     counts = {s: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
     assert counts[optuna.trial.TrialState.COMPLETE] == 3 and counts[optuna.trial.TrialState.FAIL] == 1
     assert counts[optuna.trial.TrialState.RUNNING] == 0
+    after = _status(store)
+    assert after["status"] == "FINISHED" and after["target"] == 3
+    assert after["counts"] == {"complete": 3, "pruned": 0, "failed": 0, "killed": 1, "running": 0}
+    assert study.user_attrs["sweeplab.parent_run_id"] == after["run_id"]  # later workers join this parent
+
+
+def _status(store: Path) -> dict:
+    """``sweep status --json`` of the store's one sweep."""
+    result = CliRunner().invoke(app, ["status", "--json", "--store-dir", str(store)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1
+    return rows[0]
 
 
 class _Replay:

@@ -50,6 +50,7 @@ PRUNERS = ("median", "none")
 CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
 
 class SweepFailed(RuntimeError):
@@ -517,7 +518,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                     "seed": options.seed, "data_dir": str(data_dir), "trials": options.trials,
                     "device": str(device), "precision": options.precision, **rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
-    recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params)
+    recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params,
+                                  known_run_id=study.user_attrs.get(PARENT_RUN))
+    if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
+        study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     _fail_dead_local_trials(study)
     if isinstance(sampler, optuna.samplers.GridSampler):
         _requeue_killed_grid_cells(study)

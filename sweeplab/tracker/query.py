@@ -8,6 +8,7 @@ checkpoint's location.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from mlflow.entities import ViewType
 
 from sweeplab.tracker.runs import ROLE, STATE
 
-__all__ = ["TrialRow", "best_trials", "metric_direction"]
+__all__ = ["SweepRow", "TrialRow", "best_trials", "metric_direction", "sweeps"]
 
 
 @dataclass(frozen=True)
@@ -98,4 +99,68 @@ def best_trials(
         )
         if len(rows) == top:
             break
+    return rows
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One sweep (parent run) as found in the store: its trials by state and the best so far."""
+
+    run_id: str
+    experiment: str
+    study: str
+    task: str
+    status: str
+    target: int | None
+    counts: dict[str, int]
+    metric: str
+    best_value: float | None
+    best_trial: int | None
+    start_time: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TRIAL_STATES = ("complete", "pruned", "failed", "killed", "running")
+
+
+def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | None = None,
+           study: str | None = None) -> list[SweepRow]:
+    """Every sweep of the store (newest first), optionally of one task or study, with its child
+    runs counted by ``sweeplab.state`` and the best ``best_metric_of[task]`` among complete ones
+    (while a sweep runs, this is the best so far)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
+    if not experiments:
+        return []
+    filters = [f"tags.`{ROLE}` = 'sweep'"]
+    if task:
+        filters.append(f"tags.`sweeplab.task` = '{task}'")
+    if study:
+        filters.append(f"tags.`sweeplab.study` = '{study}'")
+    parents = client.search_runs(list(experiments), filter_string=" and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
+                                 max_results=1000, order_by=["attributes.start_time DESC"])
+    rows = []
+    for parent in parents:
+        name = parent.data.tags.get("sweeplab.task", "")
+        metric = best_metric_of.get(name, "")
+        children = client.search_runs([parent.info.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        counts = dict.fromkeys(TRIAL_STATES, 0)
+        for child in children:
+            state = child.data.tags.get(STATE, "running")
+            counts[state] = counts.get(state, 0) + 1
+        scored = [c for c in children if c.data.tags.get(STATE) == "complete" and metric in c.data.metrics]
+        reverse = metric_direction(metric) == "DESC"
+        best = sorted(scored, key=lambda c: ((-1 if reverse else 1) * c.data.metrics[metric], c.info.start_time))[:1]
+        trials = parent.data.params.get("trials")
+        rows.append(SweepRow(
+            run_id=parent.info.run_id, experiment=experiments[parent.info.experiment_id],
+            study=parent.data.tags.get("sweeplab.study", ""), task=name, status=parent.info.status,
+            target=int(trials) if trials and trials.isdigit() else None, counts=counts, metric=metric,
+            best_value=best[0].data.metrics[metric] if best else None,
+            best_trial=int(best[0].data.tags.get("sweeplab.trial", -1)) if best else None,
+            start_time=int(parent.info.start_time or 0),
+        ))
     return rows

@@ -19,6 +19,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 
 __all__ = ["ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
 
@@ -127,6 +128,18 @@ class TrialRecorder:
             self.closed = True
 
 
+def _active_run(client: MlflowClient, run_id: str | None, experiment_id: str) -> list[Any]:
+    """``[run]`` when ``run_id`` names a live run of the experiment, else ``[]``."""
+    if not run_id:
+        return []
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return []
+    alive = run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+    return [run] if alive else []
+
+
 class SweepRecorder:
     """The sweep's parent run, found again on a rerun (same experiment and study name)."""
 
@@ -145,8 +158,13 @@ class SweepRecorder:
         study_name: str,
         base_tags: Mapping[str, str],
         params: Mapping[str, Any],
+        known_run_id: str | None = None,
     ) -> SweepRecorder:
-        """Get or create the experiment and the sweep's parent run; log the sweep's params."""
+        """Get or create the experiment and the sweep's parent run; log the sweep's params.
+
+        ``known_run_id`` is the parent run the study recorded when it was made: a worker that
+        joins the sweep later uses that run, even if it started while another worker was still
+        creating it (a search by tag could miss it and make a second parent)."""
         client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -154,10 +172,11 @@ class SweepRecorder:
             experiment_id = client.create_experiment(experiment, artifact_location=location)
         else:
             experiment_id = found.experiment_id
-        existing = client.search_runs(
+        existing = _active_run(client, known_run_id, experiment_id) or client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`sweeplab.study` = '{study_name}'",
             run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time ASC"],
             max_results=1,
         )
         tags = {**base_tags, ROLE: "sweep", "sweeplab.study": study_name}
