@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,11 +15,16 @@ from rich.markup import escape
 
 from sweeplab.errors import SweeplabError
 
+if TYPE_CHECKING:
+    from sweeplab.tracker.store import Store
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
 console = Console()
 errors = Console(stderr=True)
 
 StoreDir = Annotated[Path, typer.Option("--store-dir", help="Folder of the embedded store (SQLite + artifacts + Optuna journal).")]
+OnlyStudy = Annotated[Optional[str], typer.Option("--study", help="Only this study.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TrackingUri = Annotated[
     Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the embedded store).")
 ]
@@ -38,6 +43,17 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
             raise SweeplabError(f"--set {item}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def _existing_store(store_dir: Path, tracking_uri: str | None, task: str) -> Store:
+    """The store to read from; a one-line error when the embedded default has not been made yet."""
+    from sweeplab.tracker.store import quiet_libraries, resolve_store
+
+    store = resolve_store(store_dir, tracking_uri)
+    if store.is_default and not (store.root / "mlflow.db").is_file():
+        raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run {task}` first, or pass --store-dir)")
+    quiet_libraries()
+    return store
 
 
 @app.command()
@@ -110,24 +126,20 @@ def best(
     task: Annotated[str, typer.Option("--task", help="Task whose trials to rank.")],
     metric: Annotated[Optional[str], typer.Option("--metric", help="Summary metric to rank by (default: best_val_accuracy for the task).")] = None,
     top: Annotated[int, typer.Option("--top", help="How many trials to show.")] = 1,
-    study: Annotated[Optional[str], typer.Option("--study", help="Only this study.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    study: OnlyStudy = None,
+    as_json: AsJson = False,
     store_dir: StoreDir = Path("mlruns"),
     tracking_uri: TrackingUri = None,
 ) -> None:
     """The best trial(s) of a task, from the tracking store alone: params, best epoch, onset, checkpoint."""
     from sweeplab.tasks import get_task
     from sweeplab.tracker.query import best_trials
-    from sweeplab.tracker.store import quiet_libraries, resolve_store
 
     try:
         spec = get_task(task)
         if top < 1:
             raise SweeplabError(f"--top {top}: expected a positive number")
-        store = resolve_store(store_dir, tracking_uri)
-        if store.is_default and not (store.root / "mlflow.db").is_file():
-            raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run {task}` first, or pass --store-dir)")
-        quiet_libraries()
+        store = _existing_store(store_dir, tracking_uri, task)
         rows = best_trials(store.tracking_uri, spec.name, metric or spec.best_metric, top=top, study=study)
     except SweeplabError as exc:
         raise _fail(str(exc)) from None
@@ -146,23 +158,19 @@ def best(
 @app.command()
 def status(
     task: Annotated[Optional[str], typer.Option("--task", help="Only sweeps of this task.")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Only this study.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    study: OnlyStudy = None,
+    as_json: AsJson = False,
     store_dir: StoreDir = Path("mlruns"),
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Sweeps in the store, running or finished: trials complete, pruned, failed, killed and running, best so far."""
     from sweeplab.tasks import get_task, task_names
     from sweeplab.tracker.query import sweeps
-    from sweeplab.tracker.store import quiet_libraries, resolve_store
 
     try:
         if task is not None:
             get_task(task)
-        store = resolve_store(store_dir, tracking_uri)
-        if store.is_default and not (store.root / "mlflow.db").is_file():
-            raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run TASK` first, or pass --store-dir)")
-        quiet_libraries()
+        store = _existing_store(store_dir, tracking_uri, task or "TASK")
         rows = sweeps(store.tracking_uri, {name: get_task(name).best_metric for name in task_names()}, task, study)
     except SweeplabError as exc:
         raise _fail(str(exc)) from None
