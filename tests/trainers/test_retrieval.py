@@ -106,3 +106,16 @@ def test_frozen_towers_do_not_move(tmp_path: Path) -> None:
     trainer.train_round()
     assert torch.equal(trainer.model.text_projection.weight, before_text)
     assert not torch.equal(trainer.model.visual_projection.weight, before_image)
+
+
+def test_a_tiny_model_learns_the_generated_set_well_above_chance(tmp_path: Path) -> None:
+    data = write_shapes(tmp_path / "learn", {"train": 400, "valid": 120}, seed=2, image_size=32)
+    loaded = TASK.load(data, 0, 0.2, TASK.defaults)
+    config = {**TASK.defaults, **TINY, "hidden_size": 64, "projection_dim": 32, "warmup_steps": 5, "epochs": 20}
+    result = fit(_RetrievalTrainer(loaded, config, _env(tmp_path)), 20, _Silent(), "val_recall_mean")
+    valid = loaded.payload.valid
+    n = len(valid.image_ids)
+    chance = np.mean([np.mean([min(1.0, len(t) * k / n) for k in (1, 5, 10)]) for t in valid.targets])
+    best = max(p["val_recall_mean"] for p in result.history)
+    assert best > 2 * chance, (best, chance)
+    assert result.history[0]["val_loss"] > min(p["val_loss"] for p in result.history)
