@@ -81,6 +81,8 @@ def run(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.")] = True,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).")] = 1,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).")] = None,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
@@ -94,7 +96,8 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction,
+            val_fraction=val_fraction, workers=workers,
+            gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else (),
         )
         with RichObserver(console, metric) as observer:
             outcome = run_sweep(options, observer)

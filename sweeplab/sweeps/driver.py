@@ -85,6 +85,9 @@ class SweepOptions:
     plots: bool = True
     val_fraction: float = 0.2
     flush_seconds: float = 1.0
+    workers: int = 1
+    gpus: tuple[str, ...] = ()
+    role: str = "main"  # "worker": one of --workers K processes (no recovery, no final summary)
 
 
 class SweepObserver(Protocol):
@@ -178,6 +181,11 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--precision {options.precision}: expected one of {', '.join(PRECISIONS)}")
     if options.onset_s is not None and options.onset_s < 1:
         raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
+    if options.workers < 1:
+        raise SweeplabError(f"--workers {options.workers}: expected at least 1 worker process")
+    if options.workers > 1 and options.sampler == "grid":
+        raise SweeplabError("--workers with --sampler grid: not supported yet (Optuna's grid sampler repeats cells "
+                            "under parallel workers); run the grid with one worker")
     if options.onset_alpha is not None and not options.onset_alpha > 0:
         raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
@@ -522,24 +530,37 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                                   known_run_id=study.user_attrs.get(PARENT_RUN))
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
-    _fail_dead_local_trials(study)
-    if isinstance(sampler, optuna.samplers.GridSampler):
-        _requeue_killed_grid_cells(study)
-    live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    recorder.close_stale_trials(live)
+    worker = options.role == "worker"
+    if not worker:  # recovery is the main process's job: a worker could close a trial another just started
+        _fail_dead_local_trials(study)
+        if isinstance(sampler, optuna.samplers.GridSampler):
+            _requeue_killed_grid_cells(study)
+        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        recorder.close_stale_trials(live)
+        recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
+        recorder.log_file(space.path)
     report_lines = [line for r in loaded.reports for line in r.lines()]
-    recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
-    recorder.log_file(space.path)
 
     freeze_long_lived()
     staging_root = store.root / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
     target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
-    status = "FAILED"
-    try:
+    if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
             _optimise(study, sampler, objective, target, observer)
+        return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
+                            report_lines, target)
+    status = "FAILED"
+    try:
+        with tempfile.TemporaryDirectory(dir=staging_root) as staging:
+            if options.workers > 1:
+                from sweeplab.sweeps.workers import run_workers
+
+                run_workers(options, study, target, observer, store.root / "workers")
+            else:
+                objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
+                _optimise(study, sampler, objective, target, observer)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
             except Exception as exc:  # the trials are done and kept: say why the score is missing

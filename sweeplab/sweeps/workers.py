@@ -1,0 +1,134 @@
+"""``sweep run --workers K``: K worker processes on one machine share one study.
+
+The main process does what must happen once (validate, read and prepare the data into the disk
+cache, create the study and the MLflow parent run, recover from a killed run), then starts K
+processes that each run the same sweep as ``role="worker"``: they draw trials from the shared
+Optuna storage (the embedded journal file, or an RDB) until the study holds ``--trials``
+finished trials in all, so the number is a total, not per worker (a trial in flight when the
+total is reached still finishes). Each worker gets ``cores // K`` torch threads (two processes
+with two threads each on two cores slow down several times) and, with ``--gpus 0,1``, one GPU
+in turn through ``CUDA_VISIBLE_DEVICES``. Their output goes to ``STORE/workers/worker-N.log``;
+the main process shows progress from the study, then scores the test split and closes the
+parent run.
+
+Run as a program (``python -m sweeplab.sweeps.workers OPTIONS.json``) it is one worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeplab.errors import SweeplabError
+
+__all__ = ["run_workers"]
+
+_PATHS = ("data_dir", "store_dir", "cache_dir")
+
+
+def _dump(options: Any, path: Path) -> None:
+    data = asdict(options)
+    data["overrides"] = dict(options.overrides)
+    path.write_text(json.dumps(data, default=str), encoding="utf-8")
+
+
+def _load(path: Path) -> Any:
+    from sweeplab.sweeps.driver import SweepOptions
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in _PATHS:
+        data[key] = Path(data[key]) if data[key] is not None else None
+    data["gpus"] = tuple(data["gpus"])
+    known = {f.name for f in fields(SweepOptions)}
+    return SweepOptions(**{k: v for k, v in data.items() if k in known})
+
+
+def _threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[float | None], maximise: bool) -> None:
+    """Tell the observer about trials that finished since the last look."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if trial.number in seen:
+            continue
+        seen.add(trial.number)
+        state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        if value is not None and (best[0] is None or (value > best[0] if maximise else value < best[0])):
+            best[0] = value
+        observer.trial_finished(trial.number, state, value, best[0])
+
+
+def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, folder: Path) -> None:
+    """Start ``options.workers`` worker processes on this sweep and wait for them (see the module
+    docstring). A worker that stops on bad input makes this a one-line error; Ctrl-C stops them all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / "options.json"
+    _dump(replace(options, workers=1, role="worker"), spec)
+    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    observer.sweep_started(study.study_name, target, done)
+    seen = {t.number for t in study.get_trials(deepcopy=False)}
+    best: list[float | None] = [study.best_value if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None]
+    maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    processes: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        for i in range(options.workers):
+            env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers))}
+            if options.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
+            log = folder / f"worker-{i}.log"
+            with log.open("w", encoding="utf-8") as out:
+                command = [sys.executable, "-m", "sweeplab.sweeps.workers", str(spec)]
+                processes.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env), log))
+        while any(p.poll() is None for p, _ in processes):
+            _report_new(study, seen, observer, best, maximise)
+            time.sleep(1.0)
+        _report_new(study, seen, observer, best, maximise)
+    except KeyboardInterrupt:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # each closes its running trial as killed
+        for process, _ in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        raise
+    for i, (process, log) in enumerate(processes):
+        if process.returncode == 2:
+            lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise SweeplabError(f"worker {i} stopped: {lines[-1] if lines else 'see ' + str(log)}")
+
+
+def main() -> None:
+    """One worker: run the sweep described by the options file until the study is done."""
+    import torch
+
+    from sweeplab.sweeps.driver import SweepFailed, run_sweep
+
+    torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
+    try:
+        run_sweep(_load(Path(sys.argv[1])))
+    except SweeplabError as exc:
+        print(f"error: {exc}", flush=True)
+        raise SystemExit(2) from None
+    except SweepFailed as exc:
+        print(f"error: {exc}", flush=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
