@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -183,14 +184,15 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
     if options.workers < 1:
         raise SweeplabError(f"--workers {options.workers}: expected at least 1 worker process")
-    if options.workers > 1 and options.sampler == "grid":
-        raise SweeplabError("--workers with --sampler grid: not supported yet (Optuna's grid sampler repeats cells "
-                            "under parallel workers); run the grid with one worker")
     if options.onset_alpha is not None and not options.onset_alpha > 0:
         raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
 
 def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler:
+    if options.sampler == "grid" and options.role == "worker":
+        # A grid worker runs only queued cells, whose parameters are all fixed; Optuna's grid
+        # sampler would assign cells itself and stop the study from outside optimize().
+        return optuna.samplers.RandomSampler(seed=options.seed)
     if options.sampler == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=options.seed)
     if options.sampler == "random":
@@ -276,8 +278,7 @@ class _Objective:
             raise
         except Exception as exc:
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
-                self.user_error = exc
-                trial.study.stop()
+                self.user_error = exc  # _optimise stops the study after this trial
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if isinstance(exc, torch.OutOfMemoryError):
                 reason = f"out of memory: {reason}"
@@ -442,7 +443,8 @@ def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objecti
             return
         before = len(study.get_trials(deepcopy=False))
         study.optimize(objective, n_trials=target - done, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)])
+                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED),
+                                  lambda s, t: s.stop() if objective.user_error is not None else None])
         if objective.user_error is not None:
             raise objective.user_error
         ran = len(study.get_trials(deepcopy=False)) - before
@@ -483,6 +485,41 @@ def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tr
                            f"test split, checkpoint of trial {best.number}", "test_", figures)
     recorder.log_summary(scored, {"sweeplab.test_trial": str(best.number)})
     return scored, None
+
+
+def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> int:
+    """Queue the grid cells no trial has tried yet (in a seeded order), up to ``target`` finished
+    and queued in all, for ``--workers`` to share: each worker takes queued trials one at a time
+    (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does not ensure
+    under parallel workers. Returns how many were queued."""
+    tried = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False) if t.params}
+    tried |= {repr(sorted(t.system_attrs.get("fixed_params", {}).items()))
+              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    fresh = [cell for cell in space.grid_cells() if repr(sorted(cell.items())) not in tried]
+    random.Random(seed).shuffle(fresh)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    room = max(0, target - _finished(study) - waiting)
+    for cell in fresh[:room]:
+        study.enqueue_trial(cell, skip_if_exists=False)
+    return min(room, len(fresh))
+
+
+def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObserver, target: int) -> None:
+    """A grid worker's loop: take queued trials one by one (Optuna pops a waiting trial
+    atomically in the storage) and stop when none is left."""
+    observer.sweep_started(study.study_name, target, _finished(study))
+    while (trial_id := study._pop_waiting_trial_id()) is not None:  # the pop study.ask() uses
+        trial = optuna.Trial(study, trial_id)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)
+            if objective.user_error is not None:
+                raise objective.user_error from None
+        else:
+            study.tell(trial, value)
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -548,7 +585,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-            _optimise(study, sampler, objective, target, observer)
+            if options.sampler == "grid":
+                _drain_queue(study, objective, observer, target)
+            else:
+                _optimise(study, sampler, objective, target, observer)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status = "FAILED"
@@ -557,6 +597,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             if options.workers > 1:
                 from sweeplab.sweeps.workers import run_workers
 
+                if options.sampler == "grid":
+                    enqueue_grid_cells(study, space, target, options.seed)
                 run_workers(options, study, target, observer, store.root / "workers")
             else:
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))

@@ -5,7 +5,8 @@ cache, create the study and the MLflow parent run, recover from a killed run), t
 processes that each run the same sweep as ``role="worker"``: they draw trials from the shared
 Optuna storage (the embedded journal file, or an RDB) until the study holds ``--trials``
 finished trials in all, so the number is a total, not per worker (a trial in flight when the
-total is reached still finishes). Each worker gets ``cores // K`` torch threads (two processes
+total is reached still finishes). With ``--sampler grid`` the main process queues the cells and the
+workers only take queued trials, so each cell runs exactly once. Each worker gets ``cores // K`` torch threads (two processes
 with two threads each on two cores slow down several times) and, with ``--gpus 0,1``, one GPU
 in turn through ``CUDA_VISIBLE_DEVICES``. Their output goes to ``STORE/workers/worker-N.log``;
 the main process shows progress from the study, then scores the test split and closes the

@@ -39,7 +39,23 @@ def test_two_workers_share_one_study_and_one_parent_run(tmp_path: Path, sentimen
     assert sorted((store / "workers").glob("worker-*.log")) == [store / "workers" / "worker-0.log", store / "workers" / "worker-1.log"]
 
 
-def test_workers_with_a_grid_is_refused_for_now(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", "sentiment", "--workers", "3", "--sampler", "grid", "--store-dir", str(tmp_path / "s")])
-    assert result.exit_code == 2 and "--workers with --sampler grid" in result.output
-    assert not (tmp_path / "s").exists()
+def test_three_workers_run_every_cell_of_the_24_cell_grid_exactly_once(tmp_path: Path, sentiment_dir: Path) -> None:
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["run", "sentiment", "--trials", "24", "--workers", "3", "--sampler", "grid",
+                                 "--pruner", "none", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
+                                 "--set", "epochs=2", *TINY])
+    assert result.exit_code == 0, result.output
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
+    study = optuna.load_study(study_name="sentiment-grid", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 24  # no errors, none left over
+    cells = {(t.params["batch_size"], t.params["complexity"], t.params["lr"]) for t in study.trials}
+    assert len(cells) == 24  # every cell, none twice
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the work was shared
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sweeplab-sentiment").experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags["sweeplab.role"] == "sweep"]
+    children = [r for r in runs if r.data.tags["sweeplab.role"] == "trial"]
+    assert len(parents) == 1 and len(children) == 24
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert all(c.info.status == "FINISHED" and c.data.tags["sweeplab.state"] == "complete" for c in children)
