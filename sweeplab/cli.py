@@ -204,6 +204,28 @@ def ui(
 
 
 @app.command()
+def server(
+    backend_store_uri: Annotated[Optional[str], typer.Option("--backend-store-uri", help="Database of the runs: postgresql://USER:PW@HOST/DB, or default STORE_DIR/server.db (SQLite).")] = None,
+    artifacts: Annotated[Optional[Path], typer.Option("--artifacts-destination", help="Where the server keeps artifacts (default: STORE_DIR/server-artifacts).")] = None,
+    store_dir: StoreDir = Path("mlruns"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for workers on other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5000,
+) -> None:
+    """Start an MLflow tracking server for workers on several machines, and print the flags they use."""
+    root = store_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    backend = backend_store_uri or f"sqlite:///{root / 'server.db'}"
+    destination = (artifacts or root / "server-artifacts").resolve()
+    shared = backend if backend.startswith(("postgresql", "mysql")) else "postgresql://USER:PW@HOST/DB"
+    console.print(f"MLflow server on http://{host}:{port}: runs in {backend}, artifacts in {destination}", highlight=False)
+    console.print(f"on every machine: sweep run TASK --tracking-uri http://HOST:{port} --storage {shared} "
+                  "(same command, same study name: they join one sweep)", highlight=False)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
+               str(destination), "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command, env={**os.environ}))
+
+
+@app.command()
 def spaces(name: Annotated[Optional[str], typer.Argument(help="Print this built-in space (to copy and edit).")] = None) -> None:
     """List the built-in search spaces, or print one."""
     from sweeplab.sweeps.space import builtin_spaces

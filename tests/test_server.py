@@ -1,0 +1,72 @@
+"""A sweep whose workers log to an MLflow tracking server started on 127.0.0.1 by the test."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from sweeplab.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path: Path):  # noqa: ANN201 - yields the tracking URI
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"),
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow server did not start within 120 s")
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_two_workers_log_to_one_parent_on_the_server(server: str, tmp_path: Path, sentiment_dir: Path) -> None:
+    result = runner.invoke(app, ["run", "sentiment", "--trials", "4", "--workers", "2", "--sampler", "random",
+                                 "--pruner", "none", "--data-dir", str(sentiment_dir), "--tracking-uri", server,
+                                 "--store-dir", str(tmp_path / "local"), "--set", "epochs=3", *TINY])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name("sweeplab-sentiment").experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags["sweeplab.role"] == "sweep"]
+    children = [r for r in runs if r.data.tags["sweeplab.role"] == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert 4 <= len(children) <= 5 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    best = runner.invoke(app, ["best", "--task", "sentiment", "--json", "--tracking-uri", server])
+    assert best.exit_code == 0, best.output
+    run_id = json.loads(best.stdout)[0]["run_id"]
+    checkpoint = client.download_artifacts(run_id, "checkpoint/model.pt", str(tmp_path / "dl"))
+    assert Path(checkpoint).stat().st_size > 0  # artifacts go through the server
+    assert not (tmp_path / "local" / "mlflow.db").exists()  # nothing tracked locally
