@@ -83,7 +83,6 @@ class Task:
     load: Callable[[Path, int, float, Mapping[str, Any]], Loaded]
     prepare: Callable[[Loaded, Mapping[str, Any], TrialEnv], None]
     fit: Callable[[Loaded, Mapping[str, Any], TrialEnv, Reporter], FitResult]
-    class_names: tuple[str, ...] = ()
     format_predictions: Callable[[Any], str] | None = None
     x_axis: str = "epoch"
     save_checkpoint: Callable[[Loaded, Mapping[str, Any], Mapping[str, Any], Path], None] | None = None

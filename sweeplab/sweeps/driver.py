@@ -303,7 +303,7 @@ class _Objective:
             plots.close(fig)
         if "y_true" in result.outputs:
             where = f"validation, best {x_axis} {result.history[summary.best]['step']:g}"
-            _log_class_outputs(run, result.outputs, self.loaded.class_names or self.task.class_names, where, "", self.options.plots)
+            _log_class_outputs(run, result.outputs, self.loaded.class_names, where, "", self.options.plots)
         keep = self.options.checkpoints == "all" or (
             self.options.checkpoints == "best" and state == "complete" and self._better(summary.value)
         )
@@ -481,17 +481,17 @@ def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tr
             return None, "the data has no test split"
         scored = {k: v for k, v in evaluation.metrics.items() if math.isfinite(v)}
         run.log_summary(scored, {"sweeplab.test_scored": "checkpoint"})
-        _log_class_outputs(run, evaluation.outputs, loaded.class_names or task.class_names,
+        _log_class_outputs(run, evaluation.outputs, loaded.class_names,
                            f"test split, checkpoint of trial {best.number}", "test_", figures)
     recorder.log_summary(scored, {"sweeplab.test_trial": str(best.number)})
     return scored, None
 
 
-def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> int:
+def _enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> None:
     """Queue the grid cells no trial has tried yet (in a seeded order), up to ``target`` finished
     and queued in all, for ``--workers`` to share: each worker takes queued trials one at a time
     (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does not ensure
-    under parallel workers. Returns how many were queued."""
+    under parallel workers."""
     tried = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False) if t.params}
     tried |= {repr(sorted(t.system_attrs.get("fixed_params", {}).items()))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
@@ -501,7 +501,6 @@ def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int
     room = max(0, target - _finished(study) - waiting)
     for cell in fresh[:room]:
         study.enqueue_trial(cell, skip_if_exists=False)
-    return min(room, len(fresh))
 
 
 def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObserver, target: int) -> None:
@@ -598,7 +597,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 from sweeplab.sweeps.workers import run_workers
 
                 if options.sampler == "grid":
-                    enqueue_grid_cells(study, space, target, options.seed)
+                    _enqueue_grid_cells(study, space, target, options.seed)
                 run_workers(options, study, target, observer, store.root / "workers")
             else:
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))

@@ -452,6 +452,5 @@ TASK = Task(
     load=_load,
     prepare=_prepare,
     fit=_fit,
-    class_names=LABELS,
     format_predictions=_format_predictions,
 )
