@@ -83,6 +83,7 @@ def run(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).")] = 1,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).")] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="RDB storage: seconds between a trial's heartbeats; a trial silent for twice that is failed as killed and run again.")] = 60,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
@@ -96,7 +97,7 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction, workers=workers,
+            val_fraction=val_fraction, workers=workers, heartbeat=heartbeat,
             gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else (),
         )
         with RichObserver(console, metric) as observer:
@@ -197,7 +198,10 @@ def ui(
     """Open the MLflow UI on the same store (parent run = sweep, child runs = trials)."""
     from sweeplab.tracker.store import resolve_store
 
-    store = resolve_store(store_dir, tracking_uri)
+    try:
+        store = resolve_store(store_dir, tracking_uri)
+    except SweeplabError as exc:
+        raise _fail(str(exc)) from None
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} for {store.tracking_uri}")
     raise typer.Exit(subprocess.call(command, env={**os.environ}))
@@ -212,14 +216,19 @@ def server(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5000,
 ) -> None:
     """Start an MLflow tracking server for workers on several machines, and print the flags they use."""
+    from sweeplab.tracker.store import redact, with_postgres_driver
+
     root = store_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    backend = backend_store_uri or f"sqlite:///{root / 'server.db'}"
+    try:
+        backend = with_postgres_driver(backend_store_uri or f"sqlite:///{root / 'server.db'}", "--backend-store-uri")
+    except SweeplabError as exc:
+        raise _fail(str(exc)) from None
     destination = (artifacts or root / "server-artifacts").resolve()
-    shared = backend if backend.startswith(("postgresql", "mysql")) else "postgresql://USER:PW@HOST/DB"
-    console.print(f"MLflow server on http://{host}:{port}: runs in {backend}, artifacts in {destination}", highlight=False)
-    console.print(f"on every machine: sweep run TASK --tracking-uri http://HOST:{port} --storage {shared} "
-                  "(same command, same study name: they join one sweep)", highlight=False)
+    console.print(f"MLflow server on http://{host}:{port}: runs in {redact(backend)}, artifacts in {destination}", highlight=False)
+    console.print(f"on every machine: sweep run TASK --tracking-uri http://HOST:{port} --storage postgresql://USER:PW@HOST/DB "
+                  "with a database of its own for Optuna (not the server's; same command, same study name: "
+                  "they join one sweep)", highlight=False)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
                str(destination), "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(command, env={**os.environ}))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,3 +49,77 @@ def sentiment_dir(tmp_path: Path) -> Path:
 
 #: --set flags that make a trial take well under a second on a CPU.
 TINY = ["--set", "text_model=tiny", "--set", "image_model=tiny", "--set", "image_size=32", "--set", "max_length=32"]
+
+
+#: Set by .ci/run to a PostgreSQL server it started: a role that may create databases.
+POSTGRES_ENV = "SWEEPLAB_TEST_POSTGRES"
+
+
+@pytest.fixture()
+def postgres_db() -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty PostgreSQL databases (dropped afterwards) on the server named by
+    ``SWEEPLAB_TEST_POSTGRES``; the test skips, saying why, when there is none to reach."""
+    admin_uri = os.environ.get(POSTGRES_ENV)
+    if not admin_uri:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against (.ci/run starts one)")
+    psycopg = pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -e '.[postgres]'")
+    try:
+        admin = psycopg.connect(admin_uri, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"{POSTGRES_ENV}={admin_uri} cannot be reached: {str(exc).strip().splitlines()[0]}")
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"sweeplab_test_{uuid.uuid4().hex[:12]}"
+        admin.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return urlunsplit(urlsplit(admin_uri)._replace(path=f"/{name}"))
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start ``sweep server`` on 127.0.0.1 (SQLite under tmp_path, or ``backend``) and return its
+    tracking URI once it answers; it is stopped after the test."""
+    processes: list[subprocess.Popen] = []
+
+    def start(backend: str | None = None) -> str:
+        port = _free_port()
+        command = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port)]
+        log = (tmp_path / f"server-{port}.log").open("w")
+        processes.append(subprocess.Popen([*command, *(["--backend-store-uri", backend] if backend else [])],
+                                          stdout=log, stderr=subprocess.STDOUT))
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return uri
+            except OSError:
+                if processes[-1].poll() is not None:
+                    break
+                time.sleep(0.5)
+        pytest.fail(f"the MLflow server did not start: {(tmp_path / f'server-{port}.log').read_text()[-2000:]}")
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -20,7 +20,7 @@ from sweeplab.cli import app
 from sweeplab.datasets.report import ReadReport
 from sweeplab.sweeps.driver import SweepOptions, _requeue_killed_grid_cells, run_sweep
 from sweeplab.tasks import Loaded, Task, TrialEnv, register, task_names
-from sweeplab.trainers.loop import Diverged, Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -145,31 +145,56 @@ def _sweep_test_task(task: Task, tmp_path: Path, trials: int, **options: Any) ->
                                   plots=False, experiment=task.name, **options))
 
 
+class _NanAt(_Replay):
+    """A rising curve whose training loss becomes NaN at epoch ``at``."""
+
+    def __init__(self, epochs: int, at: int) -> None:
+        super().__init__(epochs)
+        self.at = at
+
+    def train_round(self) -> tuple[int, float]:
+        epoch, loss = super().train_round()
+        return epoch, float("nan") if epoch >= self.at else loss
+
+
+class _HostOom(_Replay):
+    """Asks the CPU allocator for a petabyte in its first round."""
+
+    def train_round(self) -> tuple[int, float]:
+        __import__("torch").empty(2**50, dtype=__import__("torch").uint8)
+        return super().train_round()
+
+
 def _flaky_task() -> Task:
-    """Trial 1 diverges and trial 2 runs out of memory; the others replay a rising curve."""
+    """Trial 1's loss is NaN from the start, trial 2 runs out of host memory, trial 3 out of GPU
+    memory, and trial 4's loss becomes NaN after two good epochs; the others replay a rising curve."""
 
     def fit_flaky(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
         number = env.trial_seed  # seed 0: the trial number
-        if number == 1:
-            raise Diverged("training loss is nan at step 2")
-        if number == 2:
+        if number == 3:
             raise __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return fit(_Replay(3), 3, reporter, "val_accuracy")
+        trainer = {1: _NanAt(3, at=1), 2: _HostOom(3), 4: _NanAt(3, at=3)}.get(number, _Replay(3))
+        return fit(trainer, 3, reporter, "val_accuracy")
 
     return _test_task("flaky", fit_flaky)
 
 
 def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    outcome = _sweep_test_task(_flaky_task(), tmp_path, 3, pruner="none")
-    assert outcome.counts["complete"] == 3 and outcome.counts["fail"] == 2
+    outcome = _sweep_test_task(_flaky_task(), tmp_path, 4, pruner="none")
+    assert outcome.counts["complete"] == 4 and outcome.counts["fail"] == 3
     client = MlflowClient(outcome.tracking_uri)
     exp = client.get_experiment_by_name("flaky")
-    runs = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'")
-    reasons = {int(r.data.tags["sweeplab.trial"]): r.data.tags.get("sweeplab.fail_reason") for r in runs}
-    assert reasons[1] == "Diverged: training loss is nan at step 2"
-    assert reasons[2].startswith("out of memory: OutOfMemoryError")
-    assert {r.info.status for r in runs if r.data.tags["sweeplab.state"] == "failed"} == {"FAILED"}
-    assert len(runs) == 5
+    runs = {int(r.data.tags["sweeplab.trial"]): r for r in client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'")}
+    reasons = {n: r.data.tags.get("sweeplab.fail_reason") for n, r in runs.items()}
+    assert reasons[1] == "Diverged: training loss is nan at step 1"
+    assert reasons[2].startswith("out of memory: RuntimeError") and "can't allocate memory" in reasons[2]
+    assert reasons[3].startswith("out of memory: OutOfMemoryError: CUDA out of memory")
+    assert {runs[n].info.status for n in (1, 2, 3)} == {"FAILED"}
+    # NaN after good epochs: the trial keeps its best epoch and says why it stopped
+    assert runs[4].info.status == "FINISHED" and runs[4].data.tags["sweeplab.stopped"] == "diverged"
+    assert runs[4].data.tags["sweeplab.stop_reason"] == "training loss is nan at step 3"
+    assert runs[4].data.metrics["best_epoch"] == 2
+    assert len(runs) == 7
 
 
 def test_a_missing_model_stops_the_sweep_with_exit_2(tmp_path: Path, sentiment_dir: Path) -> None:

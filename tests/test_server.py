@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -20,39 +15,9 @@ from tests.conftest import TINY
 runner = CliRunner()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def server(tmp_path: Path):  # noqa: ANN201 - yields the tracking URI
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow server did not start within 120 s")
-        yield uri
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def test_two_workers_log_to_one_parent_on_the_server(server: str, tmp_path: Path, sentiment_dir: Path) -> None:
+def test_two_workers_log_to_one_parent_on_the_server(mlflow_server: Callable[..., str], tmp_path: Path,
+                                                     sentiment_dir: Path) -> None:
+    server = mlflow_server()
     result = runner.invoke(app, ["run", "sentiment", "--trials", "4", "--workers", "2", "--sampler", "random",
                                  "--pruner", "none", "--data-dir", str(sentiment_dir), "--tracking-uri", server,
                                  "--store-dir", str(tmp_path / "local"), "--set", "epochs=3", *TINY])

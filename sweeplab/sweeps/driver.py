@@ -15,12 +15,14 @@ trials the study should hold.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 import shutil
 import socket
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 import optuna
 import torch
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
@@ -88,6 +91,7 @@ class SweepOptions:
     flush_seconds: float = 1.0
     workers: int = 1
     gpus: tuple[str, ...] = ()
+    heartbeat: int = 60  # seconds between a trial's heartbeats on an RDB storage
     role: str = "main"  # "worker": one of --workers K processes (no recovery, no final summary)
 
 
@@ -184,6 +188,8 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
     if options.workers < 1:
         raise SweeplabError(f"--workers {options.workers}: expected at least 1 worker process")
+    if options.heartbeat < 1:
+        raise SweeplabError(f"--heartbeat {options.heartbeat}: expected at least 1 second")
     if options.onset_alpha is not None and not options.onset_alpha > 0:
         raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
@@ -238,6 +244,22 @@ class _Reporter:
         return self.trial.should_prune()
 
 
+#: How PyTorch's CPU allocator words a failed allocation (a RuntimeError, not OutOfMemoryError).
+_HOST_OOM = "can't allocate memory"
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """The ``fail_reason`` of a trial that raised ``exc``: the exception's type and first line,
+    prefixed with ``out of memory:`` when the GPU (``torch.OutOfMemoryError``) or the host
+    (``MemoryError``, or the CPU allocator's RuntimeError) ran out, so that such trials can be
+    found by a query and told apart from bugs."""
+    text = str(exc).strip()
+    reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _HOST_OOM in text:
+        return f"out of memory: {reason}"
+    return reason
+
+
 class _Objective:
     """One call is one trial; see the module docstring for the path it takes."""
 
@@ -269,7 +291,10 @@ class _Objective:
             if summary.value is None:
                 raise RuntimeError(f"no finite {self.task.metric} in any evaluation")
             state = "pruned" if result.stopped == "pruned" else "complete"
-            run.log_summary(summary.metrics, {**summary.tags, "sweeplab.stopped": result.stopped or "none"})
+            stop = {"sweeplab.stopped": result.stopped or "none"}
+            if result.stop_reason:
+                stop["sweeplab.stop_reason"] = result.stop_reason
+            run.log_summary(summary.metrics, {**summary.tags, **stop})
             self._artifacts(run, config, result, summary, state)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
@@ -279,9 +304,7 @@ class _Objective:
         except Exception as exc:
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
                 self.user_error = exc  # _optimise stops the study after this trial
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if isinstance(exc, torch.OutOfMemoryError):
-                reason = f"out of memory: {reason}"
+            reason = _failure_reason(exc)
             trial.set_user_attr("fail_reason", reason)
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
@@ -374,6 +397,38 @@ def _fail_dead_local_trials(study: optuna.Study) -> None:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
+class _KilledElsewhere:
+    """Optuna calls this for a trial it failed because its heartbeats stopped (its worker, on
+    any machine, was killed; RDB storage only). Its MLflow run is closed as KILLED with the reason,
+    and its parameters are queued once more with the values it had reported (Optuna's
+    RetryHeartbeatStaleTrialCallback), so a killed grid cell still runs and the study keeps its curve."""
+
+    def __init__(self, heartbeat: int) -> None:
+        self.reason = f"killed: no heartbeat from its worker for {2 * heartbeat} s"
+        self.recorder: SweepRecorder | None = None  # set once the parent run is open
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = retry(max_retry=1, inherit_intermediate_values=True)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = str(trial.user_attrs.get("mlflow_run_id", ""))
+        if self.recorder is not None and run_id:
+            try:
+                self.recorder.trial(run_id).close("killed", self.reason)
+            except Exception as exc:  # the tracking server is away: a rerun's recovery closes the run
+                logging.getLogger(__name__).warning("could not close the run of killed trial %d: %s", trial.number, exc)
+        self.retry(study, trial)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose heartbeats stopped (a no-op on storages without heartbeats); each
+    goes to the storage's :class:`_KilledElsewhere`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -> dict[str, str]:
     """What makes trials of one study comparable: a resumed study must have been made with the
     same task, data, split, seed and space (searched ranges and fixed values)."""
@@ -409,13 +464,13 @@ def _requeue_killed_grid_cells(study: optuna.Study) -> int:
     the grid is run to the end once. Returns how many were queued."""
     finished = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=FINISHED)}
     queued = {
-        repr(sorted(t.system_attrs.get("fixed_params", {}).items()))  # where Optuna keeps queued params
+        repr(sorted((t.system_attrs.get("fixed_params") or t.params).items()))  # enqueued, or a retry of a killed trial
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     }
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         key = repr(sorted(trial.params.items()))
-        reason = str(trial.user_attrs.get("fail_reason", ""))
+        reason = str(trial.user_attrs.get("fail_reason", "killed"))  # none: failed for want of heartbeats
         if trial.params and key not in finished | queued and reason.startswith(("killed", "interrupted")):
             study.enqueue_trial(trial.params, skip_if_exists=False)
             queued.add(key)
@@ -507,10 +562,15 @@ def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObse
     """A grid worker's loop: take queued trials one by one (Optuna pops a waiting trial
     atomically in the storage) and stop when none is left."""
     observer.sweep_started(study.study_name, target, _finished(study))
-    while (trial_id := study._pop_waiting_trial_id()) is not None:  # the pop study.ask() uses
+    while True:
+        _fail_stale_trials(study)  # as study.optimize does before each trial: requeues killed cells
+        trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
+        if trial_id is None:
+            break
         trial = optuna.Trial(study, trial_id)
         try:
-            value = objective(trial)
+            with get_heartbeat_thread(trial_id, study._storage):  # as study.optimize does around a trial
+                value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except Exception:
@@ -553,7 +613,9 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     task.prepare(loaded, {**task.defaults, **space.fixed}, env)
 
     study_name = _study_name(options, space)
-    study = optuna.create_study(storage=open_optuna_storage(store.optuna_storage), sampler=sampler,
+    killed_elsewhere = _KilledElsewhere(options.heartbeat)
+    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed_elsewhere)
+    study = optuna.create_study(storage=storage, sampler=sampler,
                                 pruner=_pruner(options), study_name=study_name, direction=task.direction,
                                 load_if_exists=True)
     _check_same_settings(study, _settings(task, space, options, data_dir))
@@ -566,9 +628,11 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                                   known_run_id=study.user_attrs.get(PARENT_RUN))
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
+    killed_elsewhere.recorder = recorder
     worker = options.role == "worker"
     if not worker:  # recovery is the main process's job: a worker could close a trial another just started
         _fail_dead_local_trials(study)
+        _fail_stale_trials(study)
         if isinstance(sampler, optuna.samplers.GridSampler):
             _requeue_killed_grid_cells(study)
         live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}

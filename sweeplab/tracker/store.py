@@ -10,16 +10,27 @@ processes may share). ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` select anothe
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial
 
-__all__ = ["Store", "open_optuna_storage", "resolve_store"]
+from sweeplab.errors import SweeplabError
+
+__all__ = ["Store", "open_optuna_storage", "redact", "resolve_store", "with_postgres_driver"]
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
+# Optuna 4.9 renamed RDBStorage's failed_trial_callback to heartbeat_stale_trial_callback.
+_OPTUNA_5 = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
 
 
 @dataclass(frozen=True)
@@ -51,18 +62,56 @@ def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = N
     embedded default under ``store_dir``."""
     root = Path(store_dir).resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    uri = with_postgres_driver(uri, "--tracking-uri")
     # A tracking server decides where artifacts go; any database URI gets the store's folder
     # (else MLflow would fall back to ./mlruns in whatever directory a worker runs in).
     artifact_root = None if uri.startswith(("http:", "https:", "databricks")) else (root / "artifacts").as_uri()
     return Store(root=root, tracking_uri=uri, artifact_root=artifact_root, optuna_storage=storage or str(root / "optuna.journal"))
 
 
-def open_optuna_storage(spec: str) -> optuna.storages.BaseStorage:
-    """An RDB URL gives Optuna's RDBStorage (with heartbeats, so trials of a killed worker are
-    failed and not left RUNNING); anything else is a journal file path."""
-    if spec.startswith(RDB_SCHEMES):
-        return optuna.storages.RDBStorage(spec, heartbeat_interval=60, grace_period=180)
-    path = Path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
-    return optuna.storages.JournalStorage(backend)
+def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
+                        on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.BaseStorage:
+    """An RDB URL gives Optuna's RDBStorage with heartbeats: a running trial records one every
+    ``heartbeat_seconds``, and one with none for twice that long (its worker was killed, on any
+    machine) is failed by the next worker that starts a trial, which then calls ``on_stale``.
+    Anything else is a journal file path (one machine; dead local workers are found by pid).
+
+    A missing database driver or an unreachable server is a one-line :class:`SweeplabError`."""
+    if not spec.startswith(RDB_SCHEMES):
+        path = Path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    spec = with_postgres_driver(spec, "--storage")
+    callback = "heartbeat_stale_trial_callback" if _OPTUNA_5 else "failed_trial_callback"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.9
+            return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
+                                              **{callback: on_stale})
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
+        raise SweeplabError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
+
+
+def with_postgres_driver(uri: str, flag: str) -> str:
+    """A ``postgresql://`` or ``postgres://`` URI pinned to the psycopg (3) driver that the
+    ``postgres`` extra installs, since SQLAlchemy's default driver for the bare scheme differs
+    between versions (psycopg2 before 2.1). Other URIs are returned as they are.
+
+    Raises :class:`SweeplabError` naming ``flag`` when the driver is not installed."""
+    scheme, sep, rest = uri.partition("://")
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        return uri
+    if importlib.util.find_spec("psycopg") is None:
+        raise SweeplabError(f"{flag} {redact(uri)} needs a PostgreSQL driver: pip install 'sweeplab[postgres]'")
+    return f"postgresql+psycopg{sep}{rest}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

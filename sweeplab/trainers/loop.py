@@ -85,6 +85,7 @@ class FitResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     predictions: Any = None
     stopped: str | None = None  # "pruned", "overfit", "diverged" or None (ran every round)
+    stop_reason: str | None = None  # for "diverged": which loss became non-finite, and where
 
 
 def fit(
@@ -111,7 +112,7 @@ def fit(
         if problem:
             if result.best is None:
                 raise Diverged(problem)
-            result.stopped = "diverged"
+            result.stopped, result.stop_reason = "diverged", problem
             break
         if metric not in evaluation.metrics:
             raise SweeplabError(f"metric {metric!r} is not one this task reports ({', '.join(sorted(evaluation.metrics))})")

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
+from tests.checks import assert_grid_ran_every_cell_once
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -47,15 +48,4 @@ def test_three_workers_run_every_cell_of_the_24_cell_grid_exactly_once(tmp_path:
     assert result.exit_code == 0, result.output
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
     study = optuna.load_study(study_name="sentiment-grid", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 24  # no errors, none left over
-    cells = {(t.params["batch_size"], t.params["complexity"], t.params["lr"]) for t in study.trials}
-    assert len(cells) == 24  # every cell, none twice
-    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the work was shared
-
-    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("sweeplab-sentiment").experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags["sweeplab.role"] == "sweep"]
-    children = [r for r in runs if r.data.tags["sweeplab.role"] == "trial"]
-    assert len(parents) == 1 and len(children) == 24
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert all(c.info.status == "FINISHED" and c.data.tags["sweeplab.state"] == "complete" for c in children)
+    assert_grid_ran_every_cell_once(study, MlflowClient(f"sqlite:///{store / 'mlflow.db'}"), "sweeplab-sentiment", 24)
