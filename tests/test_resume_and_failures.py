@@ -17,11 +17,11 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.datasets.report import ReadReport
-from sweeplab.sweeps.driver import SweepOptions, _requeue_killed_grid_cells, run_sweep
-from sweeplab.tasks import Loaded, Task, TrialEnv, register, task_names
+from sweeplab.sweeps.driver import _requeue_killed_grid_cells
+from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from tests.conftest import TINY
+from tests.fake_tasks import Replay, make_task, sweep_task
 
 runner = CliRunner()
 
@@ -43,7 +43,7 @@ def _progress(db: Path) -> tuple[int, int]:
             finished = con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
             running = con.execute(
                 "select count(distinct r.run_uuid) from runs r join metrics m on m.run_uuid = r.run_uuid "
-                "where r.status = 'RUNNING'"
+                "where r.status = 'RUNNING' and m.key = 'val_accuracy'"
             ).fetchone()[0]
             return finished, running
     except sqlite3.Error:
@@ -53,17 +53,19 @@ def _progress(db: Path) -> tuple[int, int]:
 def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path, sentiment_dir: Path) -> None:
     store = tmp_path / "store"
     command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "3", "--data-dir", str(sentiment_dir),
-               "--store-dir", str(store), "--pruner", "none", "--no-early-stop", "--set", "epochs=40", *TINY]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+               "--store-dir", str(store), "--pruner", "none", "--no-early-stop", "--set", "epochs=600", *TINY]
+    log = tmp_path / "first-run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and process.poll() is None:
             finished, running = _progress(store / "mlflow.db")
             if finished >= 1 and running >= 1:
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError("the sweep never had a finished and a running trial at once")
+            raise AssertionError(f"the sweep never had a finished and a running trial at once:\n{log.read_text()[-3000:]}")
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -104,48 +106,7 @@ def _status(store: Path) -> dict:
     return rows[0]
 
 
-class _Replay:
-    def __init__(self, epochs: int) -> None:
-        self.epoch, self.epochs = 0, epochs
-
-    def train_round(self) -> tuple[int, float]:
-        self.epoch += 1
-        return self.epoch, 1.0 / self.epoch
-
-    def evaluate(self) -> Evaluation:
-        return Evaluation({"val_loss": 1.0 / self.epoch, "val_accuracy": self.epoch / 10})
-
-    def snapshot(self) -> dict:
-        return {}
-
-    def predict_unlabelled(self) -> None:
-        return None
-
-    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        pass
-
-
-def _test_task(name: str, fit_fn: Any) -> Task:
-    """A task with no data whose fit is ``fit_fn``, for driving the real sweep engine."""
-    return Task(
-        name=name, summary="test task", metric="val_accuracy", direction="maximize",
-        defaults={"x": 0.0}, default_space="", sample_data=Path("."),
-        load=lambda d, s, v, settings: Loaded(payload=None, reports=(ReadReport("none"),), fingerprint="f"),
-        prepare=lambda loaded, config, env: None, fit=fit_fn,
-    )
-
-
-def _sweep_test_task(task: Task, tmp_path: Path, trials: int, **options: Any) -> Any:
-    """Register ``task`` (once) and sweep it over one float, in its own store and experiment."""
-    if task.name not in task_names():
-        register(task)
-    space = tmp_path / "space.toml"
-    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
-    return run_sweep(SweepOptions(task=task.name, trials=trials, space=str(space), store_dir=tmp_path / "store",
-                                  plots=False, experiment=task.name, **options))
-
-
-class _NanAt(_Replay):
+class _NanAt(Replay):
     """A rising curve whose training loss becomes NaN at epoch ``at``."""
 
     def __init__(self, epochs: int, at: int) -> None:
@@ -157,7 +118,7 @@ class _NanAt(_Replay):
         return epoch, float("nan") if epoch >= self.at else loss
 
 
-class _HostOom(_Replay):
+class _HostOom(Replay):
     """Asks the CPU allocator for a petabyte in its first round."""
 
     def train_round(self) -> tuple[int, float]:
@@ -173,14 +134,14 @@ def _flaky_task() -> Task:
         number = env.trial_seed  # seed 0: the trial number
         if number == 3:
             raise __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        trainer = {1: _NanAt(3, at=1), 2: _HostOom(3), 4: _NanAt(3, at=3)}.get(number, _Replay(3))
+        trainer = {1: _NanAt(3, at=1), 2: _HostOom(3), 4: _NanAt(3, at=3)}.get(number, Replay(3))
         return fit(trainer, 3, reporter, "val_accuracy")
 
-    return _test_task("flaky", fit_flaky)
+    return make_task("flaky", fit_flaky)
 
 
 def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    outcome = _sweep_test_task(_flaky_task(), tmp_path, 4, pruner="none")
+    outcome = sweep_task(_flaky_task(), tmp_path, 4, pruner="none")
     assert outcome.counts["complete"] == 4 and outcome.counts["fail"] == 3
     client = MlflowClient(outcome.tracking_uri)
     exp = client.get_experiment_by_name("flaky")
@@ -232,7 +193,7 @@ def test_killed_grid_cells_are_queued_again_but_failed_ones_are_not() -> None:
 def _lagging_task() -> Task:
     """Trials 0-2 climb to 0.9; later trials stay at 0.05, far behind the median."""
 
-    class Lagging(_Replay):
+    class Lagging(Replay):
         def __init__(self, epochs: int, scale: float) -> None:
             super().__init__(epochs)
             self.scale = scale
@@ -243,11 +204,11 @@ def _lagging_task() -> Task:
     def fit_lagging(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
         return fit(Lagging(9, 1.0 if env.trial_seed < 3 else 0.05), 9, reporter, "val_accuracy")
 
-    return _test_task("lagging", fit_lagging)
+    return make_task("lagging", fit_lagging)
 
 
 def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> None:
-    outcome = _sweep_test_task(_lagging_task(), tmp_path, 4)
+    outcome = sweep_task(_lagging_task(), tmp_path, 4)
     assert outcome.counts["complete"] == 3 and outcome.counts["pruned"] == 1
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("lagging").experiment_id], "tags.`sweeplab.trial` = '3'")

@@ -22,6 +22,7 @@ import random
 import shutil
 import socket
 import tempfile
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +44,7 @@ from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
-from sweeplab.trainers.device import freeze_long_lived, pick_device, release_memory
+from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
 from sweeplab.trainers.loop import Evaluation, FitResult
 from sweeplab.trainers.metrics import per_class_report
 
@@ -260,6 +261,19 @@ def _failure_reason(exc: BaseException) -> str:
     return reason
 
 
+def _drop_locals(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``exc``'s traceback (and those of the
+    exceptions it chains), so that a failed trial's model and batches are freed even when
+    something keeps the exception: a log handler holding the record Optuna logs, or a notebook's
+    last traceback. The text of the traceback is kept."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
 class _Objective:
     """One call is one trial; see the module docstring for the path it takes."""
 
@@ -276,13 +290,17 @@ class _Objective:
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
     def __call__(self, trial: optuna.Trial) -> float:
-        release_memory()  # whatever an earlier failed trial's traceback kept alive
+        release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
+        device = self.env.device
+        at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
+        reset_peak_memory(device)
         config = {**self.task.defaults, **self.space.suggest(trial)}
         tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
         params = {**config, **self.rule.as_params(), "seed": self.options.seed}
         trial.set_user_attr("worker", _WORKER)  # first: a kill after this point is recoverable
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
         try:
+            run.log_summary(at_start, {})
             trial.set_user_attr("mlflow_run_id", run.run_id)
             env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
             reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none", config)
@@ -294,7 +312,7 @@ class _Objective:
             stop = {"sweeplab.stopped": result.stopped or "none"}
             if result.stop_reason:
                 stop["sweeplab.stop_reason"] = result.stop_reason
-            run.log_summary(summary.metrics, {**summary.tags, **stop})
+            run.log_summary({**summary.metrics, **peak_memory(device)}, {**summary.tags, **stop})
             self._artifacts(run, config, result, summary, state)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
@@ -305,7 +323,9 @@ class _Objective:
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
                 self.user_error = exc  # _optimise stops the study after this trial
             reason = _failure_reason(exc)
+            _drop_locals(exc)
             trial.set_user_attr("fail_reason", reason)
+            run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise

@@ -66,6 +66,8 @@ class TrialRecorder:
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
         """Summary metrics (no step) and tags, in one call with whatever is still buffered."""
+        if not metrics and not tags and not self._buffer:
+            return
         stamp = _now_ms()
         self._buffer += [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(v)]
         batch_tags = [RunTag(k, str(v)) for k, v in tags.items()]

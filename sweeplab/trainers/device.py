@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from sweeplab.errors import SweeplabError
 
-__all__ = ["autocast", "freeze_long_lived", "memory_in_use", "pick_device", "release_memory", "seed_everything"]
+__all__ = ["autocast", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
+           "reset_peak_memory", "seed_everything"]
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -51,9 +54,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def memory_in_use(device: torch.device) -> int:
-    """Bytes of accelerator memory held by tensors (0 on the CPU)."""
-    return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0
+_MIB = 2**20
+
+
+def memory_now(device: torch.device) -> dict[str, float]:
+    """Memory in use now, in MiB: ``memory_host_mb``, the process's resident set (Linux; read
+    from ``/proc/self/statm``, absent elsewhere), and on CUDA ``memory_gpu_mb``, the bytes held
+    by tensors (``torch.cuda.memory_allocated``, not the allocator's cache)."""
+    figures: dict[str, float] = {}
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        figures["memory_host_mb"] = resident_pages * os.sysconf("SC_PAGE_SIZE") / _MIB
+    except (OSError, ValueError, IndexError):
+        pass
+    if device.type == "cuda":
+        figures["memory_gpu_mb"] = torch.cuda.memory_allocated(device) / _MIB
+    return figures
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the peak GPU memory afresh (for :func:`peak_memory`); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """``memory_gpu_peak_mb``: the most GPU memory tensors held since :func:`reset_peak_memory`
+    (``torch.cuda.max_memory_allocated``), in MiB; empty on the CPU."""
+    return {"memory_gpu_peak_mb": torch.cuda.max_memory_allocated(device) / _MIB} if device.type == "cuda" else {}
 
 
 def freeze_long_lived() -> None:
