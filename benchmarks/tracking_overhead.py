@@ -19,17 +19,29 @@ Both write to their own embedded SQLite store in a temporary folder. Overhead pe
 
     python benchmarks/tracking_overhead.py                 # 20 trials x 30 epochs x 5 metrics
     python benchmarks/tracking_overhead.py --trials 10 --epochs 50 --plots
+    python benchmarks/tracking_overhead.py --postgres postgresql://USER@HOST:PORT/postgres
+
+``--postgres`` adds sweeplab on the many-machine path: Optuna's RDB storage on PostgreSQL and
+MLflow behind a ``sweep server`` whose backend store is PostgreSQL (both on this machine, so the
+figure is the cost of the path, not of a network), against the embedded default.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import socket
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 import optuna
@@ -130,8 +142,10 @@ def _sweeplab_task(epochs: int) -> Any:
     )
 
 
-def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str, flush_seconds: float = 1.0) -> float:
-    """The real ``run_sweep`` on the replay task (its store is ``folder/store``)."""
+def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str, flush_seconds: float = 1.0,
+                 tracking_uri: str | None = None, storage: str | None = None) -> float:
+    """The real ``run_sweep`` on the replay task (its store is ``folder/store``, unless a
+    tracking URI and an Optuna storage are given)."""
     from sweeplab.sweeps.driver import SweepOptions, run_sweep
     from sweeplab.tasks import register, task_names
 
@@ -143,10 +157,46 @@ def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str
     options = SweepOptions(
         task="bench-replay", trials=trials, space=str(space), sampler="random", pruner="none",
         store_dir=folder / "store", checkpoints="none", plots=plots, study=study, flush_seconds=flush_seconds,
+        tracking_uri=tracking_uri, storage=storage,
     )
     start = time.perf_counter()
     run_sweep(options)
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def postgres_and_server(admin_uri: str, folder: Path) -> Iterator[tuple[str, str]]:
+    """Two fresh databases on the PostgreSQL server of ``admin_uri`` (a role that may create
+    them): one for Optuna, one behind a ``sweep server`` started here on 127.0.0.1. Yields
+    (Optuna storage URI, tracking URI); drops both databases afterwards."""
+    import psycopg
+
+    names = [f"sweeplab_bench_{uuid.uuid4().hex[:8]}_{role}" for role in ("optuna", "mlflow")]
+    admin = psycopg.connect(admin_uri, autocommit=True)
+    for name in names:
+        admin.execute(f"CREATE DATABASE {name}")
+    optuna_uri, mlflow_uri = (urlunsplit(urlsplit(admin_uri)._replace(path=f"/{n}")) for n in names)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "sweeplab", "server", "--backend-store-uri", mlflow_uri,
+                               "--store-dir", str(folder / "server"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracking = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{tracking}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield optuna_uri, tracking
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 def main() -> None:
@@ -155,6 +205,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--plots", action="store_true", help="also measure sweeplab with curve PNGs on")
     parser.add_argument("--json", type=Path, help="write the figures to this file too")
+    parser.add_argument("--postgres", metavar="ADMIN_URI",
+                        help="also measure sweeplab with Optuna on PostgreSQL and MLflow behind `sweep server` on "
+                             "PostgreSQL (a role that may create databases; needs the postgres extra)")
     args = parser.parse_args()
 
     from sweeplab.tracker.store import quiet_libraries
@@ -185,6 +238,15 @@ def main() -> None:
         if args.plots:
             plots_s = sweeplab_run(args.trials, args.epochs, folder, plots=True, study="measured-plots")
             figures["sweeplab_with_plots_overhead_per_trial_s"] = (plots_s - base) / args.trials
+        if args.postgres:
+            with postgres_and_server(args.postgres, folder) as (storage, tracking):
+                sweeplab_run(1, args.epochs, folder, plots=False, study="warm-up", tracking_uri=tracking, storage=storage)
+                pg_s = sweeplab_run(args.trials, args.epochs, folder, plots=False, study="measured",
+                                    tracking_uri=tracking, storage=storage)
+            figures["sweeplab_postgres_server_overhead_per_trial_s"] = (pg_s - base) / args.trials
+            figures["ratio_postgres_server_to_embedded"] = (
+                figures["sweeplab_postgres_server_overhead_per_trial_s"] / figures["sweeplab_overhead_per_trial_s"]
+            )
     for key, value in figures.items():
         print(f"{key:42} {value:.4f}" if isinstance(value, float) else f"{key:42} {value}")
     if args.json:

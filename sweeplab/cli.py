@@ -231,7 +231,8 @@ def server(
                   "they join one sweep)", highlight=False)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
                str(destination), "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command, env={**os.environ}))
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # the server takes this process over: a kill or Ctrl-C reaches it
 
 
 @app.command()

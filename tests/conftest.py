@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
         command = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port)]
         log = (tmp_path / f"server-{port}.log").open("w")
         processes.append(subprocess.Popen([*command, *(["--backend-store-uri", backend] if backend else [])],
-                                          stdout=log, stderr=subprocess.STDOUT))
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         uri = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -117,9 +118,9 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
     try:
         yield start
     finally:
-        for process in processes:
-            process.terminate()
+        for process in processes:  # the server and the workers it forked: their own process group
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)

@@ -82,6 +82,9 @@ def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial
         victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         killed = _wait_for("a running trial of the second process",
                            lambda: _running_trial_of("sentiment-random", optuna_uri, victim.pid))
+        # As if it ran on another machine: the survivor cannot look its process up, only miss its heartbeats.
+        optuna.load_study(study_name="sentiment-random", storage=optuna_uri)._storage.set_trial_user_attr(
+            killed._trial_id, "worker", f"another-machine:{victim.pid}")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         _, err = survivor.communicate(timeout=300)

@@ -17,7 +17,6 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.sweeps.driver import _requeue_killed_grid_cells
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from tests.conftest import TINY
@@ -91,6 +90,9 @@ def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path
     counts = {s: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
     assert counts[optuna.trial.TrialState.COMPLETE] == 3 and counts[optuna.trial.TrialState.FAIL] == 1
     assert counts[optuna.trial.TrialState.RUNNING] == 0
+    killed_trial = int(killed.data.tags["sweeplab.trial"])
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed_trial]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == study.trials[killed_trial].params
     after = _status(store)
     assert after["status"] == "FINISHED" and after["target"] == 3
     assert after["counts"] == {"complete": 3, "pruned": 0, "failed": 0, "killed": 1, "running": 0}
@@ -173,21 +175,6 @@ def test_grid_sampler_walks_every_cell_once(tmp_path: Path, sentiment_dir: Path)
     assert result.exit_code == 0, result.output
     lrs = sorted(float(r.data.params["lr"]) for r in _children(tmp_path / "s"))
     assert lrs == [8e-6, 9e-6, 1e-5, 1.1e-5, 1.2e-5]  # 5 cells: the grid ends the sweep early
-
-
-def test_killed_grid_cells_are_queued_again_but_failed_ones_are_not() -> None:
-    study = optuna.create_study()
-    dist = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
-    for value, state, reason in ((1, "COMPLETE", None), (2, "FAIL", "killed: its process ended"),
-                                 (3, "FAIL", "Diverged: nan"), (4, "FAIL", "interrupted")):
-        trial = optuna.trial.create_trial(params={"b": value}, distributions={"b": dist},
-                                          state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
-                                          user_attrs={"fail_reason": reason} if reason else {})
-        study.add_trial(trial)
-    assert _requeue_killed_grid_cells(study) == 2
-    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert sorted(t.system_attrs["fixed_params"]["b"] for t in waiting) == [2, 4]
-    assert _requeue_killed_grid_cells(study) == 0  # already queued
 
 
 def _lagging_task() -> Task:

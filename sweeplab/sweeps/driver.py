@@ -15,15 +15,13 @@ trials the study should hold.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
 import shutil
-import socket
 import tempfile
+import time
 import traceback
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +34,7 @@ from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweeplabError
+from sweeplab.sweeps.recovery import KilledTrials, fail_dead_local_trials, fail_stale_trials, requeue_killed_grid_cells, worker_id
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
@@ -283,6 +282,7 @@ class _Objective:
         self.recorder, self.options, self.observer, self.rule, self.staging = recorder, options, observer, rule, staging
         self.best: float | None = None
         self.user_error: SweeplabError | None = None
+        self.calls = 0  # trials this process started
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -290,6 +290,8 @@ class _Objective:
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())  # first: a kill after this point is found by its pid
+        self.calls += 1
         release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
         device = self.env.device
         at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
@@ -297,7 +299,6 @@ class _Objective:
         config = {**self.task.defaults, **self.space.suggest(trial)}
         tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
         params = {**config, **self.rule.as_params(), "seed": self.options.seed}
-        trial.set_user_attr("worker", _WORKER)  # first: a kill after this point is recoverable
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
         try:
             run.log_summary(at_start, {})
@@ -321,7 +322,7 @@ class _Objective:
             raise
         except Exception as exc:
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
-                self.user_error = exc  # _optimise stops the study after this trial
+                self.user_error = exc  # _optimise raises it after this trial
             reason = _failure_reason(exc)
             _drop_locals(exc)
             trial.set_user_attr("fail_reason", reason)
@@ -393,62 +394,6 @@ def _log_class_outputs(run: TrialRecorder, outputs: Mapping[str, Any], class_nam
         plots.close(fig)
 
 
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fail_dead_local_trials(study: optuna.Study) -> None:
-    """Mark FAIL the RUNNING trials whose worker process on this host no longer exists (a killed
-    sweep). Trials of other hosts are left to RDB heartbeats."""
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "killed: its process ended")
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-
-
-class _KilledElsewhere:
-    """Optuna calls this for a trial it failed because its heartbeats stopped (its worker, on
-    any machine, was killed; RDB storage only). Its MLflow run is closed as KILLED with the reason,
-    and its parameters are queued once more with the values it had reported (Optuna's
-    RetryHeartbeatStaleTrialCallback), so a killed grid cell still runs and the study keeps its curve."""
-
-    def __init__(self, heartbeat: int) -> None:
-        self.reason = f"killed: no heartbeat from its worker for {2 * heartbeat} s"
-        self.recorder: SweepRecorder | None = None  # set once the parent run is open
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = retry(max_retry=1, inherit_intermediate_values=True)
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = str(trial.user_attrs.get("mlflow_run_id", ""))
-        if self.recorder is not None and run_id:
-            try:
-                self.recorder.trial(run_id).close("killed", self.reason)
-            except Exception as exc:  # the tracking server is away: a rerun's recovery closes the run
-                logging.getLogger(__name__).warning("could not close the run of killed trial %d: %s", trial.number, exc)
-        self.retry(study, trial)
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials whose heartbeats stopped (a no-op on storages without heartbeats); each
-    goes to the storage's :class:`_KilledElsewhere`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
 def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -> dict[str, str]:
     """What makes trials of one study comparable: a resumed study must have been made with the
     same task, data, split, seed and space (searched ranges and fixed values)."""
@@ -478,55 +423,46 @@ def _check_same_settings(study: optuna.Study, settings: Mapping[str, str]) -> No
         )
 
 
-def _requeue_killed_grid_cells(study: optuna.Study) -> int:
-    """Optuna's grid sampler counts a failed trial's cell as visited; put back the cells whose
-    trial was killed or interrupted (not those that failed on their own) so that every cell of
-    the grid is run to the end once. Returns how many were queued."""
-    finished = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=FINISHED)}
-    queued = {
-        repr(sorted((t.system_attrs.get("fixed_params") or t.params).items()))  # enqueued, or a retry of a killed trial
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    }
-    count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        key = repr(sorted(trial.params.items()))
-        reason = str(trial.user_attrs.get("fail_reason", "killed"))  # none: failed for want of heartbeats
-        if trial.params and key not in finished | queued and reason.startswith(("killed", "interrupted")):
-            study.enqueue_trial(trial.params, skip_if_exists=False)
-            queued.add(key)
-            count += 1
-    return count
-
-
 def _finished(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
 
 
 def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objective: _Objective, target: int,
-              observer: SweepObserver) -> None:
-    """Run trials until the study holds ``target`` finished ones. Failed trials are retried, up
-    to ``max(3, target)`` extra attempts; a grid stops when every cell (and every re-queued
-    killed cell) has run."""
+              observer: SweepObserver, killed: KilledTrials) -> None:
+    """Run trials, one at a time, until the study holds ``target`` finished ones, counting the
+    trials other processes (``--workers``, other machines) finish too.
+
+    Before each trial: trials of dead processes are failed (by pid on this machine, by heartbeat
+    elsewhere; see :mod:`sweeplab.sweeps.recovery`), and when the trials still needed are all running elsewhere this process waits
+    rather than start one more, so that ``--trials`` is a total and not exceeded by up to K-1;
+    if one of those fails, a waiting process runs its replacement. Failed trials are retried,
+    up to ``max(3, target)`` extra attempts by this process; a grid stops when every cell (and
+    every re-queued killed cell) has run."""
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         objective.best = study.best_value
-    done = _finished(study)
-    observer.sweep_started(study.study_name, target, done)
-    attempts = 0
-    while done < target and attempts < target + max(3, target):
+    observer.sweep_started(study.study_name, target, _finished(study))
+    while objective.calls < target + max(3, target):
+        fail_dead_local_trials(study, killed)
+        fail_stale_trials(study)
+        if _finished(study) >= target:
+            return
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting:
             return
-        before = len(study.get_trials(deepcopy=False))
-        study.optimize(objective, n_trials=target - done, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED),
-                                  lambda s, t: s.stop() if objective.user_error is not None else None])
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if _finished(study) + running >= target:
+            time.sleep(_WAIT_SECONDS)
+            continue
+        calls = objective.calls
+        study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.user_error is not None:
             raise objective.user_error
-        ran = len(study.get_trials(deepcopy=False)) - before
-        if ran == 0:
+        if objective.calls == calls:
             return  # the sampler has nothing left
-        attempts += ran
-        done = _finished(study)
+
+
+#: How often a process whose remaining trials are all running elsewhere looks again.
+_WAIT_SECONDS = 1.0
 
 
 def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
@@ -578,23 +514,32 @@ def _enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: in
         study.enqueue_trial(cell, skip_if_exists=False)
 
 
-def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObserver, target: int) -> None:
+def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObserver, target: int,
+                 killed: KilledTrials) -> None:
     """A grid worker's loop: take queued trials one by one (Optuna pops a waiting trial
-    atomically in the storage) and stop when none is left."""
+    atomically in the storage) and stop when none is left and none runs elsewhere. While others
+    still run, it waits: a killed worker's cell is queued again (see
+    :mod:`sweeplab.sweeps.recovery`) and a waiting worker takes it."""
     observer.sweep_started(study.study_name, target, _finished(study))
     while True:
-        _fail_stale_trials(study)  # as study.optimize does before each trial: requeues killed cells
+        fail_dead_local_trials(study, killed)
+        fail_stale_trials(study)
         trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
         if trial_id is None:
-            break
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                break
+            time.sleep(_WAIT_SECONDS)
+            continue
         trial = optuna.Trial(study, trial_id)
         try:
             with get_heartbeat_thread(trial_id, study._storage):  # as study.optimize does around a trial
                 value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-        except Exception:
+        except (Exception, KeyboardInterrupt) as exc:
             study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             if objective.user_error is not None:
                 raise objective.user_error from None
         else:
@@ -633,8 +578,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     task.prepare(loaded, {**task.defaults, **space.fixed}, env)
 
     study_name = _study_name(options, space)
-    killed_elsewhere = _KilledElsewhere(options.heartbeat)
-    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed_elsewhere)
+    killed = KilledTrials(options.heartbeat)
+    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
     study = optuna.create_study(storage=storage, sampler=sampler,
                                 pruner=_pruner(options), study_name=study_name, direction=task.direction,
                                 load_if_exists=True)
@@ -648,13 +593,13 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                                   known_run_id=study.user_attrs.get(PARENT_RUN))
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
-    killed_elsewhere.recorder = recorder
+    killed.recorder = recorder
     worker = options.role == "worker"
     if not worker:  # recovery is the main process's job: a worker could close a trial another just started
-        _fail_dead_local_trials(study)
-        _fail_stale_trials(study)
+        fail_dead_local_trials(study, killed)
+        fail_stale_trials(study)
         if isinstance(sampler, optuna.samplers.GridSampler):
-            _requeue_killed_grid_cells(study)
+            requeue_killed_grid_cells(study)
         live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         recorder.close_stale_trials(live)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
@@ -669,9 +614,9 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
             if options.sampler == "grid":
-                _drain_queue(study, objective, observer, target)
+                _drain_queue(study, objective, observer, target, killed)
             else:
-                _optimise(study, sampler, objective, target, observer)
+                _optimise(study, sampler, objective, target, observer, killed)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status = "FAILED"
@@ -683,9 +628,11 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 if options.sampler == "grid":
                     _enqueue_grid_cells(study, space, target, options.seed)
                 run_workers(options, study, target, observer, store.root / "workers")
+                fail_dead_local_trials(study, killed)  # the last worker killed mid-trial: its trial and its run
+                recorder.close_stale_trials({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
             else:
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-                _optimise(study, sampler, objective, target, observer)
+                _optimise(study, sampler, objective, target, observer, killed)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
             except Exception as exc:  # the trials are done and kept: say why the score is missing

@@ -92,7 +92,7 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
             with log.open("w", encoding="utf-8") as out:
                 command = [sys.executable, "-m", "sweeplab.sweeps.workers", str(spec)]
                 processes.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env), log))
-        while any(p.poll() is None for p, _ in processes):
+        while [p.poll() for p, _ in processes].count(None):  # poll each: a killed worker is reaped, not a zombie
             _report_new(study, seen, observer, best, maximise)
             time.sleep(1.0)
         _report_new(study, seen, observer, best, maximise)
