@@ -21,9 +21,10 @@ Both write to their own embedded SQLite store in a temporary folder. Overhead pe
     python benchmarks/tracking_overhead.py --trials 10 --epochs 50 --plots
     python benchmarks/tracking_overhead.py --postgres postgresql://USER@HOST:PORT/postgres
 
-``--postgres`` adds sweeplab on the many-machine path: Optuna's RDB storage on PostgreSQL and
-MLflow behind a ``sweep server`` whose backend store is PostgreSQL (both on this machine, so the
-figure is the cost of the path, not of a network), against the embedded default.
+``--postgres`` adds the many-machine path: Optuna's RDB storage on PostgreSQL and MLflow behind
+a ``sweep server`` whose backend store is PostgreSQL (both on this machine, so the figure is the
+cost of the path, not of a network). It measures the peer and sweeplab on that path, and
+sweeplab with only one of the two moved there, to show which part costs what.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -74,8 +76,10 @@ def bare(trials: int, epochs: int) -> float:
     return time.perf_counter() - start
 
 
-def peer(trials: int, epochs: int, folder: Path) -> float:
-    """Optuna + MLflowCallback + mlflow.log_metric per epoch and metric."""
+def peer(trials: int, epochs: int, folder: Path, tracking_uri: str | None = None, storage: str | None = None,
+         study_name: str = "peer") -> float:
+    """Optuna + MLflowCallback + mlflow.log_metric per epoch and metric: on an embedded SQLite store
+    in ``folder`` and an in-memory study, or on ``tracking_uri`` and the Optuna ``storage``."""
     import warnings
 
     import mlflow
@@ -83,8 +87,9 @@ def peer(trials: int, epochs: int, folder: Path) -> float:
 
     warnings.filterwarnings("ignore")  # MLflowCallback's deprecation and experimental warnings
 
-    callback = MLflowCallback(tracking_uri=f"sqlite:///{folder / 'peer.db'}", metric_name="val_accuracy")
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), study_name="peer")
+    callback = MLflowCallback(tracking_uri=tracking_uri or f"sqlite:///{folder / 'peer.db'}", metric_name="val_accuracy")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0), study_name=study_name,
+                                storage=storage)
 
     @callback.track_in_mlflow()
     def objective(trial: optuna.Trial) -> float:
@@ -97,9 +102,18 @@ def peer(trials: int, epochs: int, folder: Path) -> float:
             best = max(best, point["val_accuracy"])
         return best
 
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     start = time.perf_counter()
-    study.optimize(objective, n_trials=trials, callbacks=[callback])
-    return time.perf_counter() - start
+    try:
+        study.optimize(objective, n_trials=trials, callbacks=[callback])
+        return time.perf_counter() - start
+    finally:
+        # mlflow.set_tracking_uri (called by the callback) also sets MLFLOW_TRACKING_URI, which
+        # sweeplab honours: left set, later sweeplab runs would write to the peer's store.
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def _sweeplab_task(epochs: int) -> Any:
@@ -240,15 +254,28 @@ def main() -> None:
             figures["sweeplab_with_plots_overhead_per_trial_s"] = (plots_s - base) / args.trials
         if args.postgres:
             with postgres_and_server(args.postgres, folder) as (storage, tracking):
+                optuna_uri = storage.replace("postgresql://", "postgresql+psycopg://", 1)
+                peer(1, 1, folder, tracking, optuna_uri, study_name="peer-warm-up")
                 sweeplab_run(1, args.epochs, folder, plots=False, study="warm-up", tracking_uri=tracking, storage=storage)
-                pg_s = sweeplab_run(args.trials, args.epochs, folder, plots=False, study="measured",
-                                    tracking_uri=tracking, storage=storage)
-            figures["sweeplab_postgres_server_overhead_per_trial_s"] = (pg_s - base) / args.trials
+                timed = {
+                    "peer_postgres_server": peer(args.trials, args.epochs, folder, tracking, optuna_uri),
+                    "sweeplab_postgres_server": sweeplab_run(args.trials, args.epochs, folder, plots=False, study="measured",
+                                                             tracking_uri=tracking, storage=storage),
+                    "sweeplab_optuna_on_postgres_only": sweeplab_run(args.trials, args.epochs, folder, plots=False,
+                                                                     study="measured-pg", storage=storage),
+                    "sweeplab_mlflow_server_only": sweeplab_run(args.trials, args.epochs, folder, plots=False,
+                                                                study="measured-server", tracking_uri=tracking),
+                }
+            for name, seconds in timed.items():
+                figures[f"{name}_overhead_per_trial_s"] = (seconds - base) / args.trials
+            figures["ratio_sweeplab_to_peer_postgres_server"] = (
+                figures["sweeplab_postgres_server_overhead_per_trial_s"] / figures["peer_postgres_server_overhead_per_trial_s"]
+            )
             figures["ratio_postgres_server_to_embedded"] = (
                 figures["sweeplab_postgres_server_overhead_per_trial_s"] / figures["sweeplab_overhead_per_trial_s"]
             )
     for key, value in figures.items():
-        print(f"{key:42} {value:.4f}" if isinstance(value, float) else f"{key:42} {value}")
+        print(f"{key:50} {value:.4f}" if isinstance(value, float) else f"{key:50} {value}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 

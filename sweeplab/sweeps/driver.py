@@ -14,9 +14,9 @@ trials the study should hold.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -34,7 +34,8 @@ from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweeplabError
-from sweeplab.sweeps.recovery import KilledTrials, fail_dead_local_trials, fail_stale_trials, requeue_killed_grid_cells, worker_id
+from sweeplab.sweeps.recovery import (KilledTrials, close_runs_of_ended_trials, fail_dead_local_trials, fail_stale_trials,
+                                     requeue_killed_grid_cells, worker_id)
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
@@ -444,13 +445,13 @@ def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objecti
     while objective.calls < target + max(3, target):
         fail_dead_local_trials(study, killed)
         fail_stale_trials(study)
-        if _finished(study) >= target:
+        states = collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+        finished = sum(states[s] for s in FINISHED)
+        if finished >= target:
             return
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting:
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not states[TrialState.WAITING]:
             return
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if _finished(study) + running >= target:
+        if finished + states[TrialState.RUNNING] >= target:
             time.sleep(_WAIT_SECONDS)
             continue
         calls = objective.calls
@@ -595,13 +596,12 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
     worker = options.role == "worker"
-    if not worker:  # recovery is the main process's job: a worker could close a trial another just started
+    if not worker:  # start-up recovery is done once, by the main process; workers find dead trials as they go
         fail_dead_local_trials(study, killed)
         fail_stale_trials(study)
         if isinstance(sampler, optuna.samplers.GridSampler):
             requeue_killed_grid_cells(study)
-        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        recorder.close_stale_trials(live)
+        close_runs_of_ended_trials(study, recorder)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
         recorder.log_file(space.path)
     report_lines = [line for r in loaded.reports for line in r.lines()]
@@ -629,7 +629,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                     _enqueue_grid_cells(study, space, target, options.seed)
                 run_workers(options, study, target, observer, store.root / "workers")
                 fail_dead_local_trials(study, killed)  # the last worker killed mid-trial: its trial and its run
-                recorder.close_stale_trials({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
+                close_runs_of_ended_trials(study, recorder)
             else:
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
                 _optimise(study, sampler, objective, target, observer, killed)

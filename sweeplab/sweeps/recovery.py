@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeplab.tracker.runs import SweepRecorder
 
-__all__ = ["KilledTrials", "fail_dead_local_trials", "fail_stale_trials", "requeue_killed_grid_cells", "worker_id"]
+__all__ = ["KilledTrials", "close_runs_of_ended_trials", "fail_dead_local_trials", "fail_stale_trials", "requeue_killed_grid_cells", "worker_id"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
 ATTEMPT_ATTRS = ("worker", "mlflow_run_id", "fail_reason")
@@ -122,6 +122,25 @@ def fail_dead_local_trials(study: optuna.Study, on_killed: KilledTrials | None =
         if on_killed is not None:
             on_killed(study, study._storage.get_trial(trial._trial_id))
     return failed
+
+
+def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> int:
+    """Close as KILLED the child runs still RUNNING whose trial has ended in Optuna: left behind
+    when a process was killed after creating its run but before recording the run on its trial,
+    or when the tracking server was away as the kill was handled. Returns how many it closed.
+
+    Safe while other processes run trials (other machines, each of whose ``sweep run`` does this
+    at start-up): MLflow is read before Optuna, and a trial exists before its run, so a run read
+    here belongs to a trial that the later read of Optuna sees; a run whose trial just finished is
+    read again, and left alone if its own process closed it meanwhile."""
+    runs = recorder.running_trials()
+    ended = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    closed = 0
+    for number, run in runs.items():
+        if number in ended and run.is_running():
+            run.close("killed", "the process running it ended")
+            closed += 1
+    return closed
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

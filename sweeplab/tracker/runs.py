@@ -110,6 +110,10 @@ class TrialRecorder:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def is_running(self) -> bool:
+        """Whether the store still has this run RUNNING (its process may have closed it since)."""
+        return self.client.get_run(self.run_id).info.status == "RUNNING"
+
     def close(self, state: str, reason: str | None = None) -> None:
         """Flush, record the final state (and the reason of a failure) and end the run.
 
@@ -209,21 +213,16 @@ class SweepRecorder:
             self.client.log_batch(run.info.run_id, params=items[i : i + MAX_PARAMS_PER_CALL], synchronous=True)
         return TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri, flush_seconds)
 
-    def close_stale_trials(self, live_numbers: set[int]) -> int:
-        """Close child runs left RUNNING by a killed process (their trial is not live in Optuna):
-        they become KILLED with ``sweeplab.state = killed``. Returns how many were closed."""
-        stale = self.client.search_runs(
+    def running_trials(self) -> dict[int, TrialRecorder]:
+        """The sweep's child runs that are still RUNNING, by trial number: live trials, and those
+        a killed process left behind (``sweeps.recovery`` tells them apart)."""
+        runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
             max_results=10000,
         )
-        closed = 0
-        for run in stale:
-            if int(run.data.tags.get("sweeplab.trial", -1)) in live_numbers:
-                continue
-            TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri).close("killed", "the process running it ended")
-            closed += 1
-        return closed
+        return {int(run.data.tags.get("sweeplab.trial", -1)): TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri)
+                for run in runs}
 
     def trial(self, run_id: str) -> TrialRecorder:
         """A recorder for an existing child run (to add to a finished trial, e.g. its test score)."""

@@ -52,6 +52,7 @@ def quiet_libraries() -> None:
     """Keep MLflow's and Alembic's start-up chatter and Optuna's per-trial lines off the screen;
     sweeplab shows progress itself."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per run on a server
     for name in ("alembic", "mlflow", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -16,7 +16,8 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import KilledTrials, _alive, fail_dead_local_trials, requeue_killed_grid_cells
+from sweeplab.sweeps.recovery import (KilledTrials, _alive, close_runs_of_ended_trials, fail_dead_local_trials,
+                                      requeue_killed_grid_cells)
 from sweeplab.tracker.runs import SweepRecorder
 
 _DIST = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
@@ -111,3 +112,24 @@ def test_killed_grid_cells_are_queued_again_but_failed_ones_are_not() -> None:
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.system_attrs["fixed_params"]["b"] for t in waiting) == [2, 4]
     assert requeue_killed_grid_cells(study) == 0  # already queued
+
+
+def test_only_runs_of_ended_trials_are_closed(tmp_path: Path) -> None:
+    """A run left RUNNING by a trial that has ended is closed as KILLED; the run of a live trial,
+    and a run its own process closed meanwhile, are left as they are."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorder = SweepRecorder.open(uri, "exp", (tmp_path / "artifacts").as_uri(), "s", {}, {})
+    study = optuna.create_study(study_name="s")
+    live = _running_trial(study, 1, {})
+    ended = _running_trial(study, 2, {})
+    done = _running_trial(study, 3, {})
+    runs = {t.number: recorder.start_trial(t.number, {"b": t.number}, {}) for t in (live, ended, done)}
+    study._storage.set_trial_state_values(ended._trial_id, state=TrialState.FAIL)
+    runs[done.number].close("complete")
+    study.tell(done.number, 1.0)
+
+    assert close_runs_of_ended_trials(study, recorder) == 1
+    client = MlflowClient(uri)
+    status = {n: client.get_run(r.run_id).info.status for n, r in runs.items()}
+    assert status == {live.number: "RUNNING", ended.number: "KILLED", done.number: "FINISHED"}
+    assert close_runs_of_ended_trials(study, recorder) == 0
