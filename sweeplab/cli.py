@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -214,8 +215,10 @@ def server(
     store_dir: StoreDir = Path("mlruns"),
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for workers on other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5000,
+    hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host headers the server accepts, comma-separated, wildcards allowed (default: loopback, private addresses and this machine's names).")] = None,
 ) -> None:
     """Start an MLflow tracking server for workers on several machines, and print the flags they use."""
+    from sweeplab.tracker.server import allowed_hosts, server_command
     from sweeplab.tracker.store import redact, with_postgres_driver
 
     root = store_dir.resolve()
@@ -226,11 +229,11 @@ def server(
         raise _fail(str(exc)) from None
     destination = (artifacts or root / "server-artifacts").resolve()
     console.print(f"MLflow server on http://{host}:{port}: runs in {redact(backend)}, artifacts in {destination}", highlight=False)
-    console.print(f"on every machine: sweep run TASK --tracking-uri http://HOST:{port} --storage postgresql://USER:PW@HOST/DB "
-                  "with a database of its own for Optuna (not the server's; same command, same study name: "
-                  "they join one sweep)", highlight=False)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-               str(destination), "--host", host, "--port", str(port)]
+    address = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    console.print(f"on every machine: sweep run TASK --tracking-uri http://{address}:{port} --storage "
+                  "postgresql://USER:PW@HOST/DB with a database of its own for Optuna (not the server's; same command, "
+                  "same study name: they join one sweep)", highlight=False)
+    command = server_command(backend, destination, host, port, allowed_hosts(hosts))
     sys.stdout.flush()
     os.execv(sys.executable, command)  # the server takes this process over: a kill or Ctrl-C reaches it
 

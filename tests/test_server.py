@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,3 +38,23 @@ def test_two_workers_log_to_one_parent_on_the_server(mlflow_server: Callable[...
     checkpoint = client.download_artifacts(run_id, "checkpoint/model.pt", str(tmp_path / "dl"))
     assert Path(checkpoint).stat().st_size > 0  # artifacts go through the server
     assert not (tmp_path / "local" / "mlflow.db").exists()  # nothing tracked locally
+
+
+def _status_for_host(server: str, host: str) -> int:
+    """The HTTP status of an API call to ``server`` that names it ``host`` in its Host header."""
+    request = urllib.request.Request(f"{server}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_server_answers_workers_that_name_it_by_this_machines_name_and_no_others(
+    mlflow_server: Callable[..., str]
+) -> None:
+    server = mlflow_server()
+    port = server.rpartition(":")[2]
+    assert _status_for_host(server, f"{socket.gethostname()}:{port}") == 200  # MLflow's default alone refuses this
+    assert _status_for_host(server, f"10.1.2.3:{port}") == 200  # a private address, as MLflow allows
+    assert _status_for_host(server, f"attacker.example.com:{port}") != 200  # DNS-rebinding protection stays
