@@ -182,9 +182,11 @@ def status(
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif rows:
-        from sweeplab.console import sweeps_table
+        from sweeplab.console import sweep_panels
 
-        console.print(sweeps_table(rows))
+        for table in sweep_panels(rows):
+            console.print(table)
+            console.print()
     if not rows:
         raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {store.tracking_uri}", code=1)
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sweeplab.tracker.query import TRIAL_STATES, SweepRow, TrialRow
 
-__all__ = ["RichObserver", "sweeps_table", "trial_panels"]
+__all__ = ["RichObserver", "sweep_panels", "trial_panels"]
 
 
 class RichObserver:
@@ -102,15 +102,23 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]
     return tables
 
 
-def sweeps_table(rows: Sequence[SweepRow]) -> Table:
-    """One line per sweep, newest first: its MLflow status, finished trials against the target,
-    the trials in each state and the best value so far with its trial."""
-    table = Table(title="sweeps", title_justify="left")
-    for column in ("study", "task", "status", "finished", *TRIAL_STATES, "best so far", "parent run"):
-        table.add_column(column, justify="right" if column in (*TRIAL_STATES, "finished") else "left")
+def sweep_panels(rows: Sequence[SweepRow]) -> list[Table]:
+    """One key/value table per sweep, newest first: its task and MLflow status, finished trials
+    against the target with the trials in each state, the best value so far with its trial, and
+    the parent run. Key/value rows keep names and run ids whole in an 80-column terminal, where
+    a table with a column per state would cut them."""
+    tables = []
     for row in rows:
+        table = Table(title=f"{row.study}   (task {row.task}, {row.status.lower()})", title_justify="left",
+                      show_header=False, box=None, padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
         finished = row.counts.get("complete", 0) + row.counts.get("pruned", 0)
+        states = ", ".join(f"{row.counts.get(s, 0)} {s}" for s in TRIAL_STATES)
+        table.add_row("finished", f"{finished} of {row.target if row.target else '?'} trials")
+        table.add_row("trials", states)
         best = "-" if row.best_value is None else f"{row.metric} {row.best_value:.4f} (trial {row.best_trial})"
-        table.add_row(row.study, row.task, row.status.lower(), f"{finished}/{row.target if row.target else '?'}",
-                      *(str(row.counts.get(s, 0)) for s in TRIAL_STATES), best, row.run_id)
-    return table
+        table.add_row("best so far", best)
+        table.add_row("parent run", f"{row.run_id}  ({row.experiment})")
+        tables.append(table)
+    return tables
