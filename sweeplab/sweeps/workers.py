@@ -4,19 +4,24 @@ The main process does what must happen once (validate, read and prepare the data
 cache, create the study and the MLflow parent run, recover from a killed run), then starts K
 processes that each run the same sweep as ``role="worker"``: they draw trials from the shared
 Optuna storage (the embedded journal file, or an RDB) until the study holds ``--trials``
-finished trials in all, so the number is a total, not per worker (a trial in flight when the
-total is reached still finishes). With ``--sampler grid`` the main process queues the cells and the
-workers only take queued trials, so each cell runs exactly once. Each worker gets ``cores // K`` torch threads (two processes
-with two threads each on two cores slow down several times) and, with ``--gpus 0,1``, one GPU
-in turn through ``CUDA_VISIBLE_DEVICES``. Their output goes to ``STORE/workers/worker-N.log``;
-the main process shows progress from the study, then scores the test split and closes the
-parent run.
+finished trials in all, so the number is a total, not per worker; a worker waits rather than
+start a trial that the trials running elsewhere would make one too many. With ``--sampler
+grid`` the main process queues the cells and the workers only take queued trials, so each cell
+runs exactly once.
+
+Each worker gets ``cores // K`` torch threads (two processes with two threads each on two cores
+slow down several times) and, with ``--gpus 0,1``, one GPU in turn through
+``CUDA_VISIBLE_DEVICES``. Their output goes to ``STORE/workers/worker-N.log``; the main process
+shows progress from the study, then scores the test split and closes the parent run. A worker
+killed mid-trial is found by the others (``sweeps.recovery``), which run its parameters again;
+Ctrl-C in the main process, or its death by any signal, interrupts every worker.
 
 Run as a program (``python -m sweeplab.sweeps.workers OPTIONS.json``) it is one worker.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -85,7 +90,7 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
     processes: list[tuple[subprocess.Popen, Path]] = []
     try:
         for i in range(options.workers):
-            env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers))}
+            env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers)), _MAIN_PID: str(os.getpid())}
             if options.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
             log = folder / f"worker-{i}.log"
@@ -112,6 +117,28 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
             raise SweeplabError(f"worker {i} stopped: {lines[-1] if lines else 'see ' + str(log)}")
 
 
+#: The environment variable that gives a worker its main process's pid.
+_MAIN_PID = "SWEEPLAB_MAIN_PID"
+
+#: prctl(2) option: the signal the kernel sends this process when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_main() -> None:
+    """Have the kernel interrupt this worker (SIGINT, as Ctrl-C would) when its main process dies,
+    even by ``kill -9``: the worker then closes its running trial as interrupted and exits, instead
+    of training on unseen (holding a GPU that the rerun's workers need). Linux only; elsewhere a
+    worker whose main process was killed finishes the sweep on its own."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != os.environ.get(_MAIN_PID, str(os.getppid())):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def main() -> None:
     """One worker: run the sweep described by the options file until the study is done."""
     import torch
@@ -120,6 +147,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
     try:
+        _stop_with_main()
         run_sweep(_load(Path(sys.argv[1])))
     except SweeplabError as exc:
         print(f"error: {exc}", flush=True)

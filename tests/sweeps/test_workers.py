@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
+from sweeplab.sweeps.recovery import _alive
 from tests.checks import assert_grid_ran_every_cell_once
 from tests.conftest import TINY
 
@@ -68,17 +69,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
                "--no-plots", "--set", "epochs=600", *TINY]
     main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 240
-        victim = None
-        while victim is None and time.monotonic() < deadline and main.poll() is None:
-            time.sleep(0.2)
-            if not journal.exists():
-                continue
-            study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
-            if running and study.get_trials(states=(TrialState.COMPLETE,)):
-                victim = running[0]
-        assert victim is not None, "no worker was ever running a trial after one had finished"
+        victim = _running_trials(journal, main, count=1, after_a_complete_one=True)[0]
         os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
         try:
             _, err = main.communicate(timeout=300)
@@ -103,6 +94,51 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     experiment = client.get_experiment_by_name("sweeplab-sentiment").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+
+
+def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentiment_dir: Path) -> None:
+    """SIGKILL the main process while both workers run trials: the workers stop at once (they do
+    not train on unseen), each closing its trial as interrupted in Optuna and MLflow."""
+    store = tmp_path / "store"
+    journal = store / "optuna.journal"
+    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "6", "--workers", "2", "--sampler",
+               "random", "--pruner", "none", "--no-early-stop", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
+               "--no-plots", "--set", "epochs=100000", *TINY]
+    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        running = _running_trials(journal, main, count=2, after_a_complete_one=False)
+        main.kill()
+        main.wait(timeout=30)
+        workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
+        deadline = time.monotonic() + 60
+        while workers and time.monotonic() < deadline:
+            workers = {pid for pid in workers if _alive(pid)}
+            time.sleep(0.2)
+        assert not workers, f"workers {workers} went on after their main process was killed"
+    finally:
+        if main.poll() is None:
+            main.kill()
+    study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    for trial in (study.trials[t.number] for t in running):
+        assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["sweeplab.state"] == "killed"
+
+
+def _running_trials(journal: Path, main: subprocess.Popen, count: int, after_a_complete_one: bool) -> list:
+    """Wait until ``count`` trials run with their MLflow runs open (and, if asked, one has
+    completed before); returns them."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and main.poll() is None:
+        time.sleep(0.2)
+        if not journal.exists():
+            continue
+        study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
+        if len(running) >= count and (study.get_trials(states=(TrialState.COMPLETE,)) or not after_a_complete_one):
+            return running[:count]
+    raise AssertionError(f"never {count} running trial(s){' after a complete one' if after_a_complete_one else ''}")
 
 
 def _journal(path: Path) -> optuna.storages.JournalStorage:
