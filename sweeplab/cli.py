@@ -84,7 +84,7 @@ def run(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).")] = 1,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).")] = None,
-    heartbeat: Annotated[int, typer.Option("--heartbeat", help="RDB storage: seconds between a trial's heartbeats; a trial silent for twice that is failed as killed and run again.")] = 60,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.")] = 60,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver

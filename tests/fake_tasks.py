@@ -45,11 +45,13 @@ def make_task(name: str, fit_fn: Any) -> Task:
     )
 
 
-def sweep_task(task: Task, tmp_path: Path, trials: int, **options: Any) -> Any:
-    """Register ``task`` (once) and sweep it over one float, in its own store and experiment."""
+def sweep_task(task: Task, tmp_path: Path, trials: int, space_text: str = "[search.x]\nlow = 0.0\nhigh = 1.0\n",
+               **options: Any) -> Any:
+    """Register ``task`` (once) and sweep it over ``space_text`` (by default one float), in its own
+    store and experiment."""
     if task.name not in task_names():
         register(task)
     space = tmp_path / "space.toml"
-    space.write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    space.write_text(space_text, encoding="utf-8")
     return run_sweep(SweepOptions(task=task.name, trials=trials, space=str(space), store_dir=tmp_path / "store",
                                   plots=False, experiment=task.name, **options))

@@ -51,6 +51,18 @@ def _running_trial_of(study_name: str, storage: str, pid: int) -> optuna.trial.F
     return None
 
 
+def _frozen_in_a_trial(pid: int, study_name: str, storage: str) -> optuna.trial.FrozenTrial | None:
+    """Stop process ``pid`` (SIGSTOP) while it runs a trial and return that trial, which then
+    cannot end before the test is done with it; None (the process resumed) if it runs none."""
+    if _running_trial_of(study_name, storage, pid) is None:
+        return None
+    os.kill(pid, signal.SIGSTOP)
+    trial = _running_trial_of(study_name, storage, pid)
+    if trial is None:  # it finished its trial just before it was stopped
+        os.kill(pid, signal.SIGCONT)
+    return trial
+
+
 def _wait_for(what: str, probe: Callable[[], object], seconds: float = 180) -> object:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -80,8 +92,8 @@ def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial
             study_name="sentiment-random", storage=optuna_uri).get_trials(states=(TrialState.COMPLETE,))), None)
             if _study_exists(optuna_uri) else None)
         victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        killed = _wait_for("a running trial of the second process",
-                           lambda: _running_trial_of("sentiment-random", optuna_uri, victim.pid))
+        killed = _wait_for("a running trial of the second process, frozen",
+                           lambda: _frozen_in_a_trial(victim.pid, "sentiment-random", optuna_uri))
         # As if it ran on another machine: the survivor cannot look its process up, only miss its heartbeats.
         optuna.load_study(study_name="sentiment-random", storage=optuna_uri)._storage.set_trial_user_attr(
             killed._trial_id, "worker", f"another-machine:{victim.pid}")

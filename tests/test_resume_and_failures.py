@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -204,3 +205,55 @@ def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> Non
     assert pruned.data.tags["sweeplab.stopped"] == "pruned"
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_accuracy")] == [1, 2, 3]
     assert pruned.data.metrics["best_epoch"] == 3.0
+
+
+_GRID = "[search.x]\nlow = 0.0\nhigh = 1.0\ngrid = [0.0, 0.25, 0.5, 0.75, 1]\n"
+
+
+def test_a_grid_resumed_after_ctrl_c_runs_the_interrupted_cell_and_every_other_once(tmp_path: Path) -> None:
+    """The fourth of five cells is interrupted (Ctrl-C) in the first run; the rerun runs it and the
+    last, each cell once (Optuna's own grid sampler fails on such a re-queued cell when one cell is
+    left)."""
+    interrupt = {"armed": True}
+
+    def fit_interruptible(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        if env.trial_seed == 3 and interrupt["armed"]:
+            raise KeyboardInterrupt
+        return fit(Replay(2), 2, reporter, "val_accuracy")
+
+    task = make_task("interruptible-grid", fit_interruptible)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
+    interrupt["armed"] = False
+    outcome = sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
+    assert outcome.counts["complete"] == 5 and outcome.counts["fail"] == 1 and outcome.counts["waiting"] == 0
+    client = MlflowClient(outcome.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("interruptible-grid").experiment_id],
+                              "tags.`sweeplab.role` = 'trial'")
+    complete = sorted(float(r.data.params["x"]) for r in runs if r.data.tags["sweeplab.state"] == "complete")
+    assert complete == [0.0, 0.25, 0.5, 0.75, 1.0]
+    (interrupted,) = [r for r in runs if r.data.tags["sweeplab.state"] == "killed"]
+    assert interrupted.data.tags["sweeplab.fail_reason"] == "interrupted" and interrupted.info.status == "KILLED"
+
+
+def test_a_trial_another_process_failed_is_dropped_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """While trial 1 runs, another process fails it (as for lost heartbeats: that process closes its
+    run and queues its retry). Trial 1's process neither crashes nor relabels the trial, with or
+    without reports to Optuna after the failure."""
+
+    def fit_failed_meanwhile(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        if env.trial_seed in (1, 2):
+            trial = reporter.trial
+            trial.study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        return fit(Replay(3), 3, reporter, "val_accuracy")
+
+    for pruner in ("median", "none"):  # with reports to Optuna after the failure, and without
+        folder = tmp_path / pruner
+        folder.mkdir()
+        outcome = sweep_task(make_task(f"failed-meanwhile-{pruner}", fit_failed_meanwhile), folder, 4, pruner=pruner)
+        assert outcome.counts["complete"] == 4 and outcome.counts["fail"] == 2
+        client = MlflowClient(outcome.tracking_uri)
+        runs = client.search_runs([client.get_experiment_by_name(f"failed-meanwhile-{pruner}").experiment_id],
+                                  "tags.`sweeplab.role` = 'trial'")
+        dropped = [r for r in runs if r.data.tags["sweeplab.trial"] in ("1", "2")]
+        assert [r.data.tags["sweeplab.state"] for r in dropped] == ["running", "running"]  # left to the other process

@@ -14,10 +14,8 @@ trials the study should hold.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
-import random
 import shutil
 import tempfile
 import time
@@ -29,13 +27,12 @@ from typing import Any, Protocol
 
 import optuna
 import torch
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweeplabError
-from sweeplab.sweeps.recovery import (KilledTrials, close_runs_of_ended_trials, fail_dead_local_trials, fail_stale_trials,
-                                     requeue_killed_grid_cells, worker_id)
+from sweeplab.sweeps.loops import Abandoned, enqueue_grid_cells, recover, search, still_ours
+from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_killed_grid_cells, worker_attrs
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
@@ -54,7 +51,6 @@ SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "none")
 CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
 
 
@@ -92,7 +88,7 @@ class SweepOptions:
     flush_seconds: float = 1.0
     workers: int = 1
     gpus: tuple[str, ...] = ()
-    heartbeat: int = 60  # seconds between a trial's heartbeats on an RDB storage
+    heartbeat: int = 60  # seconds between a running trial's heartbeats (see sweeps.recovery)
     role: str = "main"  # "worker": one of --workers K processes (no recovery, no final summary)
 
 
@@ -196,12 +192,11 @@ def _validate(options: SweepOptions) -> None:
 
 
 def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler:
-    if options.sampler == "grid" and options.role == "worker":
-        # A grid worker runs only queued cells, whose parameters are all fixed; Optuna's grid
-        # sampler would assign cells itself and stop the study from outside optimize().
-        return optuna.samplers.RandomSampler(seed=options.seed)
     if options.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=options.seed)
+        # A grid is a queue of its cells (see enqueue_grid_cells), each with every parameter fixed;
+        # Optuna's GridSampler repeats cells under parallel workers and fails on re-queued ones.
+        space.grid_cells()  # a continuous range without grid values is a one-line error now
+        return optuna.samplers.RandomSampler(seed=options.seed)
     if options.sampler == "random":
         return optuna.samplers.RandomSampler(seed=options.seed)
     return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(10, max(2, options.trials // 4)))
@@ -291,7 +286,8 @@ class _Objective:
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker_id())  # first: a kill after this point is found by its pid
+        for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
+            trial.set_user_attr(key, value)
         self.calls += 1
         release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
         device = self.env.device
@@ -317,20 +313,25 @@ class _Objective:
             run.log_summary({**summary.metrics, **peak_memory(device)}, {**summary.tags, **stop})
             self._artifacts(run, config, result, summary, state)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            run.close("killed", "interrupted")
+            if still_ours(trial):
+                trial.set_user_attr("fail_reason", "interrupted")
+                run.close("killed", "interrupted")
             self.observer.trial_finished(trial.number, "killed", None, self.best)
             raise
         except Exception as exc:
+            _drop_locals(exc)
+            if not still_ours(trial):  # reporting to a trial another process failed raised
+                raise Abandoned() from None
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
                 self.user_error = exc  # _optimise raises it after this trial
             reason = _failure_reason(exc)
-            _drop_locals(exc)
             trial.set_user_attr("fail_reason", reason)
             run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise
+        if not still_ours(trial):
+            raise Abandoned()
         run.close(state)
         if state == "complete" and self._better(summary.value):
             self.best = summary.value
@@ -424,48 +425,6 @@ def _check_same_settings(study: optuna.Study, settings: Mapping[str, str]) -> No
         )
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
-
-
-def _optimise(study: optuna.Study, sampler: optuna.samplers.BaseSampler, objective: _Objective, target: int,
-              observer: SweepObserver, killed: KilledTrials) -> None:
-    """Run trials, one at a time, until the study holds ``target`` finished ones, counting the
-    trials other processes (``--workers``, other machines) finish too.
-
-    Before each trial: trials of dead processes are failed (by pid on this machine, by heartbeat
-    elsewhere; see :mod:`sweeplab.sweeps.recovery`), and when the trials still needed are all running elsewhere this process waits
-    rather than start one more, so that ``--trials`` is a total and not exceeded by up to K-1;
-    if one of those fails, a waiting process runs its replacement. Failed trials are retried,
-    up to ``max(3, target)`` extra attempts by this process; a grid stops when every cell (and
-    every re-queued killed cell) has run."""
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        objective.best = study.best_value
-    observer.sweep_started(study.study_name, target, _finished(study))
-    while objective.calls < target + max(3, target):
-        fail_dead_local_trials(study, killed)
-        fail_stale_trials(study)
-        states = collections.Counter(t.state for t in study.get_trials(deepcopy=False))
-        finished = sum(states[s] for s in FINISHED)
-        if finished >= target:
-            return
-        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not states[TrialState.WAITING]:
-            return
-        if finished + states[TrialState.RUNNING] >= target:
-            time.sleep(_WAIT_SECONDS)
-            continue
-        calls = objective.calls
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        if objective.user_error is not None:
-            raise objective.user_error
-        if objective.calls == calls:
-            return  # the sampler has nothing left
-
-
-#: How often a process whose remaining trials are all running elsewhere looks again.
-_WAIT_SECONDS = 1.0
-
-
 def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
                         staging: Path, figures: bool) -> tuple[dict[str, float] | None, str | None]:
     """Score the best trial's checkpoint on the test split, once: the figures (``test_accuracy``
@@ -499,52 +458,34 @@ def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tr
     return scored, None
 
 
-def _enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> None:
-    """Queue the grid cells no trial has tried yet (in a seeded order), up to ``target`` finished
-    and queued in all, for ``--workers`` to share: each worker takes queued trials one at a time
-    (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does not ensure
-    under parallel workers."""
-    tried = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False) if t.params}
-    tried |= {repr(sorted(t.system_attrs.get("fixed_params", {}).items()))
-              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-    fresh = [cell for cell in space.grid_cells() if repr(sorted(cell.items())) not in tried]
-    random.Random(seed).shuffle(fresh)
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    room = max(0, target - _finished(study) - waiting)
-    for cell in fresh[:room]:
-        study.enqueue_trial(cell, skip_if_exists=False)
+def _open_study(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler,
+                pruner: optuna.pruners.BasePruner, direction: str) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when an earlier run or another machine made it; also says
+    whether this process created it. The storage lets exactly one process create a study name, and
+    that process alone makes the sweep's parent run: machines started at the same moment would
+    otherwise each make one."""
+    try:
+        storage.create_new_study([optuna.study.StudyDirection[direction.upper()]], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), created
 
 
-def _drain_queue(study: optuna.Study, objective: _Objective, observer: SweepObserver, target: int,
-                 killed: KilledTrials) -> None:
-    """A grid worker's loop: take queued trials one by one (Optuna pops a waiting trial
-    atomically in the storage) and stop when none is left and none runs elsewhere. While others
-    still run, it waits: a killed worker's cell is queued again (see
-    :mod:`sweeplab.sweeps.recovery`) and a waiting worker takes it."""
-    observer.sweep_started(study.study_name, target, _finished(study))
+def _recorded_parent(study: optuna.Study, seconds: float) -> str | None:
+    """The parent run the study records, waiting up to ``seconds`` for the process that created
+    the study (started at the same moment, on another machine) to record it; None if it never does
+    (it was killed first), and then the parent run is found by its tags or made."""
+    deadline = time.monotonic() + seconds
     while True:
-        fail_dead_local_trials(study, killed)
-        fail_stale_trials(study)
-        trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
-        if trial_id is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                break
-            time.sleep(_WAIT_SECONDS)
-            continue
-        trial = optuna.Trial(study, trial_id)
-        try:
-            with get_heartbeat_thread(trial_id, study._storage):  # as study.optimize does around a trial
-                value = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        except (Exception, KeyboardInterrupt) as exc:
-            study.tell(trial, state=TrialState.FAIL)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            if objective.user_error is not None:
-                raise objective.user_error from None
-        else:
-            study.tell(trial, value)
+        run_id = study.user_attrs.get(PARENT_RUN)
+        if run_id or time.monotonic() >= deadline:
+            return run_id
+        time.sleep(0.5)
+
+
+#: How long a process that found the study made waits for its creator to record the parent run.
+_PARENT_WAIT_SECONDS = 30.0
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -581,26 +522,26 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     study_name = _study_name(options, space)
     killed = KilledTrials(options.heartbeat)
     storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
-    study = optuna.create_study(storage=storage, sampler=sampler,
-                                pruner=_pruner(options), study_name=study_name, direction=task.direction,
-                                load_if_exists=True)
+    study, created = _open_study(storage, study_name, sampler, _pruner(options), task.direction)
     _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
                     "seed": options.seed, "data_dir": str(data_dir), "trials": options.trials,
                     "device": str(device), "precision": options.precision, **rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
+    known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))
     recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params,
-                                  known_run_id=study.user_attrs.get(PARENT_RUN))
+                                  known_run_id=known_parent)
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
     worker = options.role == "worker"
-    if not worker:  # start-up recovery is done once, by the main process; workers find dead trials as they go
-        fail_dead_local_trials(study, killed)
-        fail_stale_trials(study)
-        if isinstance(sampler, optuna.samplers.GridSampler):
+    target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
+    if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
+        recover(study, killed)
+        if options.sampler == "grid":
             requeue_killed_grid_cells(study)
+            enqueue_grid_cells(study, space, target, options.seed)
         close_runs_of_ended_trials(study, recorder)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
         recorder.log_file(space.path)
@@ -609,14 +550,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     freeze_long_lived()
     staging_root = store.root / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
-    target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-            if options.sampler == "grid":
-                _drain_queue(study, objective, observer, target, killed)
-            else:
-                _optimise(study, sampler, objective, target, observer, killed)
+            search(study, objective, observer, target, killed, options.sampler == "grid", options.heartbeat)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status = "FAILED"
@@ -625,14 +562,13 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             if options.workers > 1:
                 from sweeplab.sweeps.workers import run_workers
 
-                if options.sampler == "grid":
-                    _enqueue_grid_cells(study, space, target, options.seed)
-                run_workers(options, study, target, observer, store.root / "workers")
-                fail_dead_local_trials(study, killed)  # the last worker killed mid-trial: its trial and its run
+                worker_notes = run_workers(options, study, target, observer, store.root / "workers")
+                recover(study, killed)  # the last worker killed mid-trial: its trial and its run
                 close_runs_of_ended_trials(study, recorder)
             else:
+                worker_notes = []
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-                _optimise(study, sampler, objective, target, observer, killed)
+                search(study, objective, observer, target, killed, options.sampler == "grid", options.heartbeat)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
             except Exception as exc:  # the trials are done and kept: say why the score is missing
@@ -665,5 +601,5 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         data_report=report_lines,
         target=target,
         test=test,
-        notes=[why_not] if why_not else [],
+        notes=[*worker_notes, *([why_not] if why_not else [])],
     )

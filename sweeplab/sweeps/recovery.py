@@ -1,87 +1,148 @@
 """Finding the trials whose process was killed, and what then happens to them.
 
 A trial's process can die without a word: ``kill -9``, the kernel's out-of-memory killer, a
-machine that loses power. Optuna then keeps the trial RUNNING and MLflow keeps its run RUNNING
-forever, and ``--trials N`` would wait for it. Such trials are found in two ways:
+machine that loses power, a container that is stopped. Optuna then keeps the trial RUNNING and
+MLflow keeps its run RUNNING forever, and ``--trials N`` would wait for it. Such trials are found
+in three ways, all run between trials by every process of the sweep:
 
-- on this machine, by process id: every trial records its worker as ``host:pid`` when it starts
-  (:func:`worker_id`), and a RUNNING trial of this host whose process no longer exists (or is a
-  zombie) is dead (:func:`fail_dead_local_trials`). This is the only way with the embedded journal
-  storage, which has no heartbeats, and the quicker one on any storage.
-- on any machine, by heartbeat (RDB storage only): a running trial records a heartbeat every
-  ``--heartbeat`` seconds, and Optuna fails one that has been silent for twice that
-  (:func:`fail_stale_trials`).
+- by process: every trial records the process running it (:func:`worker_attrs`: host name, pid,
+  and on Linux its pid namespace and start time). A RUNNING trial of a process this process can
+  see (same host, same pid namespace) is dead when that process is gone, is a zombie, or is a new
+  process that reuses the pid (another start time); this finds a kill at once.
+- by heartbeat: a running trial records a heartbeat every ``--heartbeat`` seconds
+  (:func:`trial_heartbeat`; Optuna's own heartbeats on an RDB storage, a ``heartbeat`` user
+  attribute on the journal file). A trial silent for twice that is dead: this finds the processes
+  of other machines and containers, whose pids mean nothing here.
+- a trial that never recorded its process (killed between Optuna's ``ask`` and the trial's first
+  line) is dead after :data:`ORPHAN_SECONDS`.
 
 Either way the trial goes to :class:`KilledTrials`: its MLflow run is closed as KILLED with the
-reason and its partial curve, and its parameters are queued once more with the values it had
-reported (Optuna's retry callback, at most one retry per trial), so the kill costs the sweep the
-time the trial had run and nothing else. Every function here is safe to run in several processes
-at once: the storage lets exactly one of them fail a given trial, and only that one handles it.
+reason and its partial curve, and its parameters are queued once more (Optuna's retry callback,
+at most one retry per trial), so the kill costs the sweep the time the trial had run and nothing
+else. The storage lets exactly one process fail a given trial, and only that one handles it. A
+trial failed while its process was in fact alive (a lost heartbeat) is abandoned by that process
+when it next reaches the storage (``driver._Objective``).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
-import datetime
 import logging
 import os
 import socket
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeplab.sweeps.space import cell_key
 from sweeplab.tracker.runs import SweepRecorder
 
-__all__ = ["KilledTrials", "close_runs_of_ended_trials", "fail_dead_local_trials", "fail_stale_trials", "requeue_killed_grid_cells", "worker_id"]
+__all__ = ["KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials", "is_duplicate_cell",
+           "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
-ATTEMPT_ATTRS = ("worker", "mlflow_run_id", "fail_reason")
+ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "mlflow_run_id", "fail_reason")
 
-#: A trial gets its worker within milliseconds of starting; one still without after this long is orphaned.
+#: A trial records its process within milliseconds of starting; one still without after this long is orphaned.
 ORPHAN_SECONDS = 120
+
+#: How many times a grid cell whose every attempt was killed or interrupted is run again at start-up.
+MAX_KILLED_ATTEMPTS = 3
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def worker_id() -> str:
-    """``host:pid`` of this process, as a trial records it (``worker`` user attribute)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None (no such
+    process here, or not Linux). The name may hold spaces and parentheses, hence the rpartition."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine still runs. A zombie (killed, not yet reaped by its
-    parent) counts as dead: it will never finish its trial."""
+def _pid_namespace() -> str:
+    """This process's pid namespace (``pid:[4026531836]``), '' where there is none to read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def worker_attrs() -> dict[str, str]:
+    """What a trial records about the process running it: ``worker`` (``host:pid``, for people)
+    and ``worker_process`` (pid namespace and start time in clock ticks since boot, so that a
+    process of another container, or a new process that got the same pid, is not taken for it)."""
+    fields = _stat("self")
+    started = fields[19] if fields and len(fields) > 19 else ""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_process": f"{_pid_namespace()} {started}"}
+
+
+def _alive(pid: int, started: str = "") -> bool:
+    """Whether process ``pid`` of this pid namespace still runs, and is the one that started at
+    ``started`` (when given). A zombie (killed, not yet reaped by its parent) counts as dead: it
+    will never finish its trial."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:
-        # /proc/PID/stat: "pid (name) state ..."; the name may hold spaces and parentheses.
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True  # not Linux, or it ended just now: the next look decides
-    return state not in ("Z", "X")
+        pass
+    fields = _stat(pid)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()  # Linux: it ended just now; elsewhere: kill said it runs
+    if fields[0] in ("Z", "X"):
+        return False
+    return not started or len(fields) <= 19 or fields[19] == started
+
+
+def _dead_here(trial: FrozenTrial, host: str, namespace: str) -> bool | None:
+    """True or False when this process can tell whether the trial's process runs (same host and
+    pid namespace); None when it cannot (another machine or container)."""
+    worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    recorded_namespace, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
+    if worker_host != host or not pid.isdigit() or recorded_namespace != namespace:
+        return None
+    # Between trials this process runs none, so a trial that names it is left from an earlier
+    # life of its pid (a restarted container's pid 1).
+    return int(pid) == os.getpid() or not _alive(int(pid), started)
+
+
+def _silent_seconds(trial: FrozenTrial, now: float) -> float:
+    """Seconds since the trial's last heartbeat attribute (journal storage), or since it started."""
+    last = trial.user_attrs.get("heartbeat")
+    if isinstance(last, (int, float)):
+        return now - float(last)
+    started = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - started
 
 
 class KilledTrials:
     """What happens to a trial whose process was killed, however it was found (see the module
     docstring): close its MLflow run as KILLED with the reason, then queue its parameters once
-    more with the intermediate values it had reported (``system_attrs["failed_trial"]`` on the
-    retry names the killed trial). Optuna calls it for trials it fails for want of heartbeats
-    (the RDB storage's stale-trial callback); :func:`fail_dead_local_trials` calls it for the
-    trials it fails itself."""
+    more (``system_attrs["failed_trial"]`` on the retry names the killed trial). Optuna calls it
+    for trials it fails for want of heartbeats (the RDB storage's stale-trial callback);
+    :func:`fail_dead_trials` calls it for the trials it fails itself.
+
+    The retry does not inherit the killed attempt's intermediate values: it trains with its own
+    seed, and Optuna would ignore its reports at those steps and prune it on the dead attempt's."""
 
     def __init__(self, heartbeat: int) -> None:
+        self.heartbeat = heartbeat
         self.silent = f"killed: no heartbeat from its worker for {2 * heartbeat} s"
         self.recorder: SweepRecorder | None = None  # set once the parent run is open
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = retry(max_retry=1, inherit_intermediate_values=True)
+            self.retry = retry(max_retry=1, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = str(trial.user_attrs.get("fail_reason") or self.silent)
@@ -97,19 +158,21 @@ class KilledTrials:
         self.retry(study, attempt)
 
 
-def fail_dead_local_trials(study: optuna.Study, on_killed: KilledTrials | None = None) -> int:
-    """Fail the RUNNING trials whose worker process on this host no longer exists, and those that
-    never got a worker (a process killed between Optuna's ``ask`` and the trial's first line)
-    after :data:`ORPHAN_SECONDS`, with ``fail_reason`` saying so; each one this process failed goes
-    to ``on_killed``. Trials of other hosts are left to heartbeats. Returns how many it failed."""
-    host = socket.gethostname()
-    now = datetime.datetime.now()
+def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
+    """Fail the RUNNING trials whose process is dead (see the module docstring) with
+    ``fail_reason`` saying why; each one this process failed goes to ``on_killed``. On an RDB
+    storage Optuna judges heartbeats itself (:func:`fail_stale_trials`). Returns how many it failed."""
+    host, namespace = socket.gethostname(), _pid_namespace()
+    journal = not isinstance(study._storage, BaseHeartbeat)
+    now = time.time()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        dead = _dead_here(trial, host, namespace)
+        if dead:
             reason = "killed: its process ended"
-        elif not worker_host and trial.datetime_start and (now - trial.datetime_start).total_seconds() > ORPHAN_SECONDS:
+        elif dead is None and journal and _silent_seconds(trial, now) > 2 * on_killed.heartbeat:
+            reason = on_killed.silent
+        elif dead is None and "worker" not in trial.user_attrs and _silent_seconds(trial, now) > ORPHAN_SECONDS:
             reason = "killed: its process ended before the trial began"
         else:
             continue
@@ -119,9 +182,39 @@ def fail_dead_local_trials(study: optuna.Study, on_killed: KilledTrials | None =
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process failed it first, and handles it
         failed += 1
-        if on_killed is not None:
-            on_killed(study, study._storage.get_trial(trial._trial_id))
+        on_killed(study, study._storage.get_trial(trial._trial_id))
     return failed
+
+
+@contextlib.contextmanager
+def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``seconds`` while the block runs: Optuna's heartbeat
+    thread on an RDB storage, else a thread that sets the trial's ``heartbeat`` user attribute
+    (a Unix time) on the journal file. It stops once the trial is no longer RUNNING."""
+    if isinstance(study._storage, BaseHeartbeat):
+        with get_heartbeat_thread(trial_id, study._storage):
+            yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+            except Exception as exc:  # a full disk...: the trial goes on; a peer may fail it as silent
+                logging.getLogger(__name__).warning("could not record the heartbeat of a trial: %s", exc)
+            if stop.wait(seconds):
+                return
+
+    thread = threading.Thread(target=beat, name="sweeplab-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> int:
@@ -144,29 +237,40 @@ def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> 
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials whose heartbeats stopped (a no-op on storages without heartbeats); each goes
-    to the storage's stale-trial callback, a :class:`KilledTrials`."""
+    """Fail the trials whose Optuna heartbeats stopped (RDB storage only; a no-op elsewhere); each
+    goes to the storage's stale-trial callback, a :class:`KilledTrials`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
+def _cell(trial: FrozenTrial) -> tuple:
+    return cell_key(trial.system_attrs.get("fixed_params") or trial.params)
+
+
 def requeue_killed_grid_cells(study: optuna.Study) -> int:
-    """Optuna's grid sampler counts a failed trial's cell as visited; put back the cells whose
-    trial was killed or interrupted (not those that failed on their own), unless already queued
-    (a retry from :class:`KilledTrials`) or finished, so that every cell of the grid is run to
-    the end once. Returns how many were queued."""
-    finished = {repr(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=_FINISHED)}
-    queued = {
-        repr(sorted((t.system_attrs.get("fixed_params") or t.params).items()))  # enqueued, or a retry of a killed trial
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-    }
+    """Queue once more the grid cells whose every attempt was killed or interrupted (none
+    finished, none failed on its own, none queued or running), up to
+    :data:`MAX_KILLED_ATTEMPTS` attempts a cell, so that every cell of the grid is run to the
+    end once but a cell that always kills its process is given up. Returns how many were queued."""
+    attempts: dict[tuple, list[FrozenTrial]] = collections.defaultdict(list)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.params or trial.system_attrs.get("fixed_params"):
+            attempts[_cell(trial)].append(trial)
     count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        key = repr(sorted(trial.params.items()))
-        reason = str(trial.user_attrs.get("fail_reason", "killed"))  # none: failed for want of heartbeats
-        if trial.params and key not in finished | queued and reason.startswith(("killed", "interrupted")):
-            study.enqueue_trial(trial.params, skip_if_exists=False)
-            queued.add(key)
+    for key, tried in attempts.items():
+        killed = [t for t in tried if t.state == TrialState.FAIL
+                  and str(t.user_attrs.get("fail_reason", "killed")).startswith(("killed", "interrupted"))]  # none: heartbeats
+        if killed and len(killed) == len(tried) and len(killed) < MAX_KILLED_ATTEMPTS:
+            study.enqueue_trial(dict(tried[-1].system_attrs.get("fixed_params") or tried[-1].params), skip_if_exists=False)
             count += 1
     return count
+
+
+def is_duplicate_cell(study: optuna.Study, trial_id: int) -> bool:
+    """Whether the queued trial ``trial_id`` repeats a grid cell that another trial finished or
+    is running (two processes that started a sweep at the same moment both queued the grid)."""
+    trials = study.get_trials(deepcopy=False)
+    this = next(t for t in trials if t._trial_id == trial_id)
+    return any(t._trial_id != trial_id and t.state in (*_FINISHED, TrialState.RUNNING) and _cell(t) == _cell(this)
+               for t in trials)

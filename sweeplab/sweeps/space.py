@@ -42,7 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Param", "Space", "SpaceError", "builtin_spaces", "load_space", "resolve_space_path"]
+__all__ = ["Param", "Space", "SpaceError", "builtin_spaces", "cell_key", "load_space", "resolve_space_path"]
 
 Scalar = int | float | str | bool
 
@@ -104,7 +104,7 @@ class Space:
         return config
 
     def grid(self) -> dict[str, list[Scalar]]:
-        """The grid for ``optuna.samplers.GridSampler``; raises if a float has no ``grid`` list."""
+        """The values ``--sampler grid`` walks, per parameter; raises if a float has no ``grid`` list."""
         out: dict[str, list[Scalar]] = {}
         for name, param in self.params.items():
             values = param.grid_values()
@@ -126,6 +126,16 @@ class Space:
         """A copy where each overridden name becomes a fixed value (and is no longer searched)."""
         params = {k: v for k, v in self.params.items() if k not in overrides}
         return Space(self.name, self.path, self.task, params, {**self.fixed, **overrides})
+
+
+def cell_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A grid cell's identity: its parameters sorted by name, numbers as floats, so that a cell
+    queued as ``{"lr": 1}`` and the trial that ran it (Optuna stores ``1.0`` for a float
+    parameter) are the same cell."""
+    def canonical(value: Any) -> Any:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    return tuple(sorted((name, canonical(value)) for name, value in params.items()))
 
 
 def builtin_spaces() -> dict[str, Path]:

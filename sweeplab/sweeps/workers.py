@@ -76,9 +76,35 @@ def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[f
         observer.trial_finished(trial.number, state, value, best[0])
 
 
-def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, folder: Path) -> None:
+def _start_worker(i: int, options: Any, spec: Path, log: Path) -> subprocess.Popen:
+    """Worker ``i``: its threads, its GPU in turn, its log (appended to: a replacement's output
+    follows the output of the worker it replaces). In a session of its own, so that Ctrl-C in the
+    terminal reaches the main process alone, which interrupts each worker once."""
+    env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers)), _MAIN_PID: str(os.getpid())}
+    if options.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
+    with log.open("a", encoding="utf-8") as out:
+        return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.workers", str(spec)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _ended_badly(code: int) -> str:
+    """How a worker that did not end normally ended, in words."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, folder: Path) -> list[str]:
     """Start ``options.workers`` worker processes on this sweep and wait for them (see the module
-    docstring). A worker that stops on bad input makes this a one-line error; Ctrl-C stops them all."""
+    docstring). A worker that stops on bad input makes this a one-line error; Ctrl-C stops them all.
+
+    A worker that dies otherwise (the kernel's out-of-memory killer, a crash) while the study
+    still needs trials is replaced, up to ``options.workers`` replacements in all, so that the
+    retry of its trial is run; returns a note for each such death."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "options.json"
     _dump(replace(options, workers=1, role="worker"), spec)
@@ -87,34 +113,45 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
     seen = {t.number for t in study.get_trials(deepcopy=False)}
     best: list[float | None] = [study.best_value if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None]
     maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    processes: list[tuple[subprocess.Popen, Path]] = []
+    logs = [folder / f"worker-{i}.log" for i in range(options.workers)]
+    for log in logs:
+        log.write_text("", encoding="utf-8")
+    processes: dict[int, subprocess.Popen] = {}
+    notes: list[str] = []
+    given_up: set[int] = set()
     try:
-        for i in range(options.workers):
-            env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers)), _MAIN_PID: str(os.getpid())}
-            if options.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
-            log = folder / f"worker-{i}.log"
-            with log.open("w", encoding="utf-8") as out:
-                command = [sys.executable, "-m", "sweeplab.sweeps.workers", str(spec)]
-                processes.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env), log))
-        while [p.poll() for p, _ in processes].count(None):  # poll each: a killed worker is reaped, not a zombie
+        processes = {i: _start_worker(i, options, spec, log) for i, log in enumerate(logs)}
+        while True:
             _report_new(study, seen, observer, best, maximise)
+            codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie
+            for i in [i for i, code in codes.items() if code not in (None, 0, 2) and i not in given_up]:
+                finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+                replace_it = finished < target and len(notes) < options.workers
+                notes.append(f"worker {i} {_ended_badly(codes[i])} (see {logs[i]})"
+                             + ("; a replacement was started" if replace_it else ""))
+                if replace_it:
+                    processes[i] = _start_worker(i, options, spec, logs[i])
+                else:
+                    given_up.add(i)
+            if all(p.poll() is not None for p in processes.values()):
+                break
             time.sleep(1.0)
         _report_new(study, seen, observer, best, maximise)
     except KeyboardInterrupt:
-        for process, _ in processes:
+        for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)  # each closes its running trial as killed
-        for process, _ in processes:
+        for process in processes.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
         raise
-    for i, (process, log) in enumerate(processes):
+    for i, process in processes.items():
         if process.returncode == 2:
-            lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-            raise SweeplabError(f"worker {i} stopped: {lines[-1] if lines else 'see ' + str(log)}")
+            lines = [line for line in logs[i].read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise SweeplabError(f"worker {i} stopped: {lines[-1] if lines else 'see ' + str(logs[i])}")
+    return notes
 
 
 #: The environment variable that gives a worker its main process's pid.

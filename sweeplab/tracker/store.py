@@ -75,7 +75,7 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
     """An RDB URL gives Optuna's RDBStorage with heartbeats: a running trial records one every
     ``heartbeat_seconds``, and one with none for twice that long (its worker was killed, on any
     machine) is failed by the next worker that starts a trial, which then calls ``on_stale``.
-    Anything else is a journal file path (one machine; dead local workers are found by pid).
+    Anything else is a journal file path (one machine; ``sweeps.recovery`` keeps heartbeats there itself).
 
     A missing database driver or an unreachable server is a one-line :class:`SweeplabError`."""
     if not spec.startswith(RDB_SCHEMES):

@@ -1,5 +1,6 @@
-"""Trials whose process was killed are found (by pid, including zombies), failed once, their MLflow
-run closed as KILLED, and their parameters run again once without the dead worker's attributes."""
+"""Trials whose process was killed are found (by process, zombies and reused pids included, or by
+heartbeat), failed once, their MLflow run closed as KILLED, and their parameters run again once
+without the dead attempt's attributes; grid cells are queued again within bounds."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import optuna
+import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import (KilledTrials, _alive, close_runs_of_ended_trials, fail_dead_local_trials,
-                                      requeue_killed_grid_cells)
+from sweeplab.sweeps.recovery import (KilledTrials, _alive, close_runs_of_ended_trials, fail_dead_trials,
+                                      is_duplicate_cell, requeue_killed_grid_cells, trial_heartbeat, worker_attrs)
 from sweeplab.tracker.runs import SweepRecorder
 
 _DIST = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
@@ -28,6 +28,23 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def _attrs_of(pid: int, started: str | None = None) -> dict[str, str]:
+    """The worker attributes a trial of process ``pid`` (of this host and namespace) records."""
+    namespace, _, own_start = worker_attrs()["worker_process"].rpartition(" ")
+    return {"worker": f"{socket.gethostname()}:{pid}", "worker_process": f"{namespace} {own_start if started is None else started}"}
+
+
+def _running_trial(study: optuna.Study, value: int, user_attrs: dict) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial with one parameter, one reported value and the given attributes."""
+    study.enqueue_trial({"b": value})
+    trial = study.ask()
+    trial.suggest_categorical("b", _DIST.choices)
+    trial.report(0.5, 1)
+    for key, attr in user_attrs.items():
+        trial.set_user_attr(key, attr)
+    return study._storage.get_trial(trial._trial_id)
 
 
 def test_a_zombie_counts_as_dead_and_a_live_process_as_alive() -> None:
@@ -47,15 +64,20 @@ def test_a_zombie_counts_as_dead_and_a_live_process_as_alive() -> None:
     assert not _alive(_dead_pid())
 
 
-def _running_trial(study: optuna.Study, value: int, user_attrs: dict) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial with one parameter, one reported value and the given attributes."""
-    study.enqueue_trial({"b": value})
-    trial = study.ask()
-    trial.suggest_categorical("b", _DIST.choices)
-    trial.report(0.5, 1)
-    for key, attr in user_attrs.items():
-        trial.set_user_attr(key, attr)
-    return study._storage.get_trial(trial._trial_id)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times are read from /proc (Linux)")
+def test_a_new_process_that_reuses_a_pid_is_not_taken_for_the_dead_one() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # its start time, once the process has its own /proc entry
+            started = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()[19]
+            if _alive(process.pid, started):
+                break
+        assert _alive(process.pid, started)
+        assert not _alive(process.pid, str(int(started) - 1))  # the pid now belongs to another process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_queued_again(tmp_path: Path) -> None:
@@ -65,53 +87,106 @@ def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_que
     run.log_point(1, {"val_accuracy": 0.5})
     run.flush()
     study = optuna.create_study(study_name="s")
-    host = socket.gethostname()
-    dead = _running_trial(study, 2, {"worker": f"{host}:{_dead_pid()}", "mlflow_run_id": run.run_id, "note": "kept"})
-    alive = _running_trial(study, 3, {"worker": f"{host}:{os.getpid()}"})
-    elsewhere = _running_trial(study, 4, {"worker": f"another-host:{_dead_pid()}"})
-    killed = KilledTrials(heartbeat=60)
-    killed.recorder = recorder
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _running_trial(study, 2, {**_attrs_of(_dead_pid()), "mlflow_run_id": run.run_id, "note": "kept"})
+        alive = _running_trial(study, 3, _attrs_of(helper.pid, started=""))  # no start time: the pid alone decides
+        mine = _running_trial(study, 4, _attrs_of(os.getpid()))  # this process runs no trial between trials
+        elsewhere = _running_trial(study, 1, {"worker": f"another-host:{_dead_pid()}", "heartbeat": time.time()})
+        killed = KilledTrials(heartbeat=60)
+        killed.recorder = recorder
 
-    assert fail_dead_local_trials(study, killed) == 1
+        assert fail_dead_trials(study, killed) == 2
+        assert fail_dead_trials(study, killed) == 0  # already handled: nothing twice
+    finally:
+        helper.kill()
+        helper.wait()
     states = {t.number: t.state for t in study.trials}
-    assert states[dead.number] == TrialState.FAIL
-    assert states[alive.number] == states[elsewhere.number] == TrialState.RUNNING  # other hosts: heartbeats' job
+    assert states[dead.number] == states[mine.number] == TrialState.FAIL
+    assert states[alive.number] == states[elsewhere.number] == TrialState.RUNNING  # alive; heartbeating elsewhere
     assert study.trials[dead.number].user_attrs["fail_reason"] == "killed: its process ended"
 
     stored = MlflowClient(client_uri).get_run(run.run_id)
     assert stored.info.status == "KILLED" and stored.data.tags["sweeplab.fail_reason"] == "killed: its process ended"
     assert [m.value for m in MlflowClient(client_uri).get_metric_history(run.run_id, "val_accuracy")] == [0.5]
 
-    (retry,) = study.get_trials(states=(TrialState.WAITING,))
-    assert retry.params == {"b": 2} and retry.system_attrs["failed_trial"] == dead.number
-    assert retry.intermediate_values == {1: 0.5}  # the partial curve Optuna had
+    retries = {t.system_attrs["failed_trial"]: t for t in study.get_trials(states=(TrialState.WAITING,))}
+    assert sorted(retries) == sorted([dead.number, mine.number])
+    retry = retries[dead.number]
+    assert retry.params == {"b": 2}
+    assert retry.intermediate_values == {}  # it trains anew, with its own seed: not pruned on the dead attempt's values
     assert retry.user_attrs == {"note": "kept"}  # not the dead worker, its run or its reason
-
-    assert fail_dead_local_trials(study, killed) == 0  # already handled: nothing twice
-    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
 
 
-def test_a_trial_that_never_got_a_worker_is_failed_only_after_the_orphan_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_of_another_machine_on_the_journal_is_failed_once_silent_for_twice_the_heartbeat() -> None:
+    study = optuna.create_study()  # no storage heartbeats, like the journal file
+    beating = _running_trial(study, 1, {"worker": "another-host:7", "heartbeat": time.time()})
+    silent = _running_trial(study, 2, {"worker": "another-host:8", "heartbeat": time.time() - 25})
+    never = _running_trial(study, 3, {})  # killed before it recorded its process
+    killed = KilledTrials(heartbeat=10)
+    assert fail_dead_trials(study, killed) == 1
+    assert study.trials[beating.number].state == study.trials[never.number].state == TrialState.RUNNING
+    assert study.trials[silent.number].user_attrs["fail_reason"] == "killed: no heartbeat from its worker for 20 s"
+
+
+def test_trial_heartbeat_records_a_time_on_the_journal_until_the_block_ends() -> None:
     study = optuna.create_study()
+    trial = _running_trial(study, 1, {})
+    with trial_heartbeat(study, trial._trial_id, 60):
+        deadline = time.monotonic() + 10
+        while "heartbeat" not in study._storage.get_trial(trial._trial_id).user_attrs and time.monotonic() < deadline:
+            time.sleep(0.01)
+    beat = study._storage.get_trial(trial._trial_id).user_attrs["heartbeat"]
+    assert abs(time.time() - beat) < 10
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the test asks outside optimize
+def test_on_an_rdb_storage_a_trial_that_never_recorded_its_process_is_failed_after_the_orphan_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=60)
+    study = optuna.create_study(storage=storage)
     _running_trial(study, 1, {})
-    assert fail_dead_local_trials(study) == 0  # just asked for: its process is about to record itself
+    killed = KilledTrials(heartbeat=60)
+    assert fail_dead_trials(study, killed) == 0  # just asked for: its process is about to record itself
     monkeypatch.setattr("sweeplab.sweeps.recovery.ORPHAN_SECONDS", -1)  # as if the delay had passed
-    assert fail_dead_local_trials(study) == 1
+    assert fail_dead_trials(study, killed) == 1
     assert study.trials[0].user_attrs["fail_reason"] == "killed: its process ended before the trial began"
 
 
-def test_killed_grid_cells_are_queued_again_but_failed_ones_are_not() -> None:
+def _add(study: optuna.Study, value: float, state: str, reason: str | None = None) -> None:
+    dist = optuna.distributions.FloatDistribution(0.0, 10.0)
+    study.add_trial(optuna.trial.create_trial(params={"lr": value}, distributions={"lr": dist},
+                                              state=TrialState[state], value=1.0 if state == "COMPLETE" else None,
+                                              user_attrs={"fail_reason": reason} if reason else {}))
+
+
+def test_killed_grid_cells_are_queued_again_within_bounds_and_failed_ones_are_not() -> None:
     study = optuna.create_study()
-    for value, state, reason in ((1, "COMPLETE", None), (2, "FAIL", "killed: its process ended"),
-                                 (3, "FAIL", "Diverged: nan"), (4, "FAIL", "interrupted")):
-        trial = optuna.trial.create_trial(params={"b": value}, distributions={"b": _DIST},
-                                          state=TrialState[state], value=1.0 if state == "COMPLETE" else None,
-                                          user_attrs={"fail_reason": reason} if reason else {})
-        study.add_trial(trial)
+    _add(study, 1, "COMPLETE")
+    _add(study, 2, "FAIL", "killed: its process ended")
+    _add(study, 3, "FAIL", "Diverged: nan")
+    _add(study, 4, "FAIL", "interrupted")
+    for _ in range(3):  # a cell that killed its process three times is given up
+        _add(study, 5, "FAIL", "killed: its process ended")
+    _add(study, 6, "FAIL", "killed: its process ended")
+    _add(study, 6, "FAIL", "out of memory: OutOfMemoryError")  # its retry failed on its own
     assert requeue_killed_grid_cells(study) == 2
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert sorted(t.system_attrs["fixed_params"]["b"] for t in waiting) == [2, 4]
+    assert sorted(t.system_attrs["fixed_params"]["lr"] for t in waiting) == [2, 4]
     assert requeue_killed_grid_cells(study) == 0  # already queued
+
+
+def test_a_cell_queued_twice_is_a_duplicate_once_the_other_runs_or_finished() -> None:
+    study = optuna.create_study()
+    _add(study, 1, "COMPLETE")
+    _add(study, 2, "FAIL", "killed: its process ended")
+    study.enqueue_trial({"lr": 1})  # as an int: the same cell as the float 1.0 that ran
+    study.enqueue_trial({"lr": 2})  # the retry of a killed cell: not a duplicate
+    first, second = study.get_trials(states=(TrialState.WAITING,))
+    assert is_duplicate_cell(study, first._trial_id)
+    assert not is_duplicate_cell(study, second._trial_id)
 
 
 def test_only_runs_of_ended_trials_are_closed(tmp_path: Path) -> None:

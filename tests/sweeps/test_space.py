@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeplab.sweeps.space import SpaceError, builtin_spaces, load_space
+from sweeplab.sweeps.space import SpaceError, builtin_spaces, cell_key, load_space
 from sweeplab.trainers.sentiment import DEFAULTS
 
 
@@ -83,3 +83,9 @@ def test_overrides_fix_a_searched_parameter() -> None:
 def test_missing_space_file_is_an_error() -> None:
     with pytest.raises(SpaceError, match="not found"):
         load_space("does/not/exist.toml", DEFAULTS, "sentiment")
+
+
+def test_a_cell_is_the_same_cell_whether_its_numbers_are_ints_or_floats() -> None:
+    assert cell_key({"lr": 1, "batch_size": 16}) == cell_key({"batch_size": 16.0, "lr": 1.0})
+    assert cell_key({"lr": 1e-5}) != cell_key({"lr": 1e-6})
+    assert cell_key({"complexity": "low"}) != cell_key({"complexity": "high"})

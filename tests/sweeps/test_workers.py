@@ -67,12 +67,19 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "8", "--workers", "2", "--sampler",
                "random", "--pruner", "none", "--no-early-stop", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
                "--no-plots", "--set", "epochs=600", *TINY]
-    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    main = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        victim = _running_trials(journal, main, count=1, after_a_complete_one=True)[0]
-        os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+        while True:  # stop the worker (SIGSTOP) in a trial, so that the trial cannot end before the kill
+            victim = _running_trials(journal, main, count=1, after_a_complete_one=True)[0]
+            pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+            os.kill(pid, signal.SIGSTOP)
+            if optuna.load_study(study_name="sentiment-random", storage=_journal(journal)).trials[victim.number].state \
+                    == TrialState.RUNNING:
+                break
+            os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
         try:
-            _, err = main.communicate(timeout=300)
+            out, err = main.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             states = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in
                       optuna.load_study(study_name="sentiment-random", storage=_journal(journal)).trials]
@@ -82,6 +89,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     finally:
         if main.poll() is None:
             main.kill()
+    assert "was killed by SIGKILL" in " ".join(out.decode().split())  # the main process says so
 
     study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
     killed = study.trials[victim.number]

@@ -1,0 +1,168 @@
+"""How a process of a sweep takes its share of the trials, alone or beside other processes.
+
+Sampled trials (TPE, random): :func:`search` asks the sampler for one trial at a time until the
+study holds ``--trials`` finished ones, waiting rather than starting one more when the trials
+still needed are running elsewhere, so that ``--trials`` is a total across workers and machines.
+A grid: the cells are queued once (:func:`enqueue_grid_cells`) and every process takes queued
+cells one at a time, so every cell runs exactly once. Before each trial the trials of dead
+processes are failed (:mod:`sweeplab.sweeps.recovery`), and each trial runs with its heartbeat.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+import warnings
+from typing import TYPE_CHECKING, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeplab.sweeps.recovery import (KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
+                                      trial_heartbeat)
+from sweeplab.sweeps.space import Space, cell_key
+
+if TYPE_CHECKING:
+    from sweeplab.sweeps.driver import SweepObserver
+
+__all__ = ["FINISHED", "Abandoned", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search", "still_ours"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Objective(Protocol):
+    """One call runs one trial (``driver._Objective``); what the loops read of it."""
+
+    best: float | None
+    calls: int
+    user_error: Exception | None
+
+    def __call__(self, trial: optuna.Trial) -> float: ...
+
+
+class Abandoned(Exception):
+    """Another process failed this process's trial while it ran (its heartbeats looked stopped):
+    that process closed the trial's run and queued its retry, so this one drops the trial."""
+
+
+def still_ours(trial: optuna.Trial) -> bool:
+    return trial.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int) -> None:
+    """Run one trial (asked from the sampler or taken from the queue) with its heartbeat, then tell
+    Optuna how it ended: complete with its value, pruned, or failed (the reason is on the trial
+    and its run). A trial another process failed meanwhile is left as that process recorded it
+    (``skip_if_finished``), and so is the trial of a process interrupted by Ctrl-C, which is told
+    FAIL before the interruption goes on."""
+    with trial_heartbeat(study, trial._trial_id, heartbeat):
+        try:
+            value = objective(trial)
+        except Abandoned:
+            return
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            return
+        except (Exception, KeyboardInterrupt) as exc:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return
+    study.tell(trial, value, skip_if_finished=True)
+
+
+def recover(study: optuna.Study, killed: KilledTrials) -> collections.Counter:
+    """Fail the trials of dead processes (see :mod:`sweeplab.sweeps.recovery`); returns the
+    trials by state afterwards."""
+    fail_dead_trials(study, killed)
+    fail_stale_trials(study)
+    return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def _optimise(study: optuna.Study, objective: Objective, target: int, observer: SweepObserver, killed: KilledTrials,
+              heartbeat: int) -> None:
+    """Run trials, one at a time, until the study holds ``target`` finished ones, counting the
+    trials other processes (``--workers``, other machines) finish too.
+
+    Before each trial the trials of dead processes are failed, and when the trials still needed
+    are all running elsewhere this process waits rather than start one more, so that
+    ``--trials`` is a total and not exceeded by up to K-1; if one of those fails, a waiting process
+    runs its replacement (a killed trial's retry is queued, and Optuna's ``ask`` takes queued
+    trials first). Failed trials are replaced, up to ``max(3, target)`` extra attempts by this
+    process."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        objective.best = study.best_value
+    observer.sweep_started(study.study_name, target, finished_trials(study))
+    while objective.calls < target + max(3, target):
+        states = recover(study, killed)
+        finished = sum(states[s] for s in FINISHED)
+        if finished >= target:
+            return
+        if finished + states[TrialState.RUNNING] >= target:
+            time.sleep(_WAIT_SECONDS)
+            continue
+        with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _run_one beats
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        _run_one(study, trial, objective, heartbeat)
+        if objective.user_error is not None:
+            raise objective.user_error
+
+
+#: How often a process whose remaining trials are all running elsewhere looks again.
+_WAIT_SECONDS = 1.0
+
+
+def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> None:
+    """Queue the grid cells no trial has tried yet (in a seeded order), so that the study holds
+    ``target`` trials finished, running or queued. Every process of the sweep takes queued trials
+    one at a time (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does
+    not ensure under parallel workers."""
+    trials = study.get_trials(deepcopy=False)
+    tried = {cell_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
+    fresh = [cell for cell in space.grid_cells() if cell_key(cell) not in tried]
+    random.Random(seed).shuffle(fresh)
+    taken = sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
+    for cell in fresh[:max(0, target - taken)]:
+        study.enqueue_trial(cell, skip_if_exists=False)
+
+
+def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int,
+                 killed: KilledTrials, heartbeat: int) -> None:
+    """A grid's loop: take queued cells one by one (Optuna pops a waiting trial atomically in
+    the storage) and stop when none is left and none runs elsewhere. While others still run, it
+    waits: a killed process's cell is queued again (see :mod:`sweeplab.sweeps.recovery`) and a
+    waiting process takes it. A cell queued twice (two processes that started the sweep at the
+    same moment) is failed as a duplicate without running."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        objective.best = study.best_value
+    observer.sweep_started(study.study_name, target, finished_trials(study))
+    while True:
+        states = recover(study, killed)
+        trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
+        if trial_id is None:
+            if not states[TrialState.RUNNING]:
+                return
+            time.sleep(_WAIT_SECONDS)
+            continue
+        if is_duplicate_cell(study, trial_id):
+            study._storage.set_trial_user_attr(trial_id, "fail_reason", "duplicate: another trial ran this grid cell")
+            study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            continue
+        _run_one(study, optuna.Trial(study, trial_id), objective, heartbeat)
+        if objective.user_error is not None:
+            raise objective.user_error
+
+
+def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,
+           grid: bool, heartbeat: int) -> None:
+    """This process's share of the search: the grid's queued cells, or sampled trials."""
+    if grid:
+        _drain_queue(study, objective, observer, target, killed, heartbeat)
+    else:
+        _optimise(study, objective, target, observer, killed, heartbeat)
