@@ -31,8 +31,8 @@ from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweeplabError
-from sweeplab.sweeps.loops import Abandoned, enqueue_grid_cells, recover, search, still_ours
-from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_killed_grid_cells, worker_attrs
+from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
+from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_interrupted_grid_cells, worker_attrs
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
@@ -285,7 +285,7 @@ class _Objective:
             return True
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> Finished:
         for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
             trial.set_user_attr(key, value)
         self.calls += 1
@@ -321,7 +321,7 @@ class _Objective:
         except Exception as exc:
             _drop_locals(exc)
             if not still_ours(trial):  # reporting to a trial another process failed raised
-                raise Abandoned() from None
+                raise Abandoned(run) from None
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
                 self.user_error = exc  # _optimise raises it after this trial
             reason = _failure_reason(exc)
@@ -330,15 +330,10 @@ class _Objective:
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise
-        if not still_ours(trial):
-            raise Abandoned()
-        run.close(state)
         if state == "complete" and self._better(summary.value):
             self.best = summary.value
         self.observer.trial_finished(trial.number, state, summary.value, self.best)
-        if state == "pruned":
-            raise optuna.TrialPruned()
-        return summary.value
+        return Finished(summary.value, state == "pruned", run)
 
     def _artifacts(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary, state: str) -> None:
         x_axis = self.task.x_axis
@@ -485,7 +480,7 @@ def _recorded_parent(study: optuna.Study, seconds: float) -> str | None:
 
 
 #: How long a process that found the study made waits for its creator to record the parent run.
-_PARENT_WAIT_SECONDS = 30.0
+_PARENT_WAIT_SECONDS = 60.0
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -540,7 +535,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
         recover(study, killed)
         if options.sampler == "grid":
-            requeue_killed_grid_cells(study)
+            requeue_interrupted_grid_cells(study)
             enqueue_grid_cells(study, space, target, options.seed)
         close_runs_of_ended_trials(study, recorder)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
@@ -553,7 +548,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-            search(study, objective, observer, target, killed, options.sampler == "grid", options.heartbeat)
+            search(study, objective, observer, target, killed, options.heartbeat,
+                   space if options.sampler == "grid" else None, options.seed)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status = "FAILED"
@@ -568,7 +564,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             else:
                 worker_notes = []
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
-                search(study, objective, observer, target, killed, options.sampler == "grid", options.heartbeat)
+                search(study, objective, observer, target, killed, options.heartbeat,
+                       space if options.sampler == "grid" else None, options.seed)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
             except Exception as exc:  # the trials are done and kept: say why the score is missing

@@ -14,21 +14,35 @@ import collections
 import random
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import (KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
+from sweeplab.sweeps.recovery import (DUPLICATE, KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
                                       trial_heartbeat)
 from sweeplab.sweeps.space import Space, cell_key
+from sweeplab.tracker.runs import TrialRecorder
 
 if TYPE_CHECKING:
     from sweeplab.sweeps.driver import SweepObserver
 
-__all__ = ["FINISHED", "Abandoned", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search", "still_ours"]
+__all__ = ["FINISHED", "Abandoned", "Finished", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search", "still_ours"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A trial that ran to its end, complete or pruned, with every summary and artifact on its
+    run: :func:`_run_one` tells Optuna first and closes the run after, with the same state, so
+    that the run never says complete for a trial another process failed meanwhile."""
+
+    value: float
+    pruned: bool
+    run: TrialRecorder
 
 
 class Objective(Protocol):
@@ -38,12 +52,24 @@ class Objective(Protocol):
     calls: int
     user_error: Exception | None
 
-    def __call__(self, trial: optuna.Trial) -> float: ...
+    def __call__(self, trial: optuna.Trial) -> Finished: ...
 
 
 class Abandoned(Exception):
     """Another process failed this process's trial while it ran (its heartbeats looked stopped):
     that process closed the trial's run and queued its retry, so this one drops the trial."""
+
+    def __init__(self, run: TrialRecorder | None = None) -> None:
+        super().__init__()
+        self.run = run
+
+
+def _let_go(study: optuna.Study, trial: optuna.Trial, run: TrialRecorder | None) -> None:
+    """Drop a trial another process failed; close its run as killed if that process could not
+    (it had no run id yet, or the tracking server was away)."""
+    if run is not None and run.is_running():
+        reason = study._storage.get_trial(trial._trial_id).user_attrs.get("fail_reason")
+        run.close("killed", str(reason or "killed: failed by another process (no heartbeat seen)"))
 
 
 def still_ours(trial: optuna.Trial) -> bool:
@@ -57,23 +83,29 @@ def finished_trials(study: optuna.Study) -> int:
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int) -> None:
     """Run one trial (asked from the sampler or taken from the queue) with its heartbeat, then tell
     Optuna how it ended: complete with its value, pruned, or failed (the reason is on the trial
-    and its run). A trial another process failed meanwhile is left as that process recorded it
-    (``skip_if_finished``), and so is the trial of a process interrupted by Ctrl-C, which is told
-    FAIL before the interruption goes on."""
+    and its run; Ctrl-C is told FAIL before the interruption goes on). A trial that ran to its end
+    is told first and its run closed after (:class:`Finished`); one another process failed
+    meanwhile is left as that process recorded it."""
     with trial_heartbeat(study, trial._trial_id, heartbeat):
         try:
-            value = objective(trial)
-        except Abandoned:
-            return
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            finished = objective(trial)
+        except Abandoned as exc:
+            _let_go(study, trial, exc.run)
             return
         except (Exception, KeyboardInterrupt) as exc:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return
-    study.tell(trial, value, skip_if_finished=True)
+        try:
+            if finished.pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, finished.value)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": failed meanwhile
+            _let_go(study, trial, finished.run)
+            return
+    finished.run.close("pruned" if finished.pruned else "complete")
 
 
 def recover(study: optuna.Study, killed: KilledTrials) -> collections.Counter:
@@ -118,11 +150,11 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
 _WAIT_SECONDS = 1.0
 
 
-def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> None:
+def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> int:
     """Queue the grid cells no trial has tried yet (in a seeded order), so that the study holds
     ``target`` trials finished, running or queued. Every process of the sweep takes queued trials
     one at a time (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does
-    not ensure under parallel workers."""
+    not ensure under parallel workers. Returns how many it queued."""
     trials = study.get_trials(deepcopy=False)
     tried = {cell_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
     fresh = [cell for cell in space.grid_cells() if cell_key(cell) not in tried]
@@ -130,15 +162,18 @@ def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int
     taken = sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
     for cell in fresh[:max(0, target - taken)]:
         study.enqueue_trial(cell, skip_if_exists=False)
+    return len(fresh[:max(0, target - taken)])
 
 
 def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int,
-                 killed: KilledTrials, heartbeat: int) -> None:
+                 killed: KilledTrials, heartbeat: int, refill: Callable[[], int]) -> None:
     """A grid's loop: take queued cells one by one (Optuna pops a waiting trial atomically in
     the storage) and stop when none is left and none runs elsewhere. While others still run, it
     waits: a killed process's cell is queued again (see :mod:`sweeplab.sweeps.recovery`) and a
-    waiting process takes it. A cell queued twice (two processes that started the sweep at the
-    same moment) is failed as a duplicate without running."""
+    waiting process takes it. When the queue is empty and fewer than ``target`` trials finished
+    (a cell failed on its own), ``refill`` queues untried cells in their place. A cell queued
+    twice (two processes that started the sweep at the same moment) is failed as a duplicate
+    without running."""
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         objective.best = study.best_value
     observer.sweep_started(study.study_name, target, finished_trials(study))
@@ -146,12 +181,14 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
         states = recover(study, killed)
         trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
         if trial_id is None:
-            if not states[TrialState.RUNNING]:
-                return
-            time.sleep(_WAIT_SECONDS)
-            continue
+            if states[TrialState.RUNNING]:
+                time.sleep(_WAIT_SECONDS)
+                continue
+            if sum(states[s] for s in FINISHED) < target and refill():
+                continue
+            return
         if is_duplicate_cell(study, trial_id):
-            study._storage.set_trial_user_attr(trial_id, "fail_reason", "duplicate: another trial ran this grid cell")
+            study._storage.set_trial_user_attr(trial_id, "fail_reason", DUPLICATE)
             study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             continue
         _run_one(study, optuna.Trial(study, trial_id), objective, heartbeat)
@@ -160,9 +197,11 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
 
 
 def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,
-           grid: bool, heartbeat: int) -> None:
-    """This process's share of the search: the grid's queued cells, or sampled trials."""
-    if grid:
-        _drain_queue(study, objective, observer, target, killed, heartbeat)
-    else:
+           heartbeat: int, grid: Space | None = None, seed: int = 0) -> None:
+    """This process's share of the search: the queued cells of ``grid`` (with ``seed`` ordering
+    any cells queued later), or sampled trials when there is no grid."""
+    if grid is None:
         _optimise(study, objective, target, observer, killed, heartbeat)
+    else:
+        _drain_queue(study, objective, observer, target, killed, heartbeat,
+                     lambda: enqueue_grid_cells(study, grid, target, seed))

@@ -6,20 +6,21 @@ MLflow keeps its run RUNNING forever, and ``--trials N`` would wait for it. Such
 in three ways, all run between trials by every process of the sweep:
 
 - by process: every trial records the process running it (:func:`worker_attrs`: host name, pid,
-  and on Linux its pid namespace and start time). A RUNNING trial of a process this process can
-  see (same host, same pid namespace) is dead when that process is gone, is a zombie, or is a new
-  process that reuses the pid (another start time); this finds a kill at once.
+  and on Linux the boot, pid namespace and start time). A RUNNING trial of a process this process
+  can see (same host, boot and pid namespace) is dead when that process is gone, is a zombie, or
+  is a new process that reuses the pid (another start time); this finds a kill at once.
 - by heartbeat: a running trial records a heartbeat every ``--heartbeat`` seconds
-  (:func:`trial_heartbeat`; Optuna's own heartbeats on an RDB storage, a ``heartbeat`` user
-  attribute on the journal file). A trial silent for twice that is dead: this finds the processes
-  of other machines and containers, whose pids mean nothing here.
+  (:func:`trial_heartbeat`; Optuna's own heartbeats on an RDB storage, judged by the database's
+  clock; a counter in a user attribute on the journal file, judged by how long this process has
+  seen it stand still, so that no two clocks are compared). A trial silent for twice its interval
+  is dead: this finds the processes of other machines and containers, whose pids mean nothing here.
 - a trial that never recorded its process (killed between Optuna's ``ask`` and the trial's first
   line) is dead after :data:`ORPHAN_SECONDS`.
 
 Either way the trial goes to :class:`KilledTrials`: its MLflow run is closed as KILLED with the
-reason and its partial curve, and its parameters are queued once more (Optuna's retry callback,
-at most one retry per trial), so the kill costs the sweep the time the trial had run and nothing
-else. The storage lets exactly one process fail a given trial, and only that one handles it. A
+reason and its partial curve, and its parameters are queued once more (Optuna's retry callback:
+one retry, so a configuration that kills its process twice is given up), so the kill costs the
+sweep the time the trial had run and nothing else. The storage lets exactly one process fail a given trial, and only that one handles it. A
 trial failed while its process was in fact alive (a lost heartbeat) is abandoned by that process
 when it next reaches the storage (``driver._Objective``).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import datetime
 import logging
 import os
 import socket
@@ -45,17 +47,14 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeplab.sweeps.space import cell_key
 from sweeplab.tracker.runs import SweepRecorder
 
-__all__ = ["KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials", "is_duplicate_cell",
-           "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
+__all__ = ["DUPLICATE", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials",
+           "is_duplicate_cell", "requeue_interrupted_grid_cells", "trial_heartbeat", "worker_attrs"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
-ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "mlflow_run_id", "fail_reason")
+ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "heartbeat_seconds", "mlflow_run_id", "fail_reason")
 
 #: A trial records its process within milliseconds of starting; one still without after this long is orphaned.
 ORPHAN_SECONDS = 120
-
-#: How many times a grid cell whose every attempt was killed or interrupted is run again at start-up.
-MAX_KILLED_ATTEMPTS = 3
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -69,33 +68,41 @@ def _stat(pid: int | str) -> list[str] | None:
         return None
 
 
-def _pid_namespace() -> str:
-    """This process's pid namespace (``pid:[4026531836]``), '' where there is none to read."""
+def _machine() -> str:
+    """This boot of this machine and this pid namespace (``BOOT-ID pid:[4026531836]``): the pid
+    namespace's number alone repeats across machines (every host's own is the same). '' parts
+    where there is nothing to read (not Linux)."""
     try:
-        return os.readlink("/proc/self/ns/pid")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
-        return ""
+        boot = ""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{boot} {namespace}"
 
 
 def worker_attrs() -> dict[str, str]:
     """What a trial records about the process running it: ``worker`` (``host:pid``, for people)
-    and ``worker_process`` (pid namespace and start time in clock ticks since boot, so that a
-    process of another container, or a new process that got the same pid, is not taken for it)."""
+    and ``worker_process`` (boot, pid namespace and start time in clock ticks since boot, so that
+    a process of another machine or container, or a new process that got the same pid, is not
+    taken for it)."""
     fields = _stat("self")
     started = fields[19] if fields and len(fields) > 19 else ""
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_process": f"{_pid_namespace()} {started}"}
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_process": f"{_machine()} {started}"}
 
 
 def _alive(pid: int, started: str = "") -> bool:
     """Whether process ``pid`` of this pid namespace still runs, and is the one that started at
     ``started`` (when given). A zombie (killed, not yet reaped by its parent) counts as dead: it
-    will never finish its trial."""
+    will never finish its trial. A process this one may not inspect counts as alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
+        return True
     fields = _stat(pid)
     if fields is None:
         return not Path("/proc/self/stat").exists()  # Linux: it ended just now; elsewhere: kill said it runs
@@ -104,25 +111,16 @@ def _alive(pid: int, started: str = "") -> bool:
     return not started or len(fields) <= 19 or fields[19] == started
 
 
-def _dead_here(trial: FrozenTrial, host: str, namespace: str) -> bool | None:
-    """True or False when this process can tell whether the trial's process runs (same host and
-    pid namespace); None when it cannot (another machine or container)."""
+def _dead_here(trial: FrozenTrial, host: str, machine: str) -> bool | None:
+    """True or False when this process can tell whether the trial's process runs (same host, boot
+    and pid namespace); None when it cannot (another machine or container)."""
     worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    recorded_namespace, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
-    if worker_host != host or not pid.isdigit() or recorded_namespace != namespace:
+    recorded_machine, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
+    if worker_host != host or not pid.isdigit() or recorded_machine != machine:
         return None
     # Between trials this process runs none, so a trial that names it is left from an earlier
     # life of its pid (a restarted container's pid 1).
     return int(pid) == os.getpid() or not _alive(int(pid), started)
-
-
-def _silent_seconds(trial: FrozenTrial, now: float) -> float:
-    """Seconds since the trial's last heartbeat attribute (journal storage), or since it started."""
-    last = trial.user_attrs.get("heartbeat")
-    if isinstance(last, (int, float)):
-        return now - float(last)
-    started = trial.datetime_start.timestamp() if trial.datetime_start else now
-    return now - started
 
 
 class KilledTrials:
@@ -135,9 +133,10 @@ class KilledTrials:
     The retry does not inherit the killed attempt's intermediate values: it trains with its own
     seed, and Optuna would ignore its reports at those steps and prune it on the dead attempt's."""
 
-    def __init__(self, heartbeat: int) -> None:
+    def __init__(self, heartbeat: float) -> None:
         self.heartbeat = heartbeat
-        self.silent = f"killed: no heartbeat from its worker for {2 * heartbeat} s"
+        self.silent = f"killed: no heartbeat from its worker for {2 * heartbeat:g} s"
+        self.beats: dict[int, tuple[object, float]] = {}  # journal: trial id -> (last beat seen, monotonic time it was first seen)
         self.recorder: SweepRecorder | None = None  # set once the parent run is open
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
@@ -149,7 +148,9 @@ class KilledTrials:
         run_id = str(trial.user_attrs.get("mlflow_run_id", ""))
         if self.recorder is not None and run_id:
             try:
-                self.recorder.trial(run_id).close("killed", reason)
+                run = self.recorder.trial(run_id)
+                if run.is_running():  # its process may have closed it (as failed, with its reason) just before dying
+                    run.close("killed", reason)
             except Exception as exc:  # the tracking server is away: a rerun's recovery closes the run
                 logging.getLogger(__name__).warning("could not close the run of killed trial %d: %s", trial.number, exc)
         attempt = copy.deepcopy(trial)
@@ -157,22 +158,40 @@ class KilledTrials:
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
         self.retry(study, attempt)
 
+    def silent_for(self, trial: FrozenTrial) -> float:
+        """Seconds this process has seen the trial's journal heartbeat stand still (0 the first
+        time it looks): no clock of another process is read."""
+        beat, now = trial.user_attrs.get("heartbeat"), time.monotonic()
+        seen = self.beats.get(trial._trial_id)
+        if seen is None or seen[0] != beat:
+            self.beats[trial._trial_id] = (beat, now)
+            return 0.0
+        return now - seen[1]
+
+
+def _age(trial: FrozenTrial) -> float:
+    """Seconds since the trial started, by this machine's clock against the writer's (used only
+    for the orphan rule, whose delay dwarfs any sane clock difference)."""
+    return (datetime.datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+
 
 def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
     """Fail the RUNNING trials whose process is dead (see the module docstring) with
     ``fail_reason`` saying why; each one this process failed goes to ``on_killed``. On an RDB
     storage Optuna judges heartbeats itself (:func:`fail_stale_trials`). Returns how many it failed."""
-    host, namespace = socket.gethostname(), _pid_namespace()
+    host, machine = socket.gethostname(), _machine()
     journal = not isinstance(study._storage, BaseHeartbeat)
-    now = time.time()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        dead = _dead_here(trial, host, namespace)
+        dead = _dead_here(trial, host, machine)
+        # A pid check without a start time (not Linux) cannot tell a reused pid: heartbeats decide too.
+        judged_by_beats = journal and (dead is None or not str(trial.user_attrs.get("worker_process", "")).rpartition(" ")[2])
+        interval = float(trial.user_attrs.get("heartbeat_seconds", on_killed.heartbeat))
         if dead:
             reason = "killed: its process ended"
-        elif dead is None and journal and _silent_seconds(trial, now) > 2 * on_killed.heartbeat:
-            reason = on_killed.silent
-        elif dead is None and "worker" not in trial.user_attrs and _silent_seconds(trial, now) > ORPHAN_SECONDS:
+        elif judged_by_beats and on_killed.silent_for(trial) > 2 * interval:
+            reason = f"killed: no heartbeat from its worker for {2 * interval:g} s"
+        elif not journal and dead is None and "worker" not in trial.user_attrs and _age(trial) > ORPHAN_SECONDS:
             reason = "killed: its process ended before the trial began"
         else:
             continue
@@ -187,10 +206,11 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
 
 
 @contextlib.contextmanager
-def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: int) -> Iterator[None]:
+def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: float) -> Iterator[None]:
     """Record the trial's heartbeat every ``seconds`` while the block runs: Optuna's heartbeat
-    thread on an RDB storage, else a thread that sets the trial's ``heartbeat`` user attribute
-    (a Unix time) on the journal file. It stops once the trial is no longer RUNNING."""
+    thread on an RDB storage, else a thread that counts up the trial's ``heartbeat`` user
+    attribute on the journal file (with ``heartbeat_seconds``, so that every reader judges the
+    silence by this trial's own interval). It stops once the trial is no longer RUNNING."""
     if isinstance(study._storage, BaseHeartbeat):
         with get_heartbeat_thread(trial_id, study._storage):
             yield
@@ -198,13 +218,17 @@ def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: int) -> Iterato
     stop = threading.Event()
 
     def beat() -> None:
+        count = 0
         while True:
             try:
-                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                if count == 0:
+                    study._storage.set_trial_user_attr(trial_id, "heartbeat_seconds", seconds)
+                study._storage.set_trial_user_attr(trial_id, "heartbeat", count)
             except optuna.exceptions.UpdateFinishedTrialError:
                 return
             except Exception as exc:  # a full disk...: the trial goes on; a peer may fail it as silent
                 logging.getLogger(__name__).warning("could not record the heartbeat of a trial: %s", exc)
+            count += 1
             if stop.wait(seconds):
                 return
 
@@ -218,20 +242,26 @@ def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: int) -> Iterato
 
 
 def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> int:
-    """Close as KILLED the child runs still RUNNING whose trial has ended in Optuna: left behind
-    when a process was killed after creating its run but before recording the run on its trial,
-    or when the tracking server was away as the kill was handled. Returns how many it closed.
+    """Close the child runs still RUNNING whose trial has ended in Optuna, with the state Optuna
+    recorded: a failed trial's run as KILLED (its process was killed after creating the run but
+    before recording it on the trial, or the tracking server was away as the kill was handled), a
+    complete or pruned trial's run as such (its process was killed after telling Optuna, which
+    comes after every summary and artifact of the run, and before closing it). Returns how many
+    it closed.
 
     Safe while other processes run trials (other machines, each of whose ``sweep run`` does this
     at start-up): MLflow is read before Optuna, and a trial exists before its run, so a run read
-    here belongs to a trial that the later read of Optuna sees; a run whose trial just finished is
-    read again, and left alone if its own process closed it meanwhile."""
+    here belongs to a trial that the later read of Optuna sees; a run is read again just before it
+    is closed, and left alone if its own process closed it meanwhile."""
     runs = recorder.running_trials()
-    ended = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    ended = {t.number: t.state for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     closed = 0
     for number, run in runs.items():
         if number in ended and run.is_running():
-            run.close("killed", "the process running it ended")
+            if ended[number] == TrialState.FAIL:
+                run.close("killed", "the process running it ended")
+            else:
+                run.close(ended[number].name.lower())
             closed += 1
     return closed
 
@@ -248,29 +278,39 @@ def _cell(trial: FrozenTrial) -> tuple:
     return cell_key(trial.system_attrs.get("fixed_params") or trial.params)
 
 
-def requeue_killed_grid_cells(study: optuna.Study) -> int:
-    """Queue once more the grid cells whose every attempt was killed or interrupted (none
-    finished, none failed on its own, none queued or running), up to
-    :data:`MAX_KILLED_ATTEMPTS` attempts a cell, so that every cell of the grid is run to the
-    end once but a cell that always kills its process is given up. Returns how many were queued."""
+def requeue_interrupted_grid_cells(study: optuna.Study) -> int:
+    """Queue once more the grid cells whose latest attempt was interrupted (Ctrl-C) and none of
+    whose attempts finished, failed on its own, or is queued or running, so that every cell of the
+    grid runs to the end once. (A killed cell's retry is queued by :class:`KilledTrials`, once; a
+    cell whose trial fails on its own is not run again.) Returns how many were queued."""
     attempts: dict[tuple, list[FrozenTrial]] = collections.defaultdict(list)
     for trial in study.get_trials(deepcopy=False):
-        if trial.params or trial.system_attrs.get("fixed_params"):
+        if (trial.params or trial.system_attrs.get("fixed_params")) and not _is_duplicate(trial):
             attempts[_cell(trial)].append(trial)
     count = 0
-    for key, tried in attempts.items():
-        killed = [t for t in tried if t.state == TrialState.FAIL
-                  and str(t.user_attrs.get("fail_reason", "killed")).startswith(("killed", "interrupted"))]  # none: heartbeats
-        if killed and len(killed) == len(tried) and len(killed) < MAX_KILLED_ATTEMPTS:
+    for tried in attempts.values():
+        reasons = [str(t.user_attrs.get("fail_reason", "killed")) if t.state == TrialState.FAIL else "" for t in tried]
+        if all(r.startswith(("killed", "interrupted")) for r in reasons) and reasons[-1] == "interrupted":
             study.enqueue_trial(dict(tried[-1].system_attrs.get("fixed_params") or tried[-1].params), skip_if_exists=False)
             count += 1
     return count
 
 
+#: The ``fail_reason`` of a queued grid cell that another trial ran.
+DUPLICATE = "duplicate: another trial ran this grid cell"
+
+
+def _is_duplicate(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == DUPLICATE
+
+
 def is_duplicate_cell(study: optuna.Study, trial_id: int) -> bool:
-    """Whether the queued trial ``trial_id`` repeats a grid cell that another trial finished or
-    is running (two processes that started a sweep at the same moment both queued the grid)."""
+    """Whether the just-taken queued trial ``trial_id`` repeats a grid cell (two processes that
+    started a sweep at the same moment both queued the grid): another trial of the cell has
+    finished, or is running or queued with a lower number. Of two copies taken at once, the one
+    with the lower number runs; failed attempts (a killed cell and its retry) do not count."""
     trials = study.get_trials(deepcopy=False)
     this = next(t for t in trials if t._trial_id == trial_id)
-    return any(t._trial_id != trial_id and t.state in (*_FINISHED, TrialState.RUNNING) and _cell(t) == _cell(this)
+    return any(t._trial_id != trial_id and _cell(t) == _cell(this)
+               and (t.state in _FINISHED or (t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < this.number))
                for t in trials)

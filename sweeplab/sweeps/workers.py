@@ -120,7 +120,8 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
     notes: list[str] = []
     given_up: set[int] = set()
     try:
-        processes = {i: _start_worker(i, options, spec, log) for i, log in enumerate(logs)}
+        for i, log in enumerate(logs):  # one by one: a Ctrl-C meanwhile reaches those already started
+            processes[i] = _start_worker(i, options, spec, log)
         while True:
             _report_new(study, seen, observer, best, maximise)
             codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie

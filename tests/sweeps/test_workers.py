@@ -90,6 +90,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
         if main.poll() is None:
             main.kill()
     assert "was killed by SIGKILL" in " ".join(out.decode().split())  # the main process says so
+    assert "a replacement was started" in " ".join(out.decode().split())
 
     study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
     killed = study.trials[victim.number]
