@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweeplabError
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
-from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_interrupted_grid_cells, worker_attrs
+from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_killed_grid_cells, worker_attrs
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
@@ -535,7 +535,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
         recover(study, killed)
         if options.sampler == "grid":
-            requeue_interrupted_grid_cells(study)
+            requeue_killed_grid_cells(study)
             enqueue_grid_cells(study, space, target, options.seed)
         close_runs_of_ended_trials(study, recorder)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")

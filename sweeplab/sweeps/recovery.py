@@ -48,7 +48,7 @@ from sweeplab.sweeps.space import cell_key
 from sweeplab.tracker.runs import SweepRecorder
 
 __all__ = ["DUPLICATE", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials",
-           "is_duplicate_cell", "requeue_interrupted_grid_cells", "trial_heartbeat", "worker_attrs"]
+           "is_duplicate_cell", "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
 ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "heartbeat_seconds", "mlflow_run_id", "fail_reason")
@@ -278,19 +278,20 @@ def _cell(trial: FrozenTrial) -> tuple:
     return cell_key(trial.system_attrs.get("fixed_params") or trial.params)
 
 
-def requeue_interrupted_grid_cells(study: optuna.Study) -> int:
-    """Queue once more the grid cells whose latest attempt was interrupted (Ctrl-C) and none of
-    whose attempts finished, failed on its own, or is queued or running, so that every cell of the
-    grid runs to the end once. (A killed cell's retry is queued by :class:`KilledTrials`, once; a
-    cell whose trial fails on its own is not run again.) Returns how many were queued."""
+def requeue_killed_grid_cells(study: optuna.Study) -> int:
+    """Queue once more, when a sweep starts, the grid cells whose every attempt was killed or
+    interrupted (none finished, failed on its own, or is queued or running), so that a rerun
+    completes the grid: a rerun is the user's word that the cell should run. (Within a run a
+    killed trial is retried once, by :class:`KilledTrials`; a cell whose trial fails on its own
+    is not run again.) Returns how many were queued."""
     attempts: dict[tuple, list[FrozenTrial]] = collections.defaultdict(list)
     for trial in study.get_trials(deepcopy=False):
         if (trial.params or trial.system_attrs.get("fixed_params")) and not _is_duplicate(trial):
             attempts[_cell(trial)].append(trial)
     count = 0
     for tried in attempts.values():
-        reasons = [str(t.user_attrs.get("fail_reason", "killed")) if t.state == TrialState.FAIL else "" for t in tried]
-        if all(r.startswith(("killed", "interrupted")) for r in reasons) and reasons[-1] == "interrupted":
+        if all(t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "killed")).startswith(("killed", "interrupted"))
+               for t in tried):  # no reason: failed by Optuna for want of heartbeats
             study.enqueue_trial(dict(tried[-1].system_attrs.get("fixed_params") or tried[-1].params), skip_if_exists=False)
             count += 1
     return count

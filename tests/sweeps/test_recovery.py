@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sweeplab.sweeps.recovery import (KilledTrials, _alive, close_runs_of_ended_trials, fail_dead_trials,
-                                      is_duplicate_cell, requeue_interrupted_grid_cells, trial_heartbeat, worker_attrs)
+                                      is_duplicate_cell, requeue_killed_grid_cells, trial_heartbeat, worker_attrs)
 from sweeplab.tracker.runs import SweepRecorder
 
 _DIST = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
@@ -179,20 +179,22 @@ def _add(study: optuna.Study, value: float, state: str, reason: str | None = Non
                                               user_attrs={"fail_reason": reason} if reason else {}))
 
 
-def test_interrupted_grid_cells_are_queued_again_and_killed_or_failed_ones_are_not() -> None:
+def test_killed_or_interrupted_grid_cells_are_queued_again_at_start_up_and_failed_ones_are_not() -> None:
     study = optuna.create_study()
     _add(study, 1, "COMPLETE")
-    _add(study, 2, "FAIL", "killed: its process ended")  # its retry is queued by KilledTrials, once
+    _add(study, 2, "FAIL", "killed: its process ended")
     _add(study, 3, "FAIL", "Diverged: nan")
     _add(study, 4, "FAIL", "interrupted")
     _add(study, 5, "FAIL", "killed: its process ended")
-    _add(study, 5, "FAIL", "interrupted")  # its retry was interrupted by Ctrl-C
+    _add(study, 5, "FAIL", None)  # its retry, failed by Optuna for want of heartbeats
     _add(study, 6, "FAIL", "interrupted")
     _add(study, 6, "FAIL", "out of memory: OutOfMemoryError")  # then it failed on its own
-    assert requeue_interrupted_grid_cells(study) == 2
+    _add(study, 7, "FAIL", "killed: its process ended")
+    study.enqueue_trial({"lr": 7})  # its retry, already queued
+    assert requeue_killed_grid_cells(study) == 3
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert sorted(t.system_attrs["fixed_params"]["lr"] for t in waiting) == [4, 5]
-    assert requeue_interrupted_grid_cells(study) == 0  # already queued
+    assert sorted(t.system_attrs["fixed_params"]["lr"] for t in waiting) == [2, 4, 5, 7]
+    assert requeue_killed_grid_cells(study) == 0  # already queued
 
 
 def test_of_two_copies_of_a_queued_cell_taken_at_once_only_the_lower_numbered_runs() -> None:
