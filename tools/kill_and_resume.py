@@ -12,6 +12,7 @@ alone, it checks that:
   trial, with the trial's state; no complete run was lost between rounds.
 
     python tools/kill_and_resume.py --rounds 6 --trials 16 --workers 2
+    python tools/kill_and_resume.py --rounds 6 --trials 24 --workers 3 --sampler grid --epochs 30
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=60, help="epochs a trial (its length)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill times")
+    parser.add_argument("--sampler", choices=("random", "grid"), default="random",
+                        help="grid: the report's 24-cell sentiment grid, each cell checked to have run exactly once")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", str(args.trials), "--workers",
-                   str(args.workers), "--sampler", "random", "--pruner", "none", "--no-early-stop", "--no-plots",
+                   str(args.workers), "--sampler", args.sampler, "--pruner", "none", "--no-early-stop", "--no-plots",
                    "--store-dir", str(store), "--set", f"epochs={args.epochs}", *TINY]
         client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
         kept: set[str] = set()
@@ -79,7 +82,7 @@ def main() -> None:
         assert final.returncode == 0, final.stderr[-3000:]
 
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
-        study = optuna.load_study(study_name="sentiment-random", storage=storage)
+        study = optuna.load_study(study_name=f"sentiment-{args.sampler}", storage=storage)
         states = {s.name: sum(t.state == s for t in study.trials) for s in TrialState}
         print("optuna:", {k: v for k, v in states.items() if v})
         finished = states["COMPLETE"] + states["PRUNED"]
@@ -98,6 +101,10 @@ def main() -> None:
                 run = children[trial.number]
                 assert run.info.status == "FINISHED" and run.data.tags["sweeplab.state"] == trial.state.name.lower()
         assert kept <= _complete_runs(client)
+        if args.sampler == "grid":
+            cells = [tuple(sorted(t.params.items())) for t in study.trials if t.state == TrialState.COMPLETE]
+            assert len(cells) == len(set(cells)) == min(args.trials, 24), "a grid cell ran twice or not at all"
+            print(f"grid: {len(cells)} distinct cells complete, none twice")
         print("ok: nothing lost, nothing left running")
 
 
