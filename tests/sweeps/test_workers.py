@@ -64,10 +64,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     killed trial's MLflow run is closed as KILLED."""
     store = tmp_path / "store"
     journal = store / "optuna.journal"
-    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "8", "--workers", "2", "--sampler",
-               "random", "--pruner", "none", "--no-early-stop", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
-               "--no-plots", "--set", "epochs=600", *TINY]
-    main = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    main = subprocess.Popen(_two_workers(8, sentiment_dir, store, epochs=600), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while True:  # stop the worker (SIGSTOP) in a trial, so that the trial cannot end before the kill
             victim = _running_trials(journal, main, count=1, after_a_complete_one=True)[0]
@@ -110,10 +107,8 @@ def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentime
     not train on unseen), each closing its trial as interrupted in Optuna and MLflow."""
     store = tmp_path / "store"
     journal = store / "optuna.journal"
-    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "6", "--workers", "2", "--sampler",
-               "random", "--pruner", "none", "--no-early-stop", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
-               "--no-plots", "--set", "epochs=100000", *TINY]
-    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = subprocess.Popen(_two_workers(6, sentiment_dir, store, epochs=100000), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         running = _running_trials(journal, main, count=2, after_a_complete_one=False)
         main.kill()
@@ -133,6 +128,13 @@ def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentime
         assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED" and run.data.tags["sweeplab.state"] == "killed"
+
+
+def _two_workers(trials: int, data: Path, store: Path, epochs: int) -> list[str]:
+    """``sweep run`` with two workers, tiny models and ``epochs`` a trial (long trials to kill)."""
+    return [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", str(trials), "--workers", "2", "--sampler",
+            "random", "--pruner", "none", "--no-early-stop", "--data-dir", str(data), "--store-dir", str(store),
+            "--no-plots", "--set", f"epochs={epochs}", *TINY]
 
 
 def _running_trials(journal: Path, main: subprocess.Popen, count: int, after_a_complete_one: bool) -> list:
