@@ -195,7 +195,7 @@ def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler
     if options.sampler == "grid":
         # A grid is a queue of its cells (see enqueue_grid_cells), each with every parameter fixed;
         # Optuna's GridSampler repeats cells under parallel workers and fails on re-queued ones.
-        space.grid_cells()  # a continuous range without grid values is a one-line error now
+        space.grid_cells()  # a continuous range without grid values: a one-line error, before the store is touched
         return optuna.samplers.RandomSampler(seed=options.seed)
     if options.sampler == "random":
         return optuna.samplers.RandomSampler(seed=options.seed)
@@ -323,7 +323,7 @@ class _Objective:
             if not still_ours(trial):  # reporting to a trial another process failed raised
                 raise Abandoned(run) from None
             if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
-                self.user_error = exc  # _optimise raises it after this trial
+                self.user_error = exc  # the search loop raises it after this trial
             reason = _failure_reason(exc)
             trial.set_user_attr("fail_reason", reason)
             run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got

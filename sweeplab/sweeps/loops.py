@@ -29,7 +29,8 @@ from sweeplab.tracker.runs import TrialRecorder
 if TYPE_CHECKING:
     from sweeplab.sweeps.driver import SweepObserver
 
-__all__ = ["FINISHED", "Abandoned", "Finished", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search", "still_ours"]
+__all__ = ["FINISHED", "Abandoned", "Finished", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search",
+           "still_ours"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -73,6 +74,7 @@ def _let_go(study: optuna.Study, trial: optuna.Trial, run: TrialRecorder | None)
 
 
 def still_ours(trial: optuna.Trial) -> bool:
+    """Whether the trial is still RUNNING, so that no other process has failed it meanwhile."""
     return trial.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
 
 

@@ -20,9 +20,9 @@ in three ways, all run between trials by every process of the sweep:
 Either way the trial goes to :class:`KilledTrials`: its MLflow run is closed as KILLED with the
 reason and its partial curve, and its parameters are queued once more (Optuna's retry callback:
 one retry, so a configuration that kills its process twice is given up), so the kill costs the
-sweep the time the trial had run and nothing else. The storage lets exactly one process fail a given trial, and only that one handles it. A
-trial failed while its process was in fact alive (a lost heartbeat) is abandoned by that process
-when it next reaches the storage (``driver._Objective``).
+sweep the time the trial had run and nothing else. The storage lets exactly one process fail a
+given trial, and only that one handles it. A trial failed while its process was in fact alive (a
+lost heartbeat) is dropped by that process when it next reaches the storage (``loops.Abandoned``).
 """
 
 from __future__ import annotations
@@ -111,11 +111,17 @@ def _alive(pid: int, started: str = "") -> bool:
     return not started or len(fields) <= 19 or fields[19] == started
 
 
+def _process_of(trial: FrozenTrial) -> tuple[str, str, str, str]:
+    """(host, pid, machine, start time) the trial recorded (:func:`worker_attrs`); '' where absent."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    machine, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
+    return host, pid, machine, started
+
+
 def _dead_here(trial: FrozenTrial, host: str, machine: str) -> bool | None:
     """True or False when this process can tell whether the trial's process runs (same host, boot
     and pid namespace); None when it cannot (another machine or container)."""
-    worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    recorded_machine, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
+    worker_host, pid, recorded_machine, started = _process_of(trial)
     if worker_host != host or not pid.isdigit() or recorded_machine != machine:
         return None
     # Between trials this process runs none, so a trial that names it is left from an earlier
@@ -182,10 +188,13 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
     host, machine = socket.gethostname(), _machine()
     journal = not isinstance(study._storage, BaseHeartbeat)
     failed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for gone in set(on_killed.beats) - {t._trial_id for t in running}:
+        del on_killed.beats[gone]
+    for trial in running:
         dead = _dead_here(trial, host, machine)
         # A pid check without a start time (not Linux) cannot tell a reused pid: heartbeats decide too.
-        judged_by_beats = journal and (dead is None or not str(trial.user_attrs.get("worker_process", "")).rpartition(" ")[2])
+        judged_by_beats = journal and (dead is None or not _process_of(trial)[3])
         interval = float(trial.user_attrs.get("heartbeat_seconds", on_killed.heartbeat))
         if dead:
             reason = "killed: its process ended"
@@ -259,7 +268,7 @@ def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> 
     for number, run in runs.items():
         if number in ended and run.is_running():
             if ended[number] == TrialState.FAIL:
-                run.close("killed", "the process running it ended")
+                run.close("killed", "killed: the process running it ended")
             else:
                 run.close(ended[number].name.lower())
             closed += 1
