@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
+from sweeplab.errors import SweeplabError
+from sweeplab.tracker.store import open_optuna_storage
 from tests.checks import assert_grid_ran_every_cell_once
 from tests.conftest import TINY
 
@@ -123,3 +126,25 @@ def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial
 
 def _study_exists(storage: str) -> bool:
     return any(s.study_name == "sentiment-random" for s in optuna.get_all_study_summaries(storage))
+
+
+def test_processes_opening_a_new_database_at_the_same_moment_all_get_the_storage(postgres_db: Callable[[], str]) -> None:
+    """Machines started together on a fresh database each create Optuna's tables; PostgreSQL
+    refuses all but one (optuna#1092), and the others open it again once the tables exist."""
+    storage = postgres_db()
+    barrier = threading.Barrier(6)
+    errors: list[str] = []
+
+    def open_at_once() -> None:
+        barrier.wait()
+        try:
+            open_optuna_storage(storage)
+        except SweeplabError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors

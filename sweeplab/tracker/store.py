@@ -14,6 +14,8 @@ import importlib.util
 import inspect
 import logging
 import os
+import random
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,14 +87,32 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
         return optuna.storages.JournalStorage(backend)
     spec = with_postgres_driver(spec, "--storage")
     callback = "heartbeat_stale_trial_callback" if _OPTUNA_5 else "failed_trial_callback"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.9
-            return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
-                                              **{callback: on_stale})
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
-        raise SweeplabError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.9
+                return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds,
+                                                  grace_period=2 * heartbeat_seconds, **{callback: on_stale})
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if _schema_race(exc) and attempt + 1 < _SCHEMA_ATTEMPTS:
+                time.sleep(random.uniform(0.2, 1.0))  # another process is creating the tables: they exist now
+                continue
+            first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
+            raise SweeplabError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+#: How often a new RDB storage is opened again when another process was creating its tables at that moment.
+_SCHEMA_ATTEMPTS = 8
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether ``exc`` is what two processes get when they create Optuna's tables in a new database
+    at the same moment (optuna#1092: on PostgreSQL "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index" or "relation ... already exists"): machines started together on a
+    fresh database. Opening again finds the tables the other process made."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text or "pg_type_typname" in text
 
 
 def with_postgres_driver(uri: str, flag: str) -> str:
