@@ -21,12 +21,12 @@ Run as a program (``python -m sweeplab.sweeps.workers OPTIONS.json``) it is one 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -158,23 +158,29 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
 #: The environment variable that gives a worker its main process's pid.
 _MAIN_PID = "SWEEPLAB_MAIN_PID"
 
-#: prctl(2) option: the signal the kernel sends this process when the thread that started it ends.
-_PR_SET_PDEATHSIG = 1
+#: Seconds between two looks of a worker at its main process, and between two interruptions.
+_WATCH_SECONDS = 1.0
+_REPEAT_SECONDS = 10.0
 
 
 def _stop_with_main() -> None:
-    """Have the kernel interrupt this worker (SIGINT, as Ctrl-C would) when its main process dies,
-    even by ``kill -9``: the worker then closes its running trial as interrupted and exits, instead
-    of training on unseen (holding a GPU that the rerun's workers need). Linux only; elsewhere a
-    worker whose main process was killed finishes the sweep on its own."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
-    except (OSError, AttributeError):
-        return
-    if str(os.getppid()) != os.environ.get(_MAIN_PID, str(os.getppid())):  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGINT)
+    """Interrupt this worker (SIGINT, as Ctrl-C would) once its main process has died, even by
+    ``kill -9``: the worker then closes its running trial as interrupted and exits, instead of
+    training on unseen (holding a GPU that the rerun's workers need). A daemon thread watches the
+    parent pid; it interrupts again every ``_REPEAT_SECONDS`` while the worker still runs, since
+    Python drops a KeyboardInterrupt that lands in a finaliser or an import's weakref callback.
+    (The kernel's parent-death signal is no simpler: it comes once for each thread of the dying
+    main process, and cuts the clean-up short.)"""
+    main_pid = int(os.environ.get(_MAIN_PID, os.getppid()))
+
+    def watch() -> None:
+        while os.getppid() == main_pid:
+            time.sleep(_WATCH_SECONDS)
+        while True:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(_REPEAT_SECONDS)
+
+    threading.Thread(target=watch, name="sweeplab-main-watch", daemon=True).start()
 
 
 def main() -> None:
