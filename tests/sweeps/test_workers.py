@@ -125,7 +125,8 @@ def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentime
     study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     for trial in (study.trials[t.number] for t in running):
-        assert trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted", (trial.user_attrs, [p.read_text()[-2500:] for p in (store / "workers").glob("*.log")])
+        logs = [log.read_text()[-2500:] for log in (store / "workers").glob("*.log")]
+        assert trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted", (trial.user_attrs, logs)
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED" and run.data.tags["sweeplab.state"] == "killed"
 
