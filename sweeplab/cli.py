@@ -61,11 +61,13 @@ def _existing_store(store_dir: Path, tracking_uri: str | None, task: str) -> Sto
 def run(
     task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval or sentiment.")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds after which no trial starts (the running ones finish); with --trials, whichever comes first.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.")] = "tpe",
-    pruner: Annotated[str, typer.Option("--pruner", help="median (prune trials far behind others) or none.")] = "median",
+    pruner: Annotated[str, typer.Option("--pruner", help="hyperband (the default: several successive-halving brackets), asha (successive halving), median (prune trials below the median) or none.")] = "hyperband",
     seed: Annotated[int, typer.Option("--seed", help="Seeds the sampler, the validation split and training.")] = 0,
+    split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="Seeds the validation split alone (default: --seed), to compare sweeps on one split.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: SPACE-SAMPLER).")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (default: sweeplab-TASK).")] = None,
     store_dir: StoreDir = Path("mlruns"),
@@ -94,7 +96,7 @@ def run(
     try:
         metric = metric or get_task(task).metric
         options = SweepOptions(
-            task=task, trials=trials, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed,
+            task=task, trials=trials, timeout=timeout, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed, split_seed=split_seed,
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
@@ -113,10 +115,17 @@ def run(
         console.print(f"[yellow]data:[/] {line}", highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
     finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
-    if finished < outcome.target:
+    if finished < outcome.target and timeout is not None and outcome.counts.get("fail", 0) == 0:
+        console.print(f"{finished} of {outcome.target} trials finished within --timeout {timeout:g} s; "
+                      "the same command resumes the sweep", highlight=False)
+    elif finished < outcome.target:
         errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
                      "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
     console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
+    if outcome.majority is not None and outcome.best_value is not None and metric in (None, "val_accuracy"):
+        from sweeplab.console import majority_line
+
+        console.print(f"majority class on validation: {majority_line(outcome.best_value, outcome.majority)}", highlight=False)
     if outcome.test:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.test.items()))
         console.print(f"test split, best trial's checkpoint: {shown}", highlight=False)

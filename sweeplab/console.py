@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sweeplab.tracker.query import TRIAL_STATES, SweepRow, TrialRow
 
-__all__ = ["RichObserver", "sweep_panels", "trial_panels"]
+__all__ = ["RichObserver", "majority_line", "sweep_panels", "trial_panels"]
 
 
 class RichObserver:
@@ -69,6 +69,12 @@ def _figures(summary: Mapping[str, float], prefix: str, first: str) -> str:
     return "  ".join(f"{name} {_fmt(found[name])}" for name in names)
 
 
+def majority_line(accuracy: float, majority: float) -> str:
+    """How far a validation accuracy is above (or below) always answering the most frequent class."""
+    gap = 100 * (accuracy - majority)
+    return f"{majority:.4f} (always the most frequent class); {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} it"
+
+
 def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]:
     """One key/value table per trial, best first: value, best step, overfitting onset, the
     validation figures at the best step beside the test figures (when the checkpoint was scored),
@@ -87,6 +93,9 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]
         table.add_row("overfit onset", f"none ({criterion})" if onset is None else f"{onset:g} ({row.overfit} of {criterion})")
         first = row.metric.removeprefix("best_").removeprefix("val_")
         table.add_row(f"validation (best {x_axis})", _figures(row.summary, "best_val_", first))
+        majority = row.summary.get("val_majority_accuracy")
+        if majority is not None and "best_val_accuracy" in row.summary:
+            table.add_row("majority class", majority_line(row.summary["best_val_accuracy"], majority))
         test = _figures(row.summary, "test_", first)
         if test:
             table.add_row("test (best checkpoint)", test)

@@ -37,12 +37,17 @@ REGISTRY: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Loaded:
-    """A task's data after reading: the task-specific payload and what the readers skipped."""
+    """A task's data after reading: the task-specific payload and what the readers skipped.
+
+    ``majority`` is the validation accuracy of always answering the validation split's most
+    frequent class (its share of the split), the floor a classifier must clear to have learnt
+    anything; ``None`` for tasks that are not classification."""
 
     payload: Any
     reports: tuple[ReadReport, ...]
     fingerprint: str
     class_names: tuple[str, ...] = ()
+    majority: float | None = None
 
 
 @dataclass(frozen=True)

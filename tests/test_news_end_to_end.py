@@ -14,7 +14,7 @@ from sweeplab.cli import app
 from sweeplab.trainers.news import TASK
 
 runner = CliRunner()
-TINY_NEWS = ["--set", "hidden_size=32", "--set", "layers=1", "--set", "heads=2", "--set", "eval_every=4",
+TINY_NEWS = ["--set", "model=scratch", "--set", "hidden_size=32", "--set", "layers=1", "--set", "heads=2", "--set", "eval_every=4",
              "--set", "epochs=2", "--set", "batch_size=64", "--set", "eval_batch_size=100"]
 STEPS = [4, 8, 10]  # 300 titles / 64 = 5 steps an epoch, 10 in all, evaluated every 4
 
@@ -137,3 +137,70 @@ def test_an_unknown_metric_stops_the_sweep_with_one_line(swept: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "metric 'val_acc' is not one this task reports (lr, val_accuracy, val_f1_macro" in " ".join(result.output.split())
+
+
+FAMILIES_GRID = """
+task = "news"
+
+[search.model]
+choices = ["textcnn", "fasttext"]
+
+[search.filters]
+when = { model = "textcnn" }
+choices = [8]
+
+[search.kernel_sizes]
+when = { model = "textcnn" }
+choices = ["1,2"]
+
+[search.ngrams]
+when = { model = "fasttext" }
+choices = [2]
+
+[search.buckets]
+when = { model = "fasttext" }
+choices = [500]
+
+[fixed]
+embedding_dim = 16
+lr = 0.01
+epochs = 2
+batch_size = 32
+max_length = 32
+"""
+
+
+def test_textcnn_and_fasttext_trials_run_end_to_end_and_their_checkpoints_score_the_test_split(swept: Path) -> None:
+    """One grid over the two families: each trial holds its own family's parameters only, the
+    same curves as every news trial, and the best one's checkpoint is scored on the test split."""
+    import torch
+
+    from sweeplab.trainers.text_models import load_text_model
+
+    space = swept / "families.toml"
+    space.write_text(FAMILIES_GRID, encoding="utf-8")
+    result = runner.invoke(app, ["run", "news", "--trials", "2", "--space", str(space), "--sampler", "grid", "--study", "families",
+                                 "--data-dir", str(swept / "data"), "--store-dir", str(swept / "store"), "--no-early-stop"])
+    assert result.exit_code == 0, result.output
+    client, parent, children = _runs(swept, "families")
+    labels = [line.rsplit("\t", 1)[1] for line in (swept / "data" / "dev.txt").read_text(encoding="utf-8").splitlines()]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    by_family = {c.data.params["model"]: c for c in children}
+    assert set(by_family) == {"textcnn", "fasttext"}
+    assert by_family["textcnn"].data.params["kernel_sizes"] == "1,2" and "ngrams" not in by_family["textcnn"].data.params
+    assert by_family["fasttext"].data.params["buckets"] == "500" and "filters" not in by_family["fasttext"].data.params
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["sweeplab.state"] == "complete"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [10, 20]  # 300 / 32 a epoch
+        assert child.data.metrics["val_majority_accuracy"] == pytest.approx(majority)
+    best = max(children, key=lambda r: (r.data.metrics["best_val_accuracy"], -int(r.data.tags["sweeplab.trial"])))
+    assert parent.data.metrics["test_accuracy"] == best.data.metrics["test_accuracy"]
+    folder = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(swept / "families-dl")))
+    from transformers import AutoTokenizer
+
+    assert (folder / "model.pt").is_file() and len(AutoTokenizer.from_pretrained(folder)) == 21128
+    model = load_text_model(folder)
+    assert type(model).__name__.lower() == best.data.params["model"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[101, 2769, 102]]), attention_mask=torch.ones(1, 3, dtype=torch.long)).logits
+    assert logits.shape == (1, 10)

@@ -196,7 +196,7 @@ def _lagging_task() -> Task:
 
 
 def test_a_trial_far_behind_is_pruned_and_keeps_its_curve(tmp_path: Path) -> None:
-    outcome = sweep_task(_lagging_task(), tmp_path, 4)
+    outcome = sweep_task(_lagging_task(), tmp_path, 4, pruner="median")
     assert outcome.counts["complete"] == 3 and outcome.counts["pruned"] == 1
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("lagging").experiment_id], "tags.`sweeplab.trial` = '3'")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 from sklearn.model_selection import train_test_split
 
 from sweeplab.datasets.report import DataError
 
-__all__ = ["stratified_split"]
+__all__ = ["majority_share", "stratified_split"]
+
+
+def majority_share(labels: Sequence[int]) -> float | None:
+    """The share of the most frequent label: the accuracy of always answering it (``None`` for no
+    labels)."""
+    if not labels:
+        return None
+    return Counter(labels).most_common(1)[0][1] / len(labels)
 
 
 def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

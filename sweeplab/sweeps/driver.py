@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from sweeplab.trainers.metrics import per_class_report
 __all__ = ["SAMPLERS", "SweepFailed", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
 
 SAMPLERS = ("tpe", "grid", "random")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "hyperband", "asha", "none")
 CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
@@ -64,11 +65,13 @@ class SweepOptions:
 
     task: str
     trials: int = 6
+    timeout: float | None = None  # seconds from the start of run_sweep after which no trial starts
     data_dir: Path | None = None
     space: str | None = None
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "hyperband"  # see benchmarks/search_efficiency.py for why
     seed: int = 0
+    split_seed: int | None = None  # seeds the validation split; None: ``seed`` (compare samplers on one split)
     study: str | None = None
     experiment: str | None = None
     store_dir: Path = Path("mlruns")
@@ -134,6 +137,7 @@ class SweepOutcome:
     target: int = 0
     test: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
+    majority: float | None = None  # validation accuracy of always answering the most frequent class
 
 
 def _with_metric(task: Task, metric: str | None) -> Task:
@@ -171,6 +175,8 @@ def _parse_override(task: Task, key: str, value: Any) -> Any:
 def _validate(options: SweepOptions) -> None:
     if options.trials < 1:
         raise SweeplabError(f"--trials {options.trials}: expected a positive number of trials")
+    if options.timeout is not None and not options.timeout > 0:
+        raise SweeplabError(f"--timeout {options.timeout:g}: expected a positive number of seconds")
     if options.sampler not in SAMPLERS:
         raise SweeplabError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
     if options.pruner not in PRUNERS:
@@ -199,15 +205,48 @@ def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler
         return optuna.samplers.RandomSampler(seed=options.seed)
     if options.sampler == "random":
         return optuna.samplers.RandomSampler(seed=options.seed)
-    return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(10, max(2, options.trials // 4)))
+    # A space with parameters of one model family only is searched with the multivariate, grouped
+    # TPE: it models each family's parameters jointly, from the trials where they were sampled.
+    with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5, and well used
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(10, max(2, options.trials // 4)),
+                                          multivariate=space.conditional, group=space.conditional)
 
 
-def _pruner(options: SweepOptions) -> optuna.pruners.BasePruner:
+def _planned_evaluations(space: Space, defaults: Mapping[str, Any]) -> int | None:
+    """The most evaluations a trial of ``space`` can make when it evaluates once per epoch: the
+    largest ``epochs`` the space can give; ``None`` when evaluations are counted in optimizer
+    steps (``eval_every``) or the task has no ``epochs``."""
+    every = space.params.get("eval_every") or space.fixed.get("eval_every", defaults.get("eval_every", 0))
+    if every or "epochs" not in defaults:
+        return None
+    param = space.params.get("epochs")
+    if param is None:
+        return int(space.fixed.get("epochs", defaults["epochs"]))
+    return int(max(v for v in (param.high, *param.choices, *param.grid) if v is not None))
+
+
+def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner ``--pruner`` names. Every pruner hears the trial's evaluation index (1, 2, ...;
+    see _Reporter), so a rung or a warm-up is counted in evaluations for every task.
+
+    * ``median``: a trial is "far behind" when its metric is below the median of earlier trials at
+      the same evaluation, judged after 3 finished trials and from the 3rd evaluation on.
+    * ``asha``: asynchronous successive halving (Li et al. 2020): at rungs of 1, 3, 9...
+      evaluations a trial goes on only if it is in the best third of the trials that reached the
+      rung.
+    * ``hyperband`` (Li et al. 2018): several successive-halving brackets, from aggressive (first
+      rung at 1 evaluation) to none, between 1 evaluation and the most a trial of the space can
+      make (found from the first finished trial when that is not known from the space).
+    """
     if options.pruner == "none":
         return optuna.pruners.NopPruner()
-    # A trial is "far behind" when its metric is below the median of earlier trials at the same
-    # evaluation, judged only after 3 finished trials and from the 3rd evaluation on (evaluations
-    # are reported 1-based, see _Reporter, and Optuna prunes once step >= n_warmup_steps).
+    if options.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if options.pruner == "hyperband":
+        most = _planned_evaluations(space, defaults)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most if most and most > 1 else "auto",
+                                              reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
 
 
@@ -280,6 +319,12 @@ class _Objective:
         self.user_error: SweeplabError | None = None
         self.calls = 0  # trials this process started
 
+    def _majority(self) -> dict[str, float]:
+        """``val_majority_accuracy`` (see :class:`~sweeplab.tasks.Loaded`) for classification tasks,
+        on every trial's run, so that a query for the best trial also says how far it is above
+        always answering the most frequent class."""
+        return {} if self.loaded.majority is None else {"val_majority_accuracy": self.loaded.majority}
+
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True
@@ -295,10 +340,11 @@ class _Objective:
         reset_peak_memory(device)
         config = {**self.task.defaults, **self.space.suggest(trial)}
         tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
-        params = {**config, **self.rule.as_params(), "seed": self.options.seed}
+        inactive = self.space.inactive(config)  # another family's settings: the trainer ignores them
+        params = {**{k: v for k, v in config.items() if k not in inactive}, **self.rule.as_params(), "seed": self.options.seed}
         run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
         try:
-            run.log_summary(at_start, {})
+            run.log_summary({**at_start, **self._majority()}, {})
             trial.set_user_attr("mlflow_run_id", run.run_id)
             env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
             reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none", config)
@@ -398,6 +444,7 @@ def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -
         "task": task.name,
         "data_dir": str(Path(data_dir).resolve()),
         "seed": str(options.seed),
+        "split_seed": str(options.seed if options.split_seed is None else options.split_seed),
         "val_fraction": str(options.val_fraction),
         "metric": f"{task.metric} ({task.direction})",
         "search": repr(sorted((k, repr(v)) for k, v in space.params.items())),
@@ -495,15 +542,19 @@ def _study_name(options: SweepOptions, space: Space) -> str:
 def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
     """Run (or resume) a sweep until the study holds ``options.trials`` finished trials."""
     observer = observer or _Silent()
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
     _validate(options)
     task = _with_metric(get_task(options.task), options.metric)
     overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
     space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
+    if options.sampler == "grid":
+        space = space.widened_to_grid()
     sampler = _sampler(options, space)
     rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
     device = pick_device(options.device)
     data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
-    loaded = task.load(data_dir, options.seed, options.val_fraction, {**task.defaults, **space.fixed})
+    split_seed = options.seed if options.split_seed is None else options.split_seed
+    loaded = task.load(data_dir, split_seed, options.val_fraction, {**task.defaults, **space.fixed})
 
     # Nothing above writes anything; from here on the store exists.
     quiet_libraries()
@@ -517,7 +568,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     study_name = _study_name(options, space)
     killed = KilledTrials(options.heartbeat)
     storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
-    study, created = _open_study(storage, study_name, sampler, _pruner(options), task.direction)
+    study, created = _open_study(storage, study_name, sampler, _pruner(options, space, task.defaults), task.direction)
     _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
@@ -539,6 +590,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             enqueue_grid_cells(study, space, target, options.seed)
         close_runs_of_ended_trials(study, recorder)
         recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
+        if loaded.majority is not None:
+            recorder.log_summary({"val_majority_accuracy": loaded.majority}, {})
         recorder.log_file(space.path)
     report_lines = [line for r in loaded.reports for line in r.lines()]
 
@@ -549,7 +602,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
             search(study, objective, observer, target, killed, options.heartbeat,
-                   space if options.sampler == "grid" else None, options.seed)
+                   space if options.sampler == "grid" else None, options.seed, deadline)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status = "FAILED"
@@ -565,7 +618,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 worker_notes = []
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
                 search(study, objective, observer, target, killed, options.heartbeat,
-                       space if options.sampler == "grid" else None, options.seed)
+                       space if options.sampler == "grid" else None, options.seed, deadline)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
             except Exception as exc:  # the trials are done and kept: say why the score is missing
@@ -599,4 +652,5 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         target=target,
         test=test,
         notes=[*worker_notes, *([why_not] if why_not else [])],
+        majority=loaded.majority,
     )

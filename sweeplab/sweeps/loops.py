@@ -118,8 +118,14 @@ def recover(study: optuna.Study, killed: KilledTrials) -> collections.Counter:
     return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
+def _out_of_time(deadline: float | None) -> bool:
+    """Whether the sweep's time budget (``--timeout``, a ``time.monotonic()`` deadline) is spent:
+    then no trial starts, and a running one finishes."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _optimise(study: optuna.Study, objective: Objective, target: int, observer: SweepObserver, killed: KilledTrials,
-              heartbeat: int) -> None:
+              heartbeat: int, deadline: float | None = None) -> None:
     """Run trials, one at a time, until the study holds ``target`` finished ones, counting the
     trials other processes (``--workers``, other machines) finish too.
 
@@ -135,7 +141,7 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
     while objective.calls < target + max(3, target):
         states = recover(study, killed)
         finished = sum(states[s] for s in FINISHED)
-        if finished >= target:
+        if finished >= target or _out_of_time(deadline):
             return
         if finished + states[TrialState.RUNNING] >= target:
             time.sleep(_WAIT_SECONDS)
@@ -168,7 +174,7 @@ def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int
 
 
 def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int,
-                 killed: KilledTrials, heartbeat: int, refill: Callable[[], int]) -> None:
+                 killed: KilledTrials, heartbeat: int, refill: Callable[[], int], deadline: float | None = None) -> None:
     """A grid's loop: take queued cells one by one (Optuna pops a waiting trial atomically in
     the storage) and stop when none is left and none runs elsewhere. While others still run, it
     waits: a killed process's cell is queued again (see :mod:`sweeplab.sweeps.recovery`) and a
@@ -179,7 +185,7 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         objective.best = study.best_value
     observer.sweep_started(study.study_name, target, finished_trials(study))
-    while True:
+    while not _out_of_time(deadline):
         states = recover(study, killed)
         trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
         if trial_id is None:
@@ -199,11 +205,12 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
 
 
 def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,
-           heartbeat: int, grid: Space | None = None, seed: int = 0) -> None:
+           heartbeat: int, grid: Space | None = None, seed: int = 0, deadline: float | None = None) -> None:
     """This process's share of the search: the queued cells of ``grid`` (with ``seed`` ordering
-    any cells queued later), or sampled trials when there is no grid."""
+    any cells queued later), or sampled trials when there is no grid; no trial starts after
+    ``deadline`` (``time.monotonic()``; ``None``: no time budget)."""
     if grid is None:
-        _optimise(study, objective, target, observer, killed, heartbeat)
+        _optimise(study, objective, target, observer, killed, heartbeat, deadline)
     else:
         _drain_queue(study, objective, observer, target, killed, heartbeat,
-                     lambda: enqueue_grid_cells(study, grid, target, seed))
+                     lambda: enqueue_grid_cells(study, grid, target, seed), deadline)

@@ -19,7 +19,23 @@ A space file has a ``task`` key, a ``[search.NAME]`` table per searched hyperpar
 
 A searched parameter is categorical (``choices``) or numeric (``low``/``high``, with optional
 ``log`` and ``step``; integers when both bounds are integers). ``grid`` lists the values the grid
-sampler uses for a numeric parameter; categorical parameters use their choices.
+sampler uses (categorical parameters default to their choices); they are the documented cells of
+a report and need not lie inside the range that TPE and random search sample, which is chosen
+for where the model learns.
+
+A parameter that applies to one model family only is *conditional*: ``when`` names earlier
+parameters (searched or fixed) and the values under which it is sampled::
+
+    [search.model]
+    choices = ["textcnn", "fasttext"]
+
+    [search.cnn_filters]
+    when = { model = "textcnn" }        # or a list: { model = ["textcnn", "rcnn"] }
+    choices = [128, 256]
+
+A trial of another family never samples it (Optuna records no value, so TPE learns each family's
+parameters from that family's trials only), and the grid has its values only in the cells of that
+family.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ import itertools
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +79,12 @@ class Param:
     log: bool = False
     step: float | int | None = None
     grid: tuple[Scalar, ...] = ()
+    when: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+
+    def applies(self, config: Mapping[str, Any]) -> bool:
+        """Whether this parameter is sampled for a trial whose other values are ``config``: every
+        ``when`` condition names a value ``config`` has (compared as numbers, see :func:`cell_key`)."""
+        return all(_canonical(config.get(name)) in {_canonical(v) for v in values} for name, values in self.when)
 
     def suggest(self, trial: optuna.Trial) -> Scalar:
         """Ask Optuna for a value of this parameter."""
@@ -100,8 +122,19 @@ class Space:
         """The trial's configuration: the fixed values plus one suggestion per searched parameter."""
         config = dict(self.fixed)
         for name, param in self.params.items():
-            config[name] = param.suggest(trial)
+            if param.applies(config):
+                config[name] = param.suggest(trial)
         return config
+
+    def inactive(self, config: Mapping[str, Any]) -> set[str]:
+        """The conditional parameters that do not apply to ``config`` (another family's), which
+        a trial neither samples nor records."""
+        return {name for name, param in self.params.items() if param.when and not param.applies(config)}
+
+    @property
+    def conditional(self) -> bool:
+        """Whether any parameter is sampled only under a condition (see the module docstring)."""
+        return any(param.when for param in self.params.values())
 
     def grid(self) -> dict[str, list[Scalar]]:
         """The values ``--sampler grid`` walks, per parameter; raises if a float has no ``grid`` list."""
@@ -117,10 +150,29 @@ class Space:
         return out
 
     def grid_cells(self) -> list[dict[str, Scalar]]:
-        """Every cell of the grid, in a stable order."""
-        grid = self.grid()
-        names = list(grid)
-        return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+        """Every cell of the grid, in a stable order: the product of every parameter's grid
+        values, where a conditional parameter multiplies only the cells whose values meet its
+        condition (a TextCNN's kernel widths are not crossed with a fastText's cells)."""
+        cells: list[dict[str, Scalar]] = [{}]
+        for name, values in self.grid().items():
+            param, grown = self.params[name], []
+            for cell in cells:
+                if param.applies({**self.fixed, **cell}):
+                    grown.extend({**cell, name: value} for value in values)
+                else:
+                    grown.append(cell)
+            cells = grown
+        return cells
+
+    def widened_to_grid(self) -> Space:
+        """A copy whose numeric ranges also hold their grid values, for ``--sampler grid``: the
+        report's cells may lie outside the range TPE samples (``lr`` 1e-6 below 1e-5), and Optuna
+        records a queued value with a distribution that should contain it."""
+        params = {
+            name: replace(p, low=min(p.low, *p.grid), high=max(p.high, *p.grid)) if p.kind != "categorical" and p.grid else p
+            for name, p in self.params.items()
+        }
+        return Space(self.name, self.path, self.task, params, self.fixed)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Space:
         """A copy where each overridden name becomes a fixed value (and is no longer searched)."""
@@ -128,14 +180,16 @@ class Space:
         return Space(self.name, self.path, self.task, params, {**self.fixed, **overrides})
 
 
+def _canonical(value: Any) -> Any:
+    """Numbers as floats (``1`` equals ``1.0``), everything else as it is."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def cell_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """A grid cell's identity: its parameters sorted by name, numbers as floats, so that a cell
     queued as ``{"lr": 1}`` and the trial that ran it (Optuna stores ``1.0`` for a float
     parameter) are the same cell."""
-    def canonical(value: Any) -> Any:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-    return tuple(sorted((name, canonical(value)) for name, value in params.items()))
+    return tuple(sorted((name, _canonical(value)) for name, value in params.items()))
 
 
 def builtin_spaces() -> dict[str, Path]:
@@ -165,11 +219,40 @@ def _number(path: Path, where: str, value: Any) -> float | int:
     return value
 
 
-def _parse_param(path: Path, name: str, table: Any) -> Param:
+def _parse_when(path: Path, where: str, table: Any, earlier: Mapping[str, Param], fixed: Mapping[str, Any]
+                ) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
+    """The conditions of ``when = { name = value | [values] }``: each name is a parameter searched
+    above this one or a fixed value, and each value one that parameter can take."""
+    if not isinstance(table, dict) or not table:
+        raise SpaceError(f"{path}: {where} when must be a table such as when = {{ model = \"textcnn\" }}")
+    conditions = []
+    for name, wanted in table.items():
+        values = tuple(wanted) if isinstance(wanted, list) else (wanted,)
+        if not values:
+            raise SpaceError(f"{path}: {where} when.{name} is an empty list")
+        if name in earlier:
+            parent = earlier[name]
+            possible = parent.choices or parent.grid
+            if parent.kind == "categorical":
+                bad = [v for v in values if _canonical(v) not in {_canonical(c) for c in possible}]
+                if bad:
+                    raise SpaceError(f"{path}: {where} when.{name} = {bad[0]!r} is not one of its choices {list(possible)}")
+        elif name in fixed:
+            pass  # a condition on a fixed value: true or false for every trial, which a copied space may want
+        else:
+            raise SpaceError(f"{path}: {where} when names {name!r}, which is neither searched above it nor fixed")
+        conditions.append((name, values))
+    return tuple(conditions)
+
+
+def _parse_param(path: Path, name: str, table: Any, earlier: Mapping[str, Param] | None = None,
+                 fixed: Mapping[str, Any] | None = None) -> Param:
     where = f"[search.{name}]"
     if not isinstance(table, dict):
         raise SpaceError(f"{path}: {where} must be a table with choices = [...] or low/high")
-    allowed = {"choices", "low", "high", "log", "step", "grid"}
+    when = _parse_when(path, where, table["when"], earlier or {}, fixed or {}) if "when" in table else ()
+    table = {k: v for k, v in table.items() if k != "when"}
+    allowed = {"choices", "low", "high", "log", "step", "grid", "when"}
     unknown = set(table) - allowed
     if unknown:
         raise SpaceError(f"{path}: {where} has unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(allowed))})")
@@ -179,7 +262,10 @@ def _parse_param(path: Path, name: str, table: Any) -> Param:
             raise SpaceError(f"{path}: {where} choices must be a non-empty list")
         if len(set(map(repr, choices))) != len(choices):
             raise SpaceError(f"{path}: {where} choices repeat a value: {choices}")
-        return Param(name, "categorical", choices=tuple(choices))
+        grid = table.get("grid", choices)
+        if not isinstance(grid, list) or not grid or any(_canonical(v) not in {_canonical(c) for c in choices} for v in grid):
+            raise SpaceError(f"{path}: {where} grid must be a non-empty list of its choices {choices}")
+        return Param(name, "categorical", choices=tuple(choices), grid=tuple(grid) if "grid" in table else (), when=when)
     if "low" not in table or "high" not in table:
         raise SpaceError(f"{path}: {where} needs choices = [...] or both low and high")
     low = _number(path, f"{where} low", table["low"])
@@ -199,9 +285,10 @@ def _parse_param(path: Path, name: str, table: Any) -> Param:
     if not isinstance(grid, list):
         raise SpaceError(f"{path}: {where} grid must be a list")
     for value in grid:
-        if not low <= _number(path, f"{where} grid value", value) <= high:
-            raise SpaceError(f"{path}: {where} grid value {value!r} is outside [{low!r}, {high!r}]")
-    return Param(name, kind, low=low, high=high, log=log, step=step, grid=tuple(grid))
+        _number(path, f"{where} grid value", value)  # the report's cells: inside the sampled range or not
+        if kind == "int" and not isinstance(value, int):
+            raise SpaceError(f"{path}: {where} grid value {value!r} must be an integer, as low and high are")
+    return Param(name, kind, low=low, high=high, log=log, step=step, grid=tuple(grid), when=when)
 
 
 def load_space(spec: str | Path, known: Mapping[str, Any], task: str | None = None) -> Space:
@@ -235,7 +322,9 @@ def load_space(spec: str | Path, known: Mapping[str, Any], task: str | None = No
     both = set(search) & set(fixed)
     if both:
         raise SpaceError(f"{path}: {sorted(both)[0]!r} is both searched and fixed")
-    params = {name: _parse_param(path, name, table) for name, table in search.items()}
+    params: dict[str, Param] = {}
+    for name, table in search.items():  # in file order: a condition names a parameter above it
+        params[name] = _parse_param(path, name, table, params, fixed)
     return Space(
         name=path.stem,
         path=path,

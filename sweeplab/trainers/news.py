@@ -1,12 +1,19 @@
-"""The ``news`` task: Chinese news classification with a BERT sequence classifier, after the lab
-report in ``shared/seeds/000`` (bert-base-chinese, batch 8, evaluated every N steps, the best
-checkpoint chosen by validation accuracy).
+"""The ``news`` task: Chinese news classification, after the lab report in ``shared/seeds/000``
+(bert-base-chinese, batch 8, evaluated every N steps, the best checkpoint chosen by validation
+accuracy).
 
-Model (``model``): any transformers model name or local directory, loaded with
-``AutoModelForSequenceClassification`` (a pretrained checkpoint is fine-tuned), or ``scratch``
-(the offline default): a randomly initialised BERT of ``layers`` layers, width ``hidden_size`` and
-``heads`` attention heads, with the real bert-base-chinese vocabulary that ships with sweeplab, so
-Chinese text is split one character per token exactly as bert-base-chinese does.
+Model (``model``), a family the space may search:
+
+* any transformers model name or local directory, loaded with
+  ``AutoModelForSequenceClassification`` (a pretrained checkpoint is fine-tuned);
+* ``scratch``: a randomly initialised BERT of ``layers`` layers, width ``hidden_size`` and
+  ``heads`` attention heads;
+* ``textcnn`` (``embedding_dim``, ``filters``, ``kernel_sizes``) and ``fasttext``
+  (``embedding_dim``, ``ngrams``, ``buckets``): the classic models of news-title classification,
+  which learn well without pretrained weights (:mod:`sweeplab.trainers.text_models`).
+
+The last three read the real bert-base-chinese vocabulary that ships with sweeplab, so Chinese text
+is split one character per token exactly as bert-base-chinese does, and share one token cache.
 
 Data: read by :mod:`sweeplab.datasets.news` (cnews, THUCNews titles or CCF 2019), tokenised once per
 sweep and tokenizer and cached (:mod:`sweeplab.trainers.tokens`: a trial cuts texts to its own
@@ -37,12 +44,14 @@ from torch import nn
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.news import NewsData, read_news
 from sweeplab.datasets.report import DataError
+from sweeplab.datasets.splits import majority_share
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
+from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
 __all__ = ["TASK"]
@@ -63,13 +72,19 @@ DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "eval_batch_size": 256,
     "layout": "auto",
+    "embedding_dim": 128,      # textcnn, fasttext
+    "filters": 128,            # textcnn: channels per kernel width
+    "kernel_sizes": "2,3,4",   # textcnn
+    "ngrams": 2,               # fasttext: characters and their n-grams up to this n
+    "buckets": 200_000,        # fasttext: hashed n-gram embeddings
 }
 SPLITS = ("train", "val", "test")
 
 
 def _load(data_dir: Path, seed: int, val_fraction: float, settings: Mapping[str, Any]) -> Loaded:
     data = read_news(data_dir, str(settings.get("layout", "auto")), seed, val_fraction)
-    return Loaded(payload=data, reports=data.reports, fingerprint=fingerprint_files(data.files), class_names=data.classes)
+    return Loaded(payload=data, reports=data.reports, fingerprint=fingerprint_files(data.files), class_names=data.classes,
+                  majority=majority_share(data.val.labels))
 
 
 @dataclass(frozen=True)
@@ -97,11 +112,21 @@ def _tokens(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str
     return {name: _Split(TokenisedTexts(parts["ids"], parts["lengths"]), parts["labels"]) for name, parts in raw.items()}
 
 
-def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int) -> nn.Module:
-    """A sequence classifier: a random BERT for ``scratch``, else a pretrained checkpoint."""
+def _tokenizer_of(config: Mapping[str, Any]) -> str:
+    """The ``model`` whose tokenizer a configuration reads: every from-scratch family reads the
+    bert-base-chinese vocabulary of ``scratch``."""
+    spec = str(config["model"])
+    return SCRATCH if spec in FAMILIES else spec
+
+
+def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int, pad_id: int = 0) -> nn.Module:
+    """A sequence classifier: a random BERT for ``scratch``, a TextCNN or fastText model for those
+    families, else a pretrained checkpoint."""
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     spec = str(config["model"])
+    if spec in FAMILIES:
+        return build_text_model(spec, config, num_labels, vocab_size, pad_id)
     if spec == SCRATCH:
         hidden, heads = int(config["hidden_size"]), int(config["heads"])
         if hidden % heads:  # a trial's own values (they may be searched): the trial fails, not the sweep
@@ -155,6 +180,16 @@ def _check(config: Mapping[str, Any]) -> None:
             raise DataError(f"{key} {config[key]}: expected a positive number")
     if int(config["eval_every"]) < 0:
         raise DataError(f"eval_every {config['eval_every']}: expected 0 (once per epoch) or a number of optimizer steps")
+    if str(config["model"]) in FAMILIES:
+        try:
+            parse_kernel_sizes(config["kernel_sizes"])
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        for key in ("embedding_dim", "filters", "ngrams", "buckets"):
+            if int(config[key]) < 1:
+                raise DataError(f"{key} {config[key]}: expected a positive number")
+    if not 0 <= float(config["dropout"]) < 1:
+        raise DataError(f"dropout {config['dropout']}: expected a probability in [0, 1)")
 
 
 class _NewsTrainer(ModelTrainer):
@@ -163,13 +198,13 @@ class _NewsTrainer(ModelTrainer):
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         _check(config)
-        tokenizer, key = load_tokenizer_for(str(config["model"]))
+        tokenizer, key = load_tokenizer_for(_tokenizer_of(config))
         self.frame = frame_ids(tokenizer)
         tokens = _tokens(loaded, env, tokenizer, key)
         self.train, self.val = tokens["train"], tokens["val"]
         seed_everything(env.trial_seed)
-        model = _build_model(config, len(loaded.class_names), len(tokenizer))
-        positions = getattr(model.config, "max_position_embeddings", None)
+        model = _build_model(config, len(loaded.class_names), len(tokenizer), self.frame[2])
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if positions is not None and int(config["max_length"]) > positions:
             raise DataError(f"max_length {config['max_length']}: the model {config['model']} has {positions} positions")
         self.batch_size = int(config["batch_size"])
@@ -218,8 +253,15 @@ def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Rep
 
 def _save_checkpoint(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
     """The best model as a ``save_pretrained`` folder with its tokenizer and label names, so that
-    ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it."""
-    tokenizer, _ = load_tokenizer_for(str(config["model"]))
+    ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it; a TextCNN or fastText
+    model as ``model.pt`` beside its tokenizer (:func:`~sweeplab.trainers.text_models.load_text_model`)."""
+    tokenizer, _ = load_tokenizer_for(_tokenizer_of(config))
+    if str(config["model"]) in FAMILIES:
+        save_text_model(folder, str(config["model"]), config, state, len(loaded.class_names), len(tokenizer),
+                        frame_ids(tokenizer)[2], loaded.class_names)
+        with quiet_loaders():
+            tokenizer.save_pretrained(folder)
+        return
     model = _build_model(config, len(loaded.class_names), len(tokenizer))
     model.config.id2label = dict(enumerate(loaded.class_names))
     model.config.label2id = {name: i for i, name in enumerate(loaded.class_names)}
@@ -233,10 +275,13 @@ def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env:
         return None
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer, key = load_tokenizer_for(str(config["model"]))
+    tokenizer, key = load_tokenizer_for(_tokenizer_of(config))
     tokens = _tokens(loaded, env, tokenizer, key)
-    with quiet_loaders():
-        model = AutoModelForSequenceClassification.from_pretrained(folder).to(env.device)
+    if str(config["model"]) in FAMILIES:
+        model = load_text_model(folder).to(env.device)
+    else:
+        with quiet_loaders():
+            model = AutoModelForSequenceClassification.from_pretrained(folder).to(env.device)
     try:
         return _evaluate(model, tokens["test"], frame_ids(tokenizer), config, env, "test_")
     finally:
@@ -246,7 +291,7 @@ def _evaluate_test(loaded: Loaded, config: Mapping[str, Any], folder: Path, env:
 def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     """Tokenise every split before the first trial and note in the training report how many
     tokens the vocabulary does not know (bert-base-chinese has no curly quotes, for example)."""
-    tokenizer, key = load_tokenizer_for(str(config["model"]))
+    tokenizer, key = load_tokenizer_for(_tokenizer_of(config))
     train = _tokens(loaded, env, tokenizer, key)["train"]
     texts = train.texts
     ids = texts.ids[torch.arange(texts.ids.shape[1])[None, :] < texts.lengths[:, None].long()]

@@ -35,12 +35,13 @@ from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
-from sweeplab.datasets.splits import stratified_split
+from sweeplab.datasets.splits import majority_share, stratified_split
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
 from sweeplab.trainers.device import autocast, seed_everything
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
 from sweeplab.trainers.metrics import classification_metrics
+from sweeplab.trainers.model_trainer import adamw
 
 __all__ = ["TASK", "FusionClassifier", "widths"]
 
@@ -132,7 +133,9 @@ def _load(data_dir: Path, seed: int, val_fraction: float = 0.2, settings: Mappin
     train, val = stratified_split([e.label for e in data.labelled], val_fraction, seed)
     images = [e.image for e in data.labelled + data.unlabelled]
     fingerprint = fingerprint_files(images + [p.with_suffix(".txt") for p in images])
-    return Loaded(payload=_Payload(data, train, val), reports=data.reports, fingerprint=fingerprint, class_names=LABELS)
+    labels = [e.label for e in data.labelled]
+    return Loaded(payload=_Payload(data, train, val), reports=data.reports, fingerprint=fingerprint, class_names=LABELS,
+                  majority=majority_share([labels[i] for i in val]))
 
 
 def _prepare_pixels(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, Any]:
@@ -270,7 +273,7 @@ class _SentimentTrainer:
             if self.use_image:
                 image_bb.model.to(self.device)
                 params += list(image_bb.model.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+        self.optimizer = adamw(params, float(config["lr"]), float(config["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=float(config["plateau_factor"]), patience=int(config["plateau_patience"])
         )

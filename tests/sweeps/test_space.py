@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from sweeplab.sweeps.space import SpaceError, builtin_spaces, cell_key, load_space
+from sweeplab.trainers.news import DEFAULTS as NEWS_DEFAULTS
 from sweeplab.trainers.sentiment import DEFAULTS
 
 
@@ -25,17 +26,88 @@ def test_refine_space_walks_the_reports_second_stage() -> None:
     assert space.fixed["batch_size"] == 128 and space.fixed["complexity"] == "low"
 
 
-def test_tpe_suggestions_stay_inside_the_documented_ranges() -> None:
+def test_tpe_searches_where_heads_on_frozen_features_learn() -> None:
+    """The sampled ranges are for the default model (not the report's fine-tuning lr), with the
+    regularisers of a probe searched too."""
     space = load_space("sentiment", DEFAULTS, "sentiment")
+    assert (space.params["lr"].low, space.params["lr"].high) == (1e-5, 1e-2)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = []
     for _ in range(15):
         trial = study.ask()
         config = space.suggest(trial)
         assert config["batch_size"] in (16, 32, 64, 128)
         assert config["complexity"] in ("high", "low")
-        assert 1e-6 <= config["lr"] <= 1e-4
+        assert 1e-5 <= config["lr"] <= 1e-2
+        assert 0.0 <= config["dropout"] <= 0.6 and 1e-6 <= config["weight_decay"] <= 0.1
         assert config["modality"] == "fusion"
+        seen.append(config["lr"])
         study.tell(trial, 0.5)
+    assert max(seen) > 1e-3 > 1e-4 > min(seen)  # both sides of the report's largest value
+
+
+def test_grid_cells_outside_the_sampled_range_are_recorded_inside_their_distribution() -> None:
+    space = load_space("sentiment", DEFAULTS, "sentiment").widened_to_grid()
+    assert space.params["lr"].low == 1e-6 and space.params["lr"].high == 1e-2
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 1e-6, "batch_size": 16, "complexity": "low", "epochs": 10, "dropout": 0.3,
+                         "weight_decay": 1e-4})
+    trial = study.ask()
+    assert space.suggest(trial)["lr"] == 1e-6
+    assert trial.distributions["lr"].low == 1e-6
+
+
+NEWS_LIKE = """
+[search.model]
+choices = ["textcnn", "fasttext"]
+
+[search.lr]
+low = 1e-4
+high = 1e-2
+log = true
+grid = [1e-3, 3e-3]
+
+[search.filters]
+when = { model = "textcnn" }
+choices = [64, 128]
+
+[search.ngrams]
+when = { model = ["fasttext"] }
+choices = [2, 3]
+grid = [2]
+"""
+
+
+def test_a_conditional_parameter_is_sampled_only_with_its_family(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, NEWS_LIKE), NEWS_DEFAULTS, "news")
+    assert space.conditional
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    families = set()
+    for _ in range(20):
+        trial = study.ask()
+        config = space.suggest(trial)
+        families.add(config["model"])
+        if config["model"] == "textcnn":
+            assert "filters" in trial.params and "ngrams" not in trial.params
+        else:
+            assert "ngrams" in trial.params and "filters" not in trial.params
+        study.tell(trial, 0.5)
+    assert families == {"textcnn", "fasttext"}
+
+
+def test_grid_crosses_a_conditional_parameter_with_its_family_only(tmp_path: Path) -> None:
+    cells = load_space(_write(tmp_path, NEWS_LIKE), NEWS_DEFAULTS, "news").grid_cells()
+    # textcnn: 2 lr x 2 filters; fasttext: 2 lr x 1 ngrams
+    assert len(cells) == 6
+    assert all(("filters" in c) == (c["model"] == "textcnn") and ("ngrams" in c) == (c["model"] == "fasttext") for c in cells)
+    assert len({cell_key(c) for c in cells}) == 6
+
+
+def test_the_builtin_news_space_searches_three_families() -> None:
+    space = load_space("news", NEWS_DEFAULTS, "news")
+    assert set(space.params["model"].choices) == {"textcnn", "fasttext", "scratch"}
+    assert dict(space.params["kernel_sizes"].when) == {"model": ("textcnn",)}
+    assert {c["model"] for c in space.grid_cells()} == {"textcnn", "fasttext", "scratch"}
 
 
 def test_builtin_spaces_are_listed() -> None:
@@ -55,7 +127,12 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[search.lr]\nlow = 1e-3\nhigh = 1e-4\n', "empty range"),
         ('[search.batch_size]\nchoices = []\n', "non-empty list"),
         ('[search.lr]\nlow = 0.0\nhigh = 1e-4\nlog = true\n', "log = true needs low > 0"),
-        ('[search.lr]\nlow = 1e-6\nhigh = 1e-4\ngrid = [1e-2]\n', "outside"),
+        ('[search.epochs]\nlow = 2\nhigh = 8\ngrid = [2.5]\n', "must be an integer"),
+        ('[search.batch_size]\nchoices = [16, 32]\ngrid = [64]\n', "grid must be a non-empty list of its choices"),
+        ('[search.dropout]\nwhen = { complexity = "low" }\nlow = 0.0\nhigh = 0.5\n', "neither searched above it nor fixed"),
+        ('[search.complexity]\nchoices = ["high", "low"]\n[search.dropout]\nwhen = { complexity = "mid" }\n'
+         'low = 0.0\nhigh = 0.5\n', "is not one of its choices"),
+        ('[search.dropout]\nwhen = "textcnn"\nlow = 0.0\nhigh = 0.5\n', "when must be a table"),
         ('[fixed]\nwhatever = 1\n', "unknown parameter \\[fixed.whatever\\]"),
         ('task = "news"\n', "not 'sentiment'"),
         ('[search.lr\n', "not valid TOML"),

@@ -1,0 +1,77 @@
+"""Multi-fidelity pruners (``--pruner asha`` / ``hyperband``) on a scripted task: a clearly worse
+trial is stopped at an early rung, keeps its curve and is recorded as pruned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeplab.sweeps.driver import SweepOptions, _planned_evaluations, _pruner
+from sweeplab.sweeps.space import load_space
+from sweeplab.tasks import Loaded, Task, TrialEnv
+from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.news import DEFAULTS as NEWS_DEFAULTS
+from sweeplab.trainers.sentiment import DEFAULTS as SENTIMENT_DEFAULTS
+from tests.fake_tasks import Replay, make_task, sweep_task
+
+EPOCHS = 9
+
+
+class _Scaled(Replay):
+    """Accuracy ``scale * epoch / 10``: the same shape for every trial, a different height."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(EPOCHS)
+        self.scale = scale
+
+    def evaluate(self) -> Evaluation:
+        return Evaluation({"val_loss": 1.0 / self.epoch, "val_accuracy": self.scale * self.epoch / 10})
+
+
+def _task(name: str) -> Task:
+    """Trials 0-3 climb to 0.9; trials 4-9 stay ten times lower."""
+
+    def fit_scaled(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        return fit(_Scaled(1.0 if env.trial_seed < 4 else 0.1), EPOCHS, reporter, "val_accuracy")
+
+    return make_task(name, fit_scaled)
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband"])
+def test_a_clearly_worse_trial_is_stopped_at_an_early_rung(tmp_path: Path, pruner: str) -> None:
+    outcome = sweep_task(_task(f"scaled-{pruner}"), tmp_path, 10, pruner=pruner)
+    client = MlflowClient(outcome.tracking_uri)
+    experiment = client.get_experiment_by_name(f"scaled-{pruner}").experiment_id
+    runs = {int(r.data.tags["sweeplab.trial"]): r for r in client.search_runs([experiment], "tags.`sweeplab.role` = 'trial'")}
+    evaluations = {n: len(client.get_metric_history(r.info.run_id, "val_accuracy")) for n, r in runs.items()}
+    worse_pruned = [n for n in range(4, 10) if runs[n].data.tags["sweeplab.state"] == "pruned"]
+    assert worse_pruned, f"no worse trial was pruned: {evaluations}"
+    for n in worse_pruned:
+        assert evaluations[n] < EPOCHS  # stopped at a rung, with the curve up to there
+        assert runs[n].data.tags["sweeplab.stopped"] == "pruned" and runs[n].info.status == "FINISHED"
+    assert sum(evaluations.values()) < 10 * EPOCHS
+    assert outcome.best_value == pytest.approx(0.9)
+
+
+def test_hyperband_is_sized_by_the_most_epochs_the_space_gives() -> None:
+    sentiment = load_space("sentiment", SENTIMENT_DEFAULTS, "sentiment")
+    assert _planned_evaluations(sentiment, SENTIMENT_DEFAULTS) == 12
+    assert _planned_evaluations(sentiment.with_overrides({"epochs": 5}), SENTIMENT_DEFAULTS) == 5
+    news = load_space("news", NEWS_DEFAULTS, "news")
+    assert _planned_evaluations(news, NEWS_DEFAULTS) == 6
+    assert _planned_evaluations(news.with_overrides({"eval_every": 100}), NEWS_DEFAULTS) is None  # steps, not epochs
+    pruner = _pruner(SweepOptions(task="sentiment", pruner="hyperband"), sentiment, SENTIMENT_DEFAULTS)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+
+
+def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_path: Path) -> None:
+    task = _task("budget")
+    spent = sweep_task(task, tmp_path, 3, pruner="none", timeout=1e-9)
+    assert spent.counts["complete"] == 0 and spent.counts["fail"] == 0
+    resumed = sweep_task(task, tmp_path, 3, pruner="none")
+    assert resumed.counts["complete"] == 3
