@@ -65,7 +65,7 @@ def run(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.")] = "tpe",
-    pruner: Annotated[str, typer.Option("--pruner", help="hyperband (the default: several successive-halving brackets), asha (successive halving), median (prune trials below the median) or none.")] = "hyperband",
+    pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband (several successive-halving brackets), asha (successive halving), median (below the median of earlier trials) or none; default: the resumed sweep's, else none for --sampler grid and hyperband otherwise.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the sampler, the validation split and training.")] = 0,
     split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="Seeds the validation split alone (default: --seed), to compare sweeps on one split.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: SPACE-SAMPLER).")] = None,

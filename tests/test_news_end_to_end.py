@@ -180,7 +180,8 @@ def test_textcnn_and_fasttext_trials_run_end_to_end_and_their_checkpoints_score_
     space = swept / "families.toml"
     space.write_text(FAMILIES_GRID, encoding="utf-8")
     result = runner.invoke(app, ["run", "news", "--trials", "2", "--space", str(space), "--sampler", "grid", "--study", "families",
-                                 "--data-dir", str(swept / "data"), "--store-dir", str(swept / "store"), "--no-early-stop"])
+                                 "--data-dir", str(swept / "data"), "--store-dir", str(swept / "store"), "--no-early-stop",
+                                 "--pruner", "none"])
     assert result.exit_code == 0, result.output
     client, parent, children = _runs(swept, "families")
     labels = [line.rsplit("\t", 1)[1] for line in (swept / "data" / "dev.txt").read_text(encoding="utf-8").splitlines()]

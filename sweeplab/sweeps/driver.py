@@ -53,6 +53,7 @@ PRUNERS = ("median", "hyperband", "asha", "none")
 CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
+PRUNER = "sweeplab.pruner"  # study user attribute: the pruner the sweep runs with
 
 
 class SweepFailed(RuntimeError):
@@ -66,10 +67,11 @@ class SweepOptions:
     task: str
     trials: int = 6
     timeout: float | None = None  # seconds from the start of run_sweep after which no trial starts
+    deadline: float | None = None  # internal: that moment as time.time(), handed by the main process to its workers
     data_dir: Path | None = None
     space: str | None = None
     sampler: str = "tpe"
-    pruner: str = "hyperband"  # see benchmarks/search_efficiency.py for why
+    pruner: str | None = None  # None: the one the study was started with, else see _pruner_name
     seed: int = 0
     split_seed: int | None = None  # seeds the validation split; None: ``seed`` (compare samplers on one split)
     study: str | None = None
@@ -179,7 +181,7 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--timeout {options.timeout:g}: expected a positive number of seconds")
     if options.sampler not in SAMPLERS:
         raise SweeplabError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
-    if options.pruner not in PRUNERS:
+    if options.pruner is not None and options.pruner not in PRUNERS:
         raise SweeplabError(f"--pruner {options.pruner}: expected one of {', '.join(PRUNERS)}")
     if options.checkpoints not in CHECKPOINTS:
         raise SweeplabError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
@@ -226,6 +228,14 @@ def _planned_evaluations(space: Space, defaults: Mapping[str, Any]) -> int | Non
     return int(max(v for v in (param.high, *param.choices, *param.grid) if v is not None))
 
 
+def _pruner_name(options: SweepOptions, recorded: str | None) -> str:
+    """The pruner of a sweep: the one ``--pruner`` names; else the one the study was started with
+    (a resumed sweep keeps its rules); else ``none`` for a grid, whose cells each run their full
+    epochs as the report's did, and ``hyperband`` for sampled searches: with TPE it matched the
+    median pruner's best in fewer epochs (``benchmarks/search_efficiency.py``)."""
+    return options.pruner or recorded or ("none" if options.sampler == "grid" else "hyperband")
+
+
 def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """The pruner ``--pruner`` names. Every pruner hears the trial's evaluation index (1, 2, ...;
     see _Reporter), so a rung or a warm-up is counted in evaluations for every task.
@@ -247,7 +257,9 @@ def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) ->
         most = _planned_evaluations(space, defaults)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most if most and most > 1 else "auto",
                                               reduction_factor=3)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
+    if options.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
+    raise ValueError(f"unknown pruner {options.pruner!r}")
 
 
 class _Reporter:
@@ -447,7 +459,7 @@ def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -
         "split_seed": str(options.seed if options.split_seed is None else options.split_seed),
         "val_fraction": str(options.val_fraction),
         "metric": f"{task.metric} ({task.direction})",
-        "search": repr(sorted((k, repr(v)) for k, v in space.params.items())),
+        "search": repr(sorted((k, v.signature()) for k, v in space.params.items())),
         "fixed": repr(sorted((k, repr(v)) for k, v in space.fixed.items())),
     }
 
@@ -542,8 +554,10 @@ def _study_name(options: SweepOptions, space: Space) -> str:
 def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
     """Run (or resume) a sweep until the study holds ``options.trials`` finished trials."""
     observer = observer or _Silent()
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
     _validate(options)
+    if options.timeout is not None and options.deadline is None:
+        options = replace(options, deadline=time.time() + options.timeout)
+    deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())
     task = _with_metric(get_task(options.task), options.metric)
     overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
     space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
@@ -568,7 +582,12 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     study_name = _study_name(options, space)
     killed = KilledTrials(options.heartbeat)
     storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
-    study, created = _open_study(storage, study_name, sampler, _pruner(options, space, task.defaults), task.direction)
+    study, created = _open_study(storage, study_name, sampler, optuna.pruners.NopPruner(), task.direction)
+    pruner = _pruner_name(options, study.user_attrs.get(PRUNER))  # a resumed sweep's is on its study
+    options = replace(options, pruner=pruner)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner(options, space, task.defaults))
+    if study.user_attrs.get(PRUNER) != pruner:
+        study.set_user_attr(PRUNER, pruner)
     _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,

@@ -79,7 +79,13 @@ class Param:
     log: bool = False
     step: float | int | None = None
     grid: tuple[Scalar, ...] = ()
-    when: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+    when: tuple[tuple[str, tuple[Scalar, ...]], ...] = field(default=(), repr=False)
+
+    def signature(self) -> str:
+        """What makes two versions of this parameter the same search (a resumed study compares
+        it): its repr, with its conditions when it has any (an unconditional parameter reads as
+        it did before conditions existed, so older studies still resume)."""
+        return repr(self) + (f" when {self.when!r}" if self.when else "")
 
     def applies(self, config: Mapping[str, Any]) -> bool:
         """Whether this parameter is sampled for a trial whose other values are ``config``: every
@@ -286,6 +292,8 @@ def _parse_param(path: Path, name: str, table: Any, earlier: Mapping[str, Param]
         raise SpaceError(f"{path}: {where} grid must be a list")
     for value in grid:
         _number(path, f"{where} grid value", value)  # the report's cells: inside the sampled range or not
+        if log and value <= 0:
+            raise SpaceError(f"{path}: {where} grid value {value!r} must be > 0 for a log = true range")
         if kind == "int" and not isinstance(value, int):
             raise SpaceError(f"{path}: {where} grid value {value!r} must be an integer, as low and high are")
     return Param(name, kind, low=low, high=high, log=log, step=step, grid=tuple(grid), when=when)
@@ -295,8 +303,9 @@ def load_space(spec: str | Path, known: Mapping[str, Any], task: str | None = No
     """Read and validate a space file.
 
     ``known`` maps every hyperparameter the task accepts to its default; a key outside it is an
-    error, as is an empty range, a grid value outside its range, or a ``task`` that differs from
-    ``task``.
+    error, as is an empty range, a grid value a parameter cannot take (not a number, not an
+    integer for an integer range, not above 0 on a log scale, not a choice), a ``when`` that names
+    no parameter above it, or a ``task`` that differs from ``task``.
     """
     path = resolve_space_path(str(spec))
     try:

@@ -310,7 +310,7 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
 
 TASK = Task(
     name="news",
-    summary="Chinese news classification (cnews, THUCNews titles, CCF 2019) with a BERT, evaluated by steps",
+    summary="Chinese news classification (cnews, THUCNews titles, CCF 2019) with a TextCNN, fastText or BERT model",
     metric="val_accuracy",
     direction="maximize",
     defaults=DEFAULTS,

@@ -11,8 +11,9 @@ calls every model family the same way.
   ``filters`` channels each, ReLU, max-pooling over time, dropout, a linear layer.
 * :class:`FastText` (Joulin et al. 2017): the mean of the embeddings of the characters and of
   their hashed n-grams up to ``ngrams`` (bigrams for 2; ``[CLS]`` and ``[SEP]`` mark the title's
-  ends, as fastText's ``<`` and ``>`` do), dropout, a linear layer. An n-gram's id is a
-  polynomial hash of its token ids modulo ``buckets``, as in fastText.
+  ends, as fastText's ``<`` and ``>`` do), dropout, a linear layer. An n-gram's bucket is a
+  hash of its token ids modulo ``buckets``, as in fastText: the n-gram's exact number in base
+  ``vocab_size``, mixed by a multiplicative (Fibonacci) hash so that every bucket is used evenly.
 
 Their checkpoints are a ``model.pt`` (state dict and settings) beside the tokenizer files:
 :func:`save_text_model` and :func:`load_text_model`.
@@ -35,7 +36,8 @@ FAMILIES = ("textcnn", "fasttext")
 #: The settings each family is built from (and saved with).
 SETTINGS = {"textcnn": ("embedding_dim", "filters", "kernel_sizes", "dropout"),
             "fasttext": ("embedding_dim", "ngrams", "buckets", "dropout")}
-_HASH = 1_000_003  # multiplier of the n-gram hash (a prime above the vocabulary's size)
+#: 2^64 / golden ratio, as a signed 64-bit integer: Knuth's multiplicative hash (products wrap).
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
 def parse_kernel_sizes(value: str | int | Sequence[int]) -> tuple[int, ...]:
@@ -98,12 +100,13 @@ class FastText(nn.Module):
         for n in range(2, self.ngrams + 1):
             if length < n:
                 break
-            hashed = input_ids[:, : length - n + 1].long()
+            key = input_ids[:, : length - n + 1].long()  # the n-gram's number in base vocab_size
             real = masks[0][:, : length - n + 1].clone()
             for j in range(1, n):
-                hashed = hashed * _HASH + input_ids[:, j : length - n + 1 + j]
+                key = key * self.vocab_size + input_ids[:, j : length - n + 1 + j]
                 real &= masks[0][:, j : length - n + 1 + j]
-            ids.append(self.vocab_size + torch.remainder(hashed, self.buckets))
+            mixed = ((key + n) * _GOLDEN) >> 16  # the high bits of the product mix every input bit
+            ids.append(self.vocab_size + torch.remainder(mixed, self.buckets))
             masks.append(real)
         return torch.cat(ids, dim=1), torch.cat(masks, dim=1)
 

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeplab.sweeps.driver import SweepOptions, _planned_evaluations, _pruner
+from sweeplab.sweeps.driver import PRUNER, SweepOptions, _planned_evaluations, _pruner, _pruner_name
 from sweeplab.sweeps.space import load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
@@ -63,7 +63,7 @@ def test_hyperband_is_sized_by_the_most_epochs_the_space_gives() -> None:
     assert _planned_evaluations(sentiment, SENTIMENT_DEFAULTS) == 12
     assert _planned_evaluations(sentiment.with_overrides({"epochs": 5}), SENTIMENT_DEFAULTS) == 5
     news = load_space("news", NEWS_DEFAULTS, "news")
-    assert _planned_evaluations(news, NEWS_DEFAULTS) == 6
+    assert _planned_evaluations(news, NEWS_DEFAULTS) == 10
     assert _planned_evaluations(news.with_overrides({"eval_every": 100}), NEWS_DEFAULTS) is None  # steps, not epochs
     pruner = _pruner(SweepOptions(task="sentiment", pruner="hyperband"), sentiment, SENTIMENT_DEFAULTS)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
@@ -75,3 +75,18 @@ def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_pa
     assert spent.counts["complete"] == 0 and spent.counts["fail"] == 0
     resumed = sweep_task(task, tmp_path, 3, pruner="none")
     assert resumed.counts["complete"] == 3
+
+
+def test_the_default_pruner_is_none_for_a_grid_hyperband_otherwise_and_a_resumed_sweeps_own() -> None:
+    assert _pruner_name(SweepOptions(task="t", sampler="grid"), None) == "none"
+    assert _pruner_name(SweepOptions(task="t", sampler="tpe"), None) == "hyperband"
+    assert _pruner_name(SweepOptions(task="t", sampler="tpe"), "median") == "median"
+    assert _pruner_name(SweepOptions(task="t", sampler="grid", pruner="asha"), "median") == "asha"
+
+
+def test_a_resumed_sweep_keeps_the_pruner_it_was_started_with(tmp_path: Path) -> None:
+    task = _task("keeps-pruner")
+    sweep_task(task, tmp_path, 2, pruner="median")
+    sweep_task(task, tmp_path, 3)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
+    assert optuna.load_study(study_name="space-tpe", storage=storage).user_attrs[PRUNER] == "median"

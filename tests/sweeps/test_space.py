@@ -128,6 +128,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[search.batch_size]\nchoices = []\n', "non-empty list"),
         ('[search.lr]\nlow = 0.0\nhigh = 1e-4\nlog = true\n', "log = true needs low > 0"),
         ('[search.epochs]\nlow = 2\nhigh = 8\ngrid = [2.5]\n', "must be an integer"),
+        ('[search.lr]\nlow = 1e-5\nhigh = 1e-2\nlog = true\ngrid = [0.0]\n', "must be > 0 for a log = true range"),
         ('[search.batch_size]\nchoices = [16, 32]\ngrid = [64]\n', "grid must be a non-empty list of its choices"),
         ('[search.dropout]\nwhen = { complexity = "low" }\nlow = 0.0\nhigh = 0.5\n', "neither searched above it nor fixed"),
         ('[search.complexity]\nchoices = ["high", "low"]\n[search.dropout]\nwhen = { complexity = "mid" }\n'
@@ -166,3 +167,16 @@ def test_a_cell_is_the_same_cell_whether_its_numbers_are_ints_or_floats() -> Non
     assert cell_key({"lr": 1, "batch_size": 16}) == cell_key({"batch_size": 16.0, "lr": 1.0})
     assert cell_key({"lr": 1e-5}) != cell_key({"lr": 1e-6})
     assert cell_key({"complexity": "low"}) != cell_key({"complexity": "high"})
+
+
+def test_an_unconditional_parameter_reads_as_it_did_before_conditions_existed() -> None:
+    """A study records its space's parameters; one made before conditions existed must resume."""
+    space = load_space("sentiment-refine", DEFAULTS, "sentiment")
+    assert space.params["lr"].signature() == (
+        "Param(name='lr', kind='categorical', choices=(8e-06, 9e-06, 1e-05, 1.1e-05, 1.2e-05), low=None, high=None, "
+        "log=False, step=None, grid=())")
+
+
+def test_a_condition_changes_the_signature(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, NEWS_LIKE), NEWS_DEFAULTS, "news")
+    assert "when (('model', ('textcnn',)),)" in space.params["filters"].signature()

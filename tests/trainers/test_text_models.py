@@ -76,11 +76,15 @@ def test_fasttext_learns_a_bigram_that_no_single_token_gives_away() -> None:
     assert accuracies[1] == pytest.approx(0.5) and accuracies[2] == 1.0
 
 
-def test_a_saved_model_loads_back_to_the_same_logits(tmp_path: Path) -> None:
-    settings = {"embedding_dim": 8, "filters": 4, "kernel_sizes": "2,3", "dropout": 0.1}
-    model = build_text_model("textcnn", settings, num_labels=3, vocab_size=VOCAB).eval()
-    save_text_model(tmp_path, "textcnn", settings, model.state_dict(), 3, VOCAB, 0, ["a", "b", "c"])
+@pytest.mark.parametrize(("family", "settings"), [
+    ("textcnn", {"embedding_dim": 8, "filters": 4, "kernel_sizes": "2,3", "dropout": 0.1}),
+    ("fasttext", {"embedding_dim": 8, "ngrams": 3, "buckets": 31, "dropout": 0.1}),
+])
+def test_a_saved_model_loads_back_to_the_same_logits(tmp_path: Path, family: str, settings: dict) -> None:
+    model = build_text_model(family, settings, num_labels=3, vocab_size=VOCAB).eval()
+    save_text_model(tmp_path, family, settings, model.state_dict(), 3, VOCAB, 0, ["a", "b", "c"])
     loaded = load_text_model(tmp_path)
+    assert type(loaded) is type(model)
     ids, mask = _batch([3, 5], 5)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, loaded(input_ids=ids, attention_mask=mask).logits)
@@ -91,3 +95,18 @@ def test_bad_kernel_sizes_are_refused(value: object) -> None:
     with pytest.raises(ValueError, match="kernel_sizes"):
         parse_kernel_sizes(value)  # type: ignore[arg-type]
     assert parse_kernel_sizes("2, 3,4") == (2, 3, 4) and parse_kernel_sizes(5) == (5,)
+
+
+def test_ngram_buckets_are_used_at_least_as_evenly_as_by_a_random_hash() -> None:
+    """Every bigram of a 200-token vocabulary (40,000) into 50,000 buckets: a uniform random hash
+    would use 50,000 * (1 - e^-0.8) = 27,530 distinct buckets (a hash that ignores high bits uses
+    far fewer: 3a + b mod 50,000 uses 800); more buckets must mean fewer shared ones."""
+    a, b = torch.meshgrid(torch.arange(1, 201), torch.arange(1, 201), indexing="ij")
+    ids = torch.stack([a.flatten(), b.flatten()], dim=1)
+    used = {}
+    for buckets in (50_000, 400_000):
+        model = FastText(201, 2, embedding_dim=2, ngrams=2, buckets=buckets, dropout=0.0)
+        grams, _ = model._grams(ids, torch.ones_like(ids))
+        used[buckets] = len(torch.unique(grams[:, 2]))
+    assert used[50_000] > 27_000
+    assert used[400_000] > max(used[50_000], 38_000)  # random: 400,000 * (1 - e^-0.1) = 38,065
