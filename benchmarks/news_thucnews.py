@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="the whole budget, preparation and test scoring included")
     parser.add_argument("--last-trial-minutes", type=float, default=5.0,
                         help="kept free at the end: no trial starts later than --minutes less this")
-    parser.add_argument("--trials", type=int, default=200, help="an upper bound; the time budget ends the sweep")
+    parser.add_argument("--trials", type=int, default=24, help="an upper bound (TPE samples its first quarter at random); the time budget ends the sweep")
     parser.add_argument("--space", default="news")
     parser.add_argument("--pruner", default=None, help="default: sweep run's default")
     parser.add_argument("--seed", type=int, default=0)

@@ -96,13 +96,20 @@ def test_sweep_best_json_names_the_top_child(swept: Path) -> None:
     assert rows[0]["summary"]["best_epoch"] >= 1 and rows[0]["params"]["text_model"] == "tiny"
     table = runner.invoke(app, ["best", "--task", "sentiment", "--store-dir", str(swept / "store")])
     assert table.exit_code == 0 and rows[0]["run_id"] in table.output.replace("\n", "")
+    # the floor beside the figure: the validation split's most frequent class, and the distance to it
+    labels = [line.split(",")[1] for line in (swept / "data" / "train.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    majority = rows[0]["summary"]["val_majority_accuracy"]
+    assert max(labels.count(t) for t in set(labels)) / len(labels) == pytest.approx(majority, abs=0.05)  # stratified split
+    gap = 100 * (rows[0]["value"] - majority)
+    text = " ".join(table.output.split())
+    assert f"majority class {majority:.4f} (always the most frequent class); {abs(gap):.1f} points" in text
 
 
 def test_rerun_with_other_settings_is_refused(swept: Path) -> None:
     result = runner.invoke(app, ["run", "sentiment", "--trials", "4", "--data-dir", str(swept / "data"), "--store-dir",
                                  str(swept / "store"), "--pruner", "none", "--seed", "7", *TINY, "--set", "epochs=4"])
     assert result.exit_code == 2
-    assert "study 'sentiment-tpe' was made with other settings (seed differs)" in result.output.replace("\n", "")
+    assert "study 'sentiment-tpe' was made with other settings (seed, split_seed differ)" in result.output.replace("\n", "")
 
 
 def test_rerun_resumes_the_same_study_and_parent(swept: Path) -> None:

@@ -591,7 +591,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
-                    "seed": options.seed, "data_dir": str(data_dir), "trials": options.trials,
+                    "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir), "trials": options.trials,
                     "device": str(device), "precision": options.precision, **rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
     known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))

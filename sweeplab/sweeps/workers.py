@@ -190,6 +190,10 @@ def main() -> None:
     from sweeplab.sweeps.driver import SweepFailed, run_sweep
 
     torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
+    # A process started in the background by a non-interactive shell (`sweep run ... &`, nohup in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt: the
+    # interruption that stops a worker (Ctrl-C, its main process's death) would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _stop_with_main()
         run_sweep(_load(Path(sys.argv[1])))

@@ -104,11 +104,12 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
 
 def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentiment_dir: Path) -> None:
     """SIGKILL the main process while both workers run trials: the workers stop at once (they do
-    not train on unseen), each closing its trial as interrupted in Optuna and MLflow."""
+    not train on unseen), each closing its trial as interrupted in Optuna and MLflow. The sweep is
+    started with SIGINT ignored, as a shell starts `sweep run ... &`, which its workers inherit."""
     store = tmp_path / "store"
     journal = store / "optuna.journal"
     main = subprocess.Popen(_two_workers(6, sentiment_dir, store, epochs=100000), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         running = _running_trials(journal, main, count=2, after_a_complete_one=False)
         main.kill()
