@@ -583,12 +583,15 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     killed = KilledTrials(options.heartbeat)
     storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
     study, created = _open_study(storage, study_name, sampler, optuna.pruners.NopPruner(), task.direction)
-    pruner = _pruner_name(options, study.user_attrs.get(PRUNER))  # a resumed sweep's is on its study
+    _check_same_settings(study, _settings(task, space, options, data_dir))  # a refused resume changes nothing
+    # A resumed sweep's pruner is on its study; one made before sweeplab recorded it ran with
+    # the median pruner, the default then.
+    recorded = study.user_attrs.get(PRUNER) or (None if created or not study.get_trials(deepcopy=False) else "median")
+    pruner = _pruner_name(options, recorded)
     options = replace(options, pruner=pruner)
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner(options, space, task.defaults))
     if study.user_attrs.get(PRUNER) != pruner:
         study.set_user_attr(PRUNER, pruner)
-    _check_same_settings(study, _settings(task, space, options, data_dir))
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
                     "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir), "trials": options.trials,

@@ -187,6 +187,8 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
     observer.sweep_started(study.study_name, target, finished_trials(study))
     while not _out_of_time(deadline):
         states = recover(study, killed)
+        if sum(states[s] for s in FINISHED) >= target:  # cells left queued by a --timeout or Ctrl-C wait for a larger --trials
+            return
         trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
         if trial_id is None:
             if states[TrialState.RUNNING]:

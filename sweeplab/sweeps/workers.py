@@ -185,15 +185,16 @@ def _stop_with_main() -> None:
 
 def main() -> None:
     """One worker: run the sweep described by the options file until the study is done."""
+    # A process started in the background by a non-interactive shell (`sweep run ... &` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt: the
+    # interruption that stops a worker (Ctrl-C, its main process's death) would be lost. Set
+    # first, so that an interruption during the imports below is not lost either.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch
 
     from sweeplab.sweeps.driver import SweepFailed, run_sweep
 
     torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
-    # A process started in the background by a non-interactive shell (`sweep run ... &`, nohup in a
-    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt: the
-    # interruption that stops a worker (Ctrl-C, its main process's death) would be lost.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _stop_with_main()
         run_sweep(_load(Path(sys.argv[1])))

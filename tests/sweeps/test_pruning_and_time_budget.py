@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeplab.sweeps.driver import PRUNER, SweepOptions, _planned_evaluations, _pruner, _pruner_name
+from sweeplab.errors import SweeplabError
 from sweeplab.sweeps.space import load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
@@ -90,3 +91,32 @@ def test_a_resumed_sweep_keeps_the_pruner_it_was_started_with(tmp_path: Path) ->
     sweep_task(task, tmp_path, 3)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
     assert optuna.load_study(study_name="space-tpe", storage=storage).user_attrs[PRUNER] == "median"
+
+
+def _study(tmp_path: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_a_refused_resume_leaves_the_recorded_pruner_alone(tmp_path: Path) -> None:
+    task = _task("refused-resume")
+    sweep_task(task, tmp_path, 1)
+    with pytest.raises(SweeplabError, match="seed"):
+        sweep_task(task, tmp_path, 2, seed=1, pruner="median")
+    assert _study(tmp_path, "space-tpe").user_attrs[PRUNER] == "hyperband"
+
+
+def test_a_study_from_before_pruners_were_recorded_resumes_with_the_median_pruner(tmp_path: Path) -> None:
+    task = _task("old-study")
+    sweep_task(task, tmp_path, 1)
+    _study(tmp_path, "space-tpe").set_user_attr(PRUNER, None)  # as sweeplab left studies before
+    sweep_task(task, tmp_path, 2)
+    assert _study(tmp_path, "space-tpe").user_attrs[PRUNER] == "median"
+
+
+def test_grid_cells_left_queued_by_a_time_budget_wait_for_a_larger_trials(tmp_path: Path) -> None:
+    task = _task("grid-budget")
+    grid = "[search.x]\nlow = 0.0\nhigh = 1.0\ngrid = [0.0, 0.25, 0.5, 0.75, 1]\n"
+    sweep_task(task, tmp_path, 5, space_text=grid, sampler="grid", timeout=1e-9)
+    assert sweep_task(task, tmp_path, 2, space_text=grid, sampler="grid").counts["complete"] == 2
+    assert sweep_task(task, tmp_path, 5, space_text=grid, sampler="grid").counts["complete"] == 5
