@@ -115,10 +115,10 @@ def run(
         console.print(f"[yellow]data:[/] {line}", highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
     finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
-    if finished < outcome.target and timeout is not None and outcome.counts.get("fail", 0) == 0:
+    if finished < outcome.target and timeout is not None:
         console.print(f"{finished} of {outcome.target} trials finished within --timeout {timeout:g} s; "
                       "the same command resumes the sweep", highlight=False)
-    elif finished < outcome.target:
+    if finished < outcome.target and (timeout is None or outcome.counts.get("fail", 0)):
         errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
                      "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
     console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")

@@ -456,7 +456,7 @@ def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -
         "task": task.name,
         "data_dir": str(Path(data_dir).resolve()),
         "seed": str(options.seed),
-        "split_seed": str(options.seed if options.split_seed is None else options.split_seed),
+        "split_seed": str(options.split_seed),
         "val_fraction": str(options.val_fraction),
         "metric": f"{task.metric} ({task.direction})",
         "search": repr(sorted((k, v.signature()) for k, v in space.params.items())),
@@ -567,7 +567,9 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
     device = pick_device(options.device)
     data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
-    split_seed = options.seed if options.split_seed is None else options.split_seed
+    if options.split_seed is None:
+        options = replace(options, split_seed=options.seed)
+    split_seed = options.split_seed
     loaded = task.load(data_dir, split_seed, options.val_fraction, {**task.defaults, **space.fixed})
 
     # Nothing above writes anything; from here on the store exists.
