@@ -35,10 +35,15 @@ _pg_start() {
         run="$(command -v runuser || echo /usr/sbin/runuser) -u $user --"
     fi
     $run "$bin/initdb" -D "$dir/data" -U sweeplab -A trust >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
-    $run "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200 -c fsync=off" start >/dev/null \
+    # In the configuration file, not on pg_ctl's command line: a test that stops and starts the
+    # server (SWEEPLAB_TEST_POSTGRES_CTL) gets it back on the same port.
+    printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nmax_connections = 200\nfsync = off\n" \
+        "$port" "$dir" >>"$dir/data/postgresql.conf"
+    $run "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
         || { cat "$dir/server.log"; return 1; }
     export SWEEPLAB_TEST_POSTGRES="postgresql://sweeplab@127.0.0.1:$port/postgres"
+    # pg_ctl with the server's folder and log: append "-m fast restart", "-m fast stop" or "start".
+    export SWEEPLAB_TEST_POSTGRES_CTL="$run $bin/pg_ctl -D $dir/data -l $dir/server.log -w -t 60"
     _PG_STOP="$run $bin/pg_ctl -D $dir/data -m fast stop"
     echo "ci: PostgreSQL at $SWEEPLAB_TEST_POSTGRES ($("$bin/postgres" --version))"
 }

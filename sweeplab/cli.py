@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import SweeplabError, Unreachable
 
 if TYPE_CHECKING:
     from sweeplab.tracker.store import Store
@@ -87,6 +87,7 @@ def run(
     workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).")] = 1,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).")] = None,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.")] = 60,
+    outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.")] = 300.0,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
@@ -100,7 +101,7 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction, workers=workers, heartbeat=heartbeat,
+            val_fraction=val_fraction, workers=workers, heartbeat=heartbeat, outage_limit=outage_limit,
             gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else (),
         )
         with RichObserver(console, metric) as observer:
@@ -109,6 +110,8 @@ def run(
         raise _fail(str(exc)) from None
     except SweepFailed as exc:
         raise _fail(str(exc), code=1) from None
+    except Unreachable as exc:
+        raise _fail(str(exc), code=75) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; run the same command again to resume", code=130) from None
     for line in outcome.data_report:
@@ -118,7 +121,7 @@ def run(
     if finished < outcome.target and timeout is not None:
         console.print(f"{finished} of {outcome.target} trials finished within --timeout {timeout:g} s; "
                       "the same command resumes the sweep", highlight=False)
-    if finished < outcome.target and (timeout is None or outcome.counts.get("fail", 0)):
+    if finished < outcome.target and (timeout is None or outcome.counts.get("failed", 0)):
         errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
                      "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
     console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
@@ -208,10 +211,13 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the same store (parent run = sweep, child runs = trials)."""
+    from sweeplab.tracker.embedded import ensure_tracking_db
     from sweeplab.tracker.store import resolve_store
 
     try:
         store = resolve_store(store_dir, tracking_uri)
+        if store.is_default:  # the UI on a store no sweep made yet: a complete, empty one
+            ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     except SweeplabError as exc:
         raise _fail(str(exc)) from None
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]

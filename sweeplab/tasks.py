@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.datasets.report import ReadReport
 from sweeplab.errors import SweeplabError
+from sweeplab.sweeps.limits import Limit
 from sweeplab.tracker.curves import Direction, OnsetRule
 from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 
@@ -76,6 +77,10 @@ class Task:
     ``save_checkpoint(loaded, config, state, folder)`` writes the best state in the task's own
     format (default: ``model.pt`` holding the state dict); ``evaluate_test(loaded, config,
     folder, env)`` scores such a folder on the held-out test split, once, after the search.
+    ``limits`` says what each hyperparameter accepts (:class:`~sweeplab.sweeps.limits.Limit`);
+    a sweep checks its space against them before any data is prepared, so that a value no trial
+    can run with is one clear error rather than a sweep of failed trials. A parameter without a
+    limit is not checked.
     """
 
     name: str
@@ -92,6 +97,7 @@ class Task:
     x_axis: str = "epoch"
     save_checkpoint: Callable[[Loaded, Mapping[str, Any], Mapping[str, Any], Path], None] | None = None
     evaluate_test: Callable[[Loaded, Mapping[str, Any], Path, TrialEnv], Evaluation | None] | None = None
+    limits: Mapping[str, Limit] = field(default_factory=dict)
 
     @property
     def best_metric(self) -> str:

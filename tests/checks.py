@@ -1,6 +1,11 @@
-"""Assertions several tests make about a finished sweep's records."""
+"""Assertions several tests make about a finished sweep's records, and waiting for a sweep in
+another process to reach a moment."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from mlflow import MlflowClient
@@ -20,3 +25,15 @@ def assert_grid_ran_every_cell_once(study: optuna.Study, client: MlflowClient, e
     assert sorted(int(c.data.tags["sweeplab.trial"]) for c in children) == sorted(t.number for t in study.trials)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert all(c.info.status == "FINISHED" and c.data.tags["sweeplab.state"] == "complete" for c in children)
+
+
+def wait_for(what: str, probe: Callable[[], Any], seconds: float = 180) -> Any:
+    """The first value of ``probe()`` that is not None, polled every 0.2 s (a moment in another
+    process: a trial running, a server answering); an AssertionError naming ``what`` after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (found := probe()) is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -79,9 +79,10 @@ def postgres_db() -> Iterator[Callable[[], str]]:
     try:
         yield make
     finally:
-        for name in made:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+        with psycopg.connect(admin_uri, autocommit=True, connect_timeout=10) as again:  # a test may restart the server
+            for name in made:
+                again.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _free_port() -> int:

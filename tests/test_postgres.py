@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 from sweeplab.cli import app
 from sweeplab.errors import SweeplabError
 from sweeplab.tracker.store import open_optuna_storage
-from tests.checks import assert_grid_ran_every_cell_once
+from tests.checks import assert_grid_ran_every_cell_once, wait_for
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -66,14 +65,6 @@ def _frozen_in_a_trial(pid: int, study_name: str, storage: str) -> optuna.trial.
     return trial
 
 
-def _wait_for(what: str, probe: Callable[[], object], seconds: float = 180) -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if (found := probe()) is not None:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial_run_again(
     postgres_db: Callable[[], str], tmp_path: Path, sentiment_dir: Path
@@ -91,11 +82,11 @@ def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial
     survivor = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     victim = None
     try:
-        _wait_for("a first finished trial", lambda: next(iter(optuna.load_study(
+        wait_for("a first finished trial", lambda: next(iter(optuna.load_study(
             study_name="sentiment-random", storage=optuna_uri).get_trials(states=(TrialState.COMPLETE,))), None)
             if _study_exists(optuna_uri) else None)
         victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        killed = _wait_for("a running trial of the second process, frozen",
+        killed = wait_for("a running trial of the second process, frozen",
                            lambda: _frozen_in_a_trial(victim.pid, "sentiment-random", optuna_uri))
         # As if it ran on another machine: the survivor cannot look its process up, only miss its heartbeats.
         optuna.load_study(study_name="sentiment-random", storage=optuna_uri)._storage.set_trial_user_attr(

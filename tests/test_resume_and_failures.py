@@ -145,7 +145,7 @@ def _flaky_task() -> Task:
 
 def test_failed_trials_carry_their_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
     outcome = sweep_task(_flaky_task(), tmp_path, 4, pruner="none")
-    assert outcome.counts["complete"] == 4 and outcome.counts["fail"] == 3
+    assert outcome.counts["complete"] == 4 and outcome.counts["failed"] == 3
     client = MlflowClient(outcome.tracking_uri)
     exp = client.get_experiment_by_name("flaky")
     runs = {int(r.data.tags["sweeplab.trial"]): r for r in client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'")}
@@ -226,7 +226,7 @@ def test_a_grid_resumed_after_ctrl_c_runs_the_interrupted_cell_and_every_other_o
         sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
     interrupt["armed"] = False
     outcome = sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
-    assert outcome.counts["complete"] == 5 and outcome.counts["fail"] == 1 and outcome.counts["waiting"] == 0
+    assert outcome.counts["complete"] == 5 and outcome.counts["killed"] == 1 and outcome.counts["queued"] == 0
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("interruptible-grid").experiment_id],
                               "tags.`sweeplab.role` = 'trial'")
@@ -251,10 +251,39 @@ def test_a_trial_another_process_failed_is_dropped_and_the_sweep_goes_on(tmp_pat
         folder = tmp_path / pruner
         folder.mkdir()
         outcome = sweep_task(make_task(f"failed-meanwhile-{pruner}", fit_failed_meanwhile), folder, 4, pruner=pruner)
-        assert outcome.counts["complete"] == 4 and outcome.counts["fail"] == 2
+        assert outcome.counts["complete"] == 4 and outcome.counts["killed"] == 2
         client = MlflowClient(outcome.tracking_uri)
         runs = client.search_runs([client.get_experiment_by_name(f"failed-meanwhile-{pruner}").experiment_id],
                                   "tags.`sweeplab.role` = 'trial'")
         dropped = [r for r in runs if r.data.tags["sweeplab.trial"] in ("1", "2")]
         # Closed as killed, not as complete; the other process (simulated here without a reason) would have closed it.
         assert [(r.info.status, r.data.tags["sweeplab.state"]) for r in dropped] == [("KILLED", "killed")] * 2
+
+
+def test_sigkill_during_the_first_start_leaves_a_store_the_same_command_completes(tmp_path: Path, sentiment_dir: Path) -> None:
+    """The first `sweep run` on a fresh store is killed while it builds the MLflow schema (which
+    takes seconds); the same command then runs the sweep to its end. Other moments of the build
+    are killed in tests/tracker/test_embedded_store.py."""
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "1", "--data-dir", str(sentiment_dir),
+               "--store-dir", str(store), "--no-plots", "--set", "epochs=1", *TINY]
+    moment = "the database is being built"
+
+    def reached() -> bool:
+        return any(store.glob("mlflow.db.building-*"))
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not reached() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process.poll() is None, f"the first run ended before {moment}"
+        process.kill()
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    runs = _children(store)
+    assert [r.data.tags["sweeplab.state"] for r in runs] == ["complete"]

@@ -14,8 +14,12 @@ trials the study should hold.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import socket
 import shutil
 import tempfile
 import time
@@ -31,15 +35,20 @@ import torch
 from optuna.trial import TrialState
 
 from sweeplab.datasets.cache import PrepCache
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import SweeplabError, Unreachable
+from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
-from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, requeue_killed_grid_cells, worker_attrs
+from sweeplab.sweeps.recovery import (OUTCOMES, KilledTrials, close_runs_of_ended_trials, outcome, requeue_killed_grid_cells,
+                                      worker_attrs)
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
 from sweeplab.tracker import plots
 from sweeplab.tracker.curves import OnsetRule
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
+from sweeplab.tracker.embedded import ensure_tracking_db
+from sweeplab.tracker.preflight import check_store
+from sweeplab.tracker.reconnect import bound_http_retries
 from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
@@ -94,6 +103,7 @@ class SweepOptions:
     workers: int = 1
     gpus: tuple[str, ...] = ()
     heartbeat: int = 60  # seconds between a running trial's heartbeats (see sweeps.recovery)
+    outage_limit: float = 300.0  # seconds a database or tracking server may be away before the sweep stops
     role: str = "main"  # "worker": one of --workers K processes (no recovery, no final summary)
 
 
@@ -193,26 +203,42 @@ def _validate(options: SweepOptions) -> None:
         raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
     if options.workers < 1:
         raise SweeplabError(f"--workers {options.workers}: expected at least 1 worker process")
+    if not options.outage_limit >= 0:
+        raise SweeplabError(f"--outage-limit {options.outage_limit:g}: expected seconds >= 0")
     if options.heartbeat < 1:
         raise SweeplabError(f"--heartbeat {options.heartbeat}: expected at least 1 second")
     if options.onset_alpha is not None and not options.onset_alpha > 0:
         raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
 
-def _sampler(options: SweepOptions, space: Space) -> optuna.samplers.BaseSampler:
+def _sampler(options: SweepOptions, space: Space, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``--sampler`` names, seeded with ``seed`` (see :func:`_sampler_seed`)."""
     if options.sampler == "grid":
         # A grid is a queue of its cells (see enqueue_grid_cells), each with every parameter fixed;
         # Optuna's GridSampler repeats cells under parallel workers and fails on re-queued ones.
         space.grid_cells()  # a continuous range without grid values: a one-line error, before the store is touched
-        return optuna.samplers.RandomSampler(seed=options.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if options.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=options.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     # A space with parameters of one model family only is searched with the multivariate, grouped
     # TPE: it models each family's parameters jointly, from the trials where they were sampled.
     with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5, and well used
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(10, max(2, options.trials // 4)),
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, options.trials // 4)),
                                           multivariate=space.conditional, group=space.conditional)
+
+
+def _sampler_seed(seed: int, created: bool, trials: int) -> int:
+    """The seed of this process's sampler: ``--seed`` itself in the process that creates the
+    study, so that one process started from scratch proposes the same configurations every time.
+    A process that joins the study (started with the same command at the same moment, on this
+    machine or another, a ``--workers`` worker, or a rerun) mixes in its host name, its pid and
+    the number of trials the study holds, so that it does not propose the configurations the
+    first process proposed (a wasted trial each)."""
+    if created:
+        return seed
+    mixed = hashlib.sha256(f"{seed}:{socket.gethostname()}:{os.getpid()}:{trials}".encode()).digest()
+    return int.from_bytes(mixed[:4], "little")
 
 
 def _planned_evaluations(space: Space, defaults: Mapping[str, Any]) -> int | None:
@@ -370,6 +396,13 @@ class _Objective:
                 stop["sweeplab.stop_reason"] = result.stop_reason
             run.log_summary({**summary.metrics, **peak_memory(device)}, {**summary.tags, **stop})
             self._artifacts(run, config, result, summary, state)
+        except Unreachable as exc:
+            # The trial stays RUNNING in Optuna (it cannot be told); the next start of the sweep
+            # fails it as killed and runs its parameters again.
+            with contextlib.suppress(Unreachable):
+                run.close("killed", f"interrupted: {exc}")
+            self.observer.trial_finished(trial.number, "killed", None, self.best)
+            raise
         except KeyboardInterrupt:
             if still_ours(trial):
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -512,8 +545,8 @@ def _score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tr
     return scored, None
 
 
-def _open_study(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler,
-                pruner: optuna.pruners.BasePruner, direction: str) -> tuple[optuna.Study, bool]:
+def _open_study(storage: optuna.storages.BaseStorage, name: str, pruner: optuna.pruners.BasePruner,
+                direction: str) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when an earlier run or another machine made it; also says
     whether this process created it. The storage lets exactly one process create a study name, and
     that process alone makes the sweep's parent run: machines started at the same moment would
@@ -523,7 +556,7 @@ def _open_study(storage: optuna.storages.BaseStorage, name: str, sampler: optuna
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), created
+    return optuna.load_study(study_name=name, storage=storage, pruner=pruner), created
 
 
 def _recorded_parent(study: optuna.Study, seconds: float) -> str | None:
@@ -543,8 +576,65 @@ _PARENT_WAIT_SECONDS = 60.0
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in TrialState}
+    """The study's trials by outcome, in the words ``sweep status`` uses (see
+    :func:`~sweeplab.sweeps.recovery.outcome`); queued grid cells that another trial ran are not
+    counted."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for trial in study.get_trials(deepcopy=False):
+        word = outcome(trial)
+        if word in counts:
+            counts[word] += 1
+    return counts
+
+
+def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stopped_by: Unreachable | None) -> dict[str, int]:
+    """Log the sweep's counts and best trial on its parent run and close it with ``status``;
+    FAILED when no trial finished and some failed. A store that stopped answering
+    (``stopped_by``, or now) is skipped: the parent run keeps what it had, and the next start of
+    the sweep writes it. Returns the counts (empty when the storage is away)."""
+    try:
+        counts = _counts(study)
+        best = study.best_trial if counts["complete"] else None
+    except Unreachable:
+        if stopped_by is None:  # the storage went away just now: say so, after closing what can be closed
+            with contextlib.suppress(Unreachable):
+                recorder.close(status)
+            raise
+        counts, best = {}, None
+    summary = {f"trials_{k}": float(v) for k, v in counts.items()}
+    tags = {}
+    if best is not None:
+        summary["best_value"] = float(best.value)
+        tags["sweeplab.best_trial"] = str(best.number)
+        tags["sweeplab.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
+    if counts and counts["complete"] + counts["pruned"] == 0 and counts["failed"]:
+        status = "FAILED"
+    if stopped_by is not None:
+        tags["sweeplab.stop_reason"] = str(stopped_by)
+    try:
+        recorder.log_summary(summary, tags)
+        recorder.close(status)
+    except Unreachable:
+        if stopped_by is None:  # the sweep's end could not be recorded: say so (the same command records it)
+            raise
+    return counts
+
+
+def _start_up(study: optuna.Study, space: Space, options: SweepOptions, target: int, killed: KilledTrials,
+              recorder: SweepRecorder, loaded: Loaded) -> None:
+    """What the main process does once before the trials: recover the trials of killed processes
+    (telling Optuna the values that finished trials could not tell it), queue a grid's cells,
+    close the runs of ended trials, and log the data report, the majority baseline and the space
+    file on the parent run."""
+    recover(study, killed)
+    if options.sampler == "grid":
+        requeue_killed_grid_cells(study)
+        enqueue_grid_cells(study, space, target, options.seed)
+    close_runs_of_ended_trials(study, recorder)
+    recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
+    if loaded.majority is not None:
+        recorder.log_summary({"val_majority_accuracy": loaded.majority}, {})
+    recorder.log_file(space.path)
 
 
 def _study_name(options: SweepOptions, space: Space) -> str:
@@ -559,11 +649,14 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         options = replace(options, deadline=time.time() + options.timeout)
     deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())
     task = _with_metric(get_task(options.task), options.metric)
+    store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
+    check_store(store, options.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds, nothing written
     overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
     space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
+    check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
     if options.sampler == "grid":
         space = space.widened_to_grid()
-    sampler = _sampler(options, space)
+    _sampler(options, space, options.seed)  # its arguments are checked before the store is touched
     rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
     device = pick_device(options.device)
     data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
@@ -574,7 +667,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
 
     # Nothing above writes anything; from here on the store exists.
     quiet_libraries()
-    store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
+    bound_http_retries()
     cache = PrepCache(options.cache_dir or store.root / "cache")
     env = TrialEnv(device=device, precision=options.precision, cache=cache, seed=options.seed, trial_seed=options.seed,
                    early_stop=rule if options.early_stop else None, keep_state=options.checkpoints != "none",
@@ -583,14 +676,15 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
 
     study_name = _study_name(options, space)
     killed = KilledTrials(options.heartbeat)
-    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed)
-    study, created = _open_study(storage, study_name, sampler, optuna.pruners.NopPruner(), task.direction)
+    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed, options.outage_limit)
+    study, created = _open_study(storage, study_name, optuna.pruners.NopPruner(), task.direction)
     _check_same_settings(study, _settings(task, space, options, data_dir))  # a refused resume changes nothing
     # A resumed sweep's pruner is on its study; one made before sweeplab recorded it ran with
     # the median pruner, the default then.
     recorded = study.user_attrs.get(PRUNER) or (None if created or not study.get_trials(deepcopy=False) else "median")
     pruner = _pruner_name(options, recorded)
     options = replace(options, pruner=pruner)
+    sampler = _sampler(options, space, _sampler_seed(options.seed, created, len(study.get_trials(deepcopy=False))))
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner(options, space, task.defaults))
     if study.user_attrs.get(PRUNER) != pruner:
         study.set_user_attr(PRUNER, pruner)
@@ -599,24 +693,22 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                     "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir), "trials": options.trials,
                     "device": str(device), "precision": options.precision, **rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
+    if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
+        ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))
     recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params,
-                                  known_run_id=known_parent)
+                                  known_run_id=known_parent, outage_limit=options.outage_limit)
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
     worker = options.role == "worker"
     target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
-        recover(study, killed)
-        if options.sampler == "grid":
-            requeue_killed_grid_cells(study)
-            enqueue_grid_cells(study, space, target, options.seed)
-        close_runs_of_ended_trials(study, recorder)
-        recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
-        if loaded.majority is not None:
-            recorder.log_summary({"val_majority_accuracy": loaded.majority}, {})
-        recorder.log_file(space.path)
+        try:
+            _start_up(study, space, options, target, killed, recorder, loaded)
+        except Unreachable as exc:
+            _close_sweep(study, recorder, "FAILED", exc)
+            raise
     report_lines = [line for r in loaded.reports for line in r.lines()]
 
     freeze_long_lived()
@@ -629,7 +721,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                    space if options.sampler == "grid" else None, options.seed, deadline)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
-    status = "FAILED"
+    status, stopped_by = "FAILED", None
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             if options.workers > 1:
@@ -645,23 +737,21 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                        space if options.sampler == "grid" else None, options.seed, deadline)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
+            except Unreachable:
+                raise
             except Exception as exc:  # the trials are done and kept: say why the score is missing
                 test, why_not = None, f"the test split was not scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Unreachable as exc:
+        stopped_by = exc
+        raise
     finally:
-        counts = _counts(study)
-        summary = {f"trials_{k}": float(v) for k, v in counts.items()}
-        tags = {}
-        if counts["complete"]:
-            summary["best_value"] = study.best_value
-            tags["sweeplab.best_trial"] = str(study.best_trial.number)
-            tags["sweeplab.best_run_id"] = study.best_trial.user_attrs.get("mlflow_run_id", "")
-        recorder.log_summary(summary, tags)
-        recorder.close(status)
-    failures = [t.user_attrs.get("fail_reason", "unknown") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+        counts = _close_sweep(study, recorder, status, stopped_by)
+    failures = [t.user_attrs.get("fail_reason", "unknown") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if outcome(t) == "failed"]
     if counts["complete"] + counts["pruned"] == 0 and failures:
         raise SweepFailed(f"every trial failed; last reason: {failures[-1]}")
     return SweepOutcome(

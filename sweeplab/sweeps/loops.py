@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import (DUPLICATE, KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
+from sweeplab.errors import Unreachable
+from sweeplab.sweeps.recovery import (DUPLICATE, UNTOLD, KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
                                       trial_heartbeat)
 from sweeplab.sweeps.space import Space, cell_key
 from sweeplab.tracker.runs import TrialRecorder
@@ -94,7 +95,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         except Abandoned as exc:
             _let_go(study, trial, exc.run)
             return
+        except Unreachable:
+            raise  # the storage or the tracking store is away: the trial stays RUNNING, a rerun handles it
         except (Exception, KeyboardInterrupt) as exc:
+            if "fail_reason" not in study._storage.get_trial(trial._trial_id).user_attrs:  # raised before its run began
+                text = str(exc).strip().splitlines()
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {text[0] if text else ''}"
+                trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -107,6 +114,12 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": failed meanwhile
             _let_go(study, trial, finished.run)
             return
+        except Unreachable:
+            # The trial trained to its end: its run keeps the value, which the next start of the
+            # sweep tells Optuna (recovery.fail_dead_trials), so that it is not run again.
+            finished.run.set_tags({UNTOLD: repr(finished.value)})
+            finished.run.close("pruned" if finished.pruned else "complete")
+            raise
     finished.run.close("pruned" if finished.pruned else "complete")
 
 
@@ -114,7 +127,7 @@ def recover(study: optuna.Study, killed: KilledTrials) -> collections.Counter:
     """Fail the trials of dead processes (see :mod:`sweeplab.sweeps.recovery`); returns the
     trials by state afterwards."""
     fail_dead_trials(study, killed)
-    fail_stale_trials(study)
+    fail_stale_trials(study, killed.recorder)
     return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
 
 

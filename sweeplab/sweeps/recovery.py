@@ -41,14 +41,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeplab.sweeps.space import cell_key
-from sweeplab.tracker.runs import SweepRecorder
+from sweeplab.tracker.reconnect import ReconnectingStorage
+from sweeplab.tracker.runs import STATE, SweepRecorder
 
-__all__ = ["DUPLICATE", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials",
-           "is_duplicate_cell", "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
+__all__ = ["DUPLICATE", "OUTCOMES", "UNTOLD", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials",
+           "fail_stale_trials", "is_duplicate_cell", "outcome", "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
 ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "heartbeat_seconds", "mlflow_run_id", "fail_reason")
@@ -57,6 +59,28 @@ ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "heartbeat_seconds", "
 ORPHAN_SECONDS = 120
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+#: What became of a trial, in the words used everywhere (the run summary, ``sweep status``, the
+#: ``sweeplab.state`` tag of its MLflow run): failed means the trial raised, killed that its
+#: process was killed or interrupted while it ran.
+OUTCOMES = ("complete", "pruned", "failed", "killed", "running", "queued")
+
+#: Tag of a finished trial's run whose value could not be told to Optuna (the storage stayed
+#: unreachable): the value, which the next start of the sweep tells Optuna from the run.
+UNTOLD = "sweeplab.untold_value"
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """``trial``'s outcome (one of :data:`OUTCOMES`), or ``"duplicate"`` for a queued grid cell
+    that was dropped without running because another trial ran the cell."""
+    if trial.state == TrialState.FAIL:
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        if reason == DUPLICATE:
+            return "duplicate"
+        # No reason: Optuna failed it for want of heartbeats.
+        return "killed" if not reason or reason.startswith(("killed", "interrupted")) else "failed"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+            TrialState.WAITING: "queued"}[trial.state]
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -196,8 +220,12 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
         # A pid check without a start time (not Linux) cannot tell a reused pid: heartbeats decide too.
         judged_by_beats = journal and (dead is None or not _process_of(trial)[3])
         interval = float(trial.user_attrs.get("heartbeat_seconds", on_killed.heartbeat))
+        if dead and _tell_from_run(study, trial, on_killed.recorder):
+            continue
         if dead:
-            reason = "killed: its process ended"
+            # A reason already recorded (the trial failed, and its process died before telling
+            # Optuna) is the true one.
+            reason = str(trial.user_attrs.get("fail_reason") or "killed: its process ended")
         elif judged_by_beats and on_killed.silent_for(trial) > 2 * interval:
             reason = f"killed: no heartbeat from its worker for {2 * interval:g} s"
         elif not journal and dead is None and "worker" not in trial.user_attrs and _age(trial) > ORPHAN_SECONDS:
@@ -212,6 +240,31 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
         failed += 1
         on_killed(study, study._storage.get_trial(trial._trial_id))
     return failed
+
+
+def _tell_from_run(study: optuna.Study, trial: FrozenTrial, recorder: SweepRecorder | None) -> bool:
+    """Tell Optuna how a dead process's trial ended when its MLflow run says it finished and holds
+    the value the storage could not take (:data:`UNTOLD`: the process stopped because the storage
+    stayed unreachable after the trial had trained), so that the finished trial is kept, not run
+    again. Returns whether it did."""
+    run_id = str(trial.user_attrs.get("mlflow_run_id", ""))
+    if recorder is None or not run_id or trial.state != TrialState.RUNNING:
+        return False
+    try:
+        tags = recorder.trial(run_id).stored().data.tags
+    except MlflowException:  # the run is not in this store (another --tracking-uri, or deleted)
+        return False
+    if UNTOLD not in tags or tags.get(STATE) not in ("complete", "pruned"):
+        return False
+    try:
+        if tags[STATE] == "pruned":
+            study.tell(trial.number, state=TrialState.PRUNED)
+        else:
+            study.tell(trial.number, float(tags[UNTOLD]))
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        return False  # another process ended it first
+    logging.getLogger(__name__).info("trial %d: told Optuna its value from its run", trial.number)
+    return True
 
 
 @contextlib.contextmanager
@@ -263,21 +316,36 @@ def close_runs_of_ended_trials(study: optuna.Study, recorder: SweepRecorder) -> 
     here belongs to a trial that the later read of Optuna sees; a run is read again just before it
     is closed, and left alone if its own process closed it meanwhile."""
     runs = recorder.running_trials()
-    ended = {t.number: t.state for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    ended = {t.number: t for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     closed = 0
     for number, run in runs.items():
         if number in ended and run.is_running():
-            if ended[number] == TrialState.FAIL:
-                run.close("killed", "killed: the process running it ended")
+            word = outcome(ended[number])
+            if word in ("failed", "killed"):
+                reason = ended[number].user_attrs.get("fail_reason") or "killed: the process running it ended"
+                run.close(word, str(reason))
             else:
-                run.close(ended[number].name.lower())
+                run.close(word)
             closed += 1
     return closed
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study, recorder: SweepRecorder | None = None) -> None:
     """Fail the trials whose Optuna heartbeats stopped (RDB storage only; a no-op elsewhere); each
-    goes to the storage's stale-trial callback, a :class:`KilledTrials`."""
+    goes to the storage's stale-trial callback, a :class:`KilledTrials`. A stale trial whose run
+    holds a value the storage could not take (:data:`UNTOLD`) is told that value instead.
+
+    Nothing is judged until the storage has answered for twice the heartbeat interval after an
+    outage: no trial could record a heartbeat while it was away, and live trials would be failed
+    before their heartbeat threads are through to it again."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    if interval is None:
+        return
+    if isinstance(storage, ReconnectingStorage) and storage.patience.answered_for() < 2 * interval:
+        return
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        _tell_from_run(study, storage.get_trial(trial_id), recorder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

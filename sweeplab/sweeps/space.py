@@ -40,7 +40,6 @@ family.
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from collections.abc import Mapping
@@ -205,17 +204,20 @@ def builtin_spaces() -> dict[str, Path]:
 
 
 def resolve_space_path(spec: str) -> Path:
-    """A space given as a file path or as the name of a built-in space (``sentiment-refine``)."""
+    """A space given as a file path or as the name of a built-in space (``sentiment-refine``).
+
+    A spec is a path when it names a file or ends in ``.toml``; any other spec is a built-in
+    name, so that a folder called ``news/`` in the working directory (one's data) does not hide
+    the built-in ``news`` space."""
     path = Path(spec)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise SpaceError(f"{spec}: space file not found")
+    if path.is_file():
         return path
+    if path.suffix == ".toml":
+        raise SpaceError(f"{spec}: space file not found")
     spaces = builtin_spaces()
     if spec not in spaces:
-        raise SpaceError(
-            f"{spec}: not a space file and not a built-in space (built-in: {', '.join(sorted(spaces))})"
-        )
+        what = "a folder, not a space file," if path.is_dir() else "not a space file"
+        raise SpaceError(f"{spec}: {what} and not a built-in space (built-in: {', '.join(sorted(spaces))})")
     return spaces[spec]
 
 

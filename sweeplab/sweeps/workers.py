@@ -35,7 +35,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import SweeplabError, Unreachable
+from sweeplab.tracker.reconnect import stop_retrying
 
 __all__ = ["run_workers"]
 
@@ -65,11 +66,15 @@ def _threads(workers: int) -> int:
 
 def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[float | None], maximise: bool) -> None:
     """Tell the observer about trials that finished since the last look."""
+    from sweeplab.sweeps.recovery import outcome  # here: a worker sets its SIGINT handler before importing MLflow
+
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if trial.number in seen:
             continue
         seen.add(trial.number)
-        state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+        state = outcome(trial)
+        if state == "duplicate":  # a queued grid cell another trial ran: it never started
+            continue
         value = trial.value if trial.state == TrialState.COMPLETE else None
         if value is not None and (best[0] is None or (value > best[0] if maximise else value < best[0])):
             best[0] = value
@@ -125,6 +130,9 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
         while True:
             _report_new(study, seen, observer, best, maximise)
             codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie
+            gone = [i for i, code in codes.items() if code == UNREACHABLE_EXIT]
+            if gone:  # the outage outlasted --outage-limit in a worker: the others face it too
+                raise Unreachable(_last_line(logs[gone[0]]).removeprefix("error: "))
             for i in [i for i, code in codes.items() if code not in (None, 0, 2) and i not in given_up]:
                 finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
                 replace_it = finished < target and len(notes) < options.workers
@@ -138,7 +146,7 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
                 break
             time.sleep(1.0)
         _report_new(study, seen, observer, best, maximise)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or the storage stayed unreachable: stop every worker, then say why
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)  # each closes its running trial as killed
@@ -150,10 +158,18 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
         raise
     for i, process in processes.items():
         if process.returncode == 2:
-            lines = [line for line in logs[i].read_text(encoding="utf-8").splitlines() if line.strip()]
-            raise SweeplabError(f"worker {i} stopped: {lines[-1] if lines else 'see ' + str(logs[i])}")
+            raise SweeplabError(f"worker {i} stopped: {_last_line(logs[i])}")
     return notes
 
+
+def _last_line(log: Path) -> str:
+    """The last line a worker wrote (its one-line error), or where to look."""
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines[-1] if lines else f"see {log}"
+
+
+#: Exit status of a process stopped by an unreachable store (sysexits' EX_TEMPFAIL: try again later).
+UNREACHABLE_EXIT = 75
 
 #: The environment variable that gives a worker its main process's pid.
 _MAIN_PID = "SWEEPLAB_MAIN_PID"
@@ -176,6 +192,7 @@ def _stop_with_main() -> None:
     def watch() -> None:
         while os.getppid() == main_pid:
             time.sleep(_WATCH_SECONDS)
+        stop_retrying()  # a storage call waiting out an outage gives up now
         while True:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(_REPEAT_SECONDS)
@@ -204,6 +221,9 @@ def main() -> None:
     except SweepFailed as exc:
         print(f"error: {exc}", flush=True)
         raise SystemExit(1) from None
+    except Unreachable as exc:
+        print(f"error: {exc}", flush=True)
+        raise SystemExit(UNREACHABLE_EXIT) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -21,6 +21,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from sweeplab.tracker.reconnect import Patience, reconnecting_client
+from sweeplab.tracker.store import redact
+
 __all__ = ["ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
@@ -165,13 +168,16 @@ class SweepRecorder:
         base_tags: Mapping[str, str],
         params: Mapping[str, Any],
         known_run_id: str | None = None,
+        outage_limit: float = 300.0,
     ) -> SweepRecorder:
         """Get or create the experiment and the sweep's parent run; log the sweep's params.
 
         ``known_run_id`` is the parent run the study recorded when it was made: a worker that
         joins the sweep later uses that run, even if it started while another worker was still
-        creating it (a search by tag could miss it and make a second parent)."""
-        client = MlflowClient(tracking_uri=tracking_uri)
+        creating it (a search by tag could miss it and make a second parent). Every call to the
+        store rides out an outage of up to ``outage_limit`` seconds (:mod:`sweeplab.tracker.reconnect`)."""
+        patience = Patience(f"the MLflow tracking store {redact(tracking_uri)}", outage_limit)
+        client = reconnecting_client(MlflowClient(tracking_uri=tracking_uri), patience)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             location = f"{artifact_root.rstrip('/')}/{experiment}" if artifact_root else None

@@ -27,6 +27,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial
 
 from sweeplab.errors import SweeplabError
+from sweeplab.tracker.reconnect import Patience, reconnecting_rdb
 
 __all__ = ["Store", "open_optuna_storage", "redact", "resolve_store", "with_postgres_driver"]
 
@@ -73,11 +74,14 @@ def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = N
 
 
 def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
-                        on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.BaseStorage:
+                        on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                        outage_limit: float = 300.0) -> optuna.storages.BaseStorage:
     """An RDB URL gives Optuna's RDBStorage with heartbeats: a running trial records one every
     ``heartbeat_seconds``, and one with none for twice that long (its worker was killed, on any
     machine) is failed by the next worker that starts a trial, which then calls ``on_stale``.
-    Anything else is a journal file path (one machine; ``sweeps.recovery`` keeps heartbeats there itself).
+    Its calls ride out a database outage of up to ``outage_limit`` seconds
+    (:mod:`sweeplab.tracker.reconnect`). Anything else is a journal file path (one machine;
+    ``sweeps.recovery`` keeps heartbeats there itself).
 
     A missing database driver or an unreachable server is a one-line :class:`SweeplabError`."""
     if not spec.startswith(RDB_SCHEMES):
@@ -91,8 +95,9 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.9
-                return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds,
-                                                  grace_period=2 * heartbeat_seconds, **{callback: on_stale})
+                rdb = optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
+                                                 engine_kwargs=_engine_kwargs(spec), **{callback: on_stale})
+            return reconnecting_rdb(rdb, Patience(f"the Optuna storage {redact(spec)}", outage_limit))
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if _schema_race(exc) and attempt + 1 < _SCHEMA_ATTEMPTS:
                 time.sleep(random.uniform(0.2, 1.0))  # another process is creating the tables: they exist now
@@ -100,6 +105,19 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
             first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
             raise SweeplabError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
     raise AssertionError("unreachable")
+
+
+def _engine_kwargs(spec: str) -> dict[str, object]:
+    """SQLAlchemy engine settings for the Optuna database: test a pooled connection before use
+    (a restarted server dropped it), and on PostgreSQL give up connecting after 10 s and notice a
+    silently dead connection (a host that vanished) within about a minute through TCP keepalives,
+    so that an outage surfaces as an error :mod:`sweeplab.tracker.reconnect` can wait out instead of
+    a call that hangs."""
+    kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if spec.startswith("postgresql+psycopg"):
+        kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3}
+    return kwargs
 
 
 #: How often a new RDB storage is opened again when another process was creating its tables at that moment.

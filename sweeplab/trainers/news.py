@@ -42,9 +42,10 @@ import torch
 from torch import nn
 
 from sweeplab.datasets.cache import fingerprint_files
-from sweeplab.datasets.news import NewsData, read_news
+from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.splits import majority_share
+from sweeplab.sweeps.limits import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
@@ -77,6 +78,29 @@ DEFAULTS: dict[str, Any] = {
     "kernel_sizes": "2,3,4",   # textcnn
     "ngrams": 2,               # fasttext: characters and their n-grams up to this n
     "buckets": 200_000,        # fasttext: hashed n-gram embeddings
+}
+#: What each parameter accepts (checked before the first trial). ``model`` has none: any
+#: transformers name or local directory is a model, besides the families.
+LIMITS: dict[str, Limit] = {
+    "hidden_size": POSITIVE_INT,
+    "layers": POSITIVE_INT,
+    "heads": POSITIVE_INT,
+    "dropout": FRACTION,
+    "lr": POSITIVE,
+    "batch_size": POSITIVE_INT,
+    "max_length": Limit(low=3, integer=True),  # [CLS], one token, [SEP]
+    "epochs": POSITIVE_INT,
+    "eval_every": NON_NEGATIVE_INT,            # 0: once per epoch
+    "warmup_ratio": FRACTION,
+    "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE,             # 0: no clipping
+    "eval_batch_size": POSITIVE_INT,
+    "layout": Limit.one_of("auto", *LAYOUTS),
+    "embedding_dim": POSITIVE_INT,
+    "filters": POSITIVE_INT,
+    "kernel_sizes": Limit(low=1, integer=True, listed=True),
+    "ngrams": POSITIVE_INT,
+    "buckets": POSITIVE_INT,
 }
 SPLITS = ("train", "val", "test")
 
@@ -322,4 +346,5 @@ TASK = Task(
     x_axis="step",
     save_checkpoint=_save_checkpoint,
     evaluate_test=_evaluate_test,
+    limits=LIMITS,
 )

@@ -48,6 +48,7 @@ from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
 from sweeplab.datasets.report import DataError
+from sweeplab.sweeps.limits import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
@@ -77,6 +78,27 @@ DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "freeze_text": False,
     "freeze_vision": False,
+}
+#: What each parameter accepts (checked before the first trial). ``model`` has none: any
+#: ChineseCLIP name or local directory, or ``scratch``.
+LIMITS: dict[str, Limit] = {
+    "hidden_size": POSITIVE_INT,
+    "text_layers": POSITIVE_INT,
+    "vision_layers": POSITIVE_INT,
+    "heads": POSITIVE_INT,
+    "projection_dim": POSITIVE_INT,
+    "patch_size": POSITIVE_INT,
+    "image_size": Limit(low=32, integer=True),
+    "lr": POSITIVE,
+    "batch_size": Limit(low=2, integer=True),  # a contrastive batch needs a negative
+    "eval_batch_size": POSITIVE_INT,
+    "warmup_steps": NON_NEGATIVE_INT,
+    "weight_decay": NON_NEGATIVE,
+    "epochs": POSITIVE_INT,
+    "max_length": Limit(low=3, integer=True),  # [CLS], one token, [SEP]
+    "max_grad_norm": NON_NEGATIVE,             # 0: no clipping
+    "freeze_text": BOOLEAN,
+    "freeze_vision": BOOLEAN,
 }
 KS = (1, 5, 10)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -353,4 +375,5 @@ TASK = Task(
     fit=_fit,
     save_checkpoint=_save_checkpoint,
     evaluate_test=_evaluate_test,
+    limits=LIMITS,
 )

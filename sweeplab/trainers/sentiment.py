@@ -36,6 +36,7 @@ from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
+from sweeplab.sweeps.limits import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
 from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
 from sweeplab.trainers.device import autocast, seed_everything
@@ -66,6 +67,25 @@ DEFAULTS: dict[str, Any] = {
     "plateau_patience": 1,
 }
 MODALITIES = ("fusion", "text", "image")
+#: What each parameter accepts (checked before the first trial). ``text_model``,
+#: ``image_model`` and ``image_weights`` have none: a preset, a model name or a local path.
+LIMITS: dict[str, Limit] = {
+    "batch_size": POSITIVE_INT,
+    "lr": POSITIVE,
+    "complexity": Limit.one_of("high", "low"),
+    "epochs": POSITIVE_INT,
+    "modality": Limit.one_of(*MODALITIES),
+    "dropout": FRACTION,
+    "weight_decay": NON_NEGATIVE,
+    "text_pooling": Limit.one_of("auto", "cls", "mean"),
+    "freeze_backbones": BOOLEAN,
+    "max_length": Limit(low=3, integer=True),             # [CLS], one token, [SEP]
+    "image_size": Limit(low=32, integer=True),
+    "augment": BOOLEAN,
+    "rotation_degrees": NON_NEGATIVE,                     # rotations within +- this angle
+    "plateau_factor": Limit(low=0, high=1, low_open=True, high_open=True),
+    "plateau_patience": NON_NEGATIVE_INT,
+}
 
 
 def widths(complexity: str) -> tuple[int, int, int]:
@@ -456,4 +476,5 @@ TASK = Task(
     prepare=_prepare,
     fit=_fit,
     format_predictions=_format_predictions,
+    limits=LIMITS,
 )

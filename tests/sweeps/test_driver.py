@@ -1,18 +1,30 @@
-"""The driver's study opening: one process creates a study, and only it makes the parent run."""
+"""The driver's study opening (one process creates a study, and only it makes the parent run), its
+samplers' seeds, and how it reports a sweep whose every trial failed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import optuna
+import pytest
+from mlflow import MlflowClient
 
-from sweeplab.sweeps.driver import PARENT_RUN, _open_study, _recorded_parent
+from sweeplab.sweeps.driver import PARENT_RUN, SweepFailed, _open_study, _recorded_parent
+from sweeplab.tasks import Loaded, TrialEnv
+from sweeplab.trainers.loop import FitResult, Reporter, fit
+from tests.conftest import TINY
+from tests.fake_tasks import Replay, make_task, sweep_task
 
 
 def test_of_two_processes_opening_one_study_exactly_one_is_its_creator() -> None:
     storage = optuna.storages.InMemoryStorage()
-    args = (optuna.samplers.RandomSampler(), optuna.pruners.NopPruner(), "maximize")
+    args = (optuna.pruners.NopPruner(), "maximize")
     first, created_first = _open_study(storage, "s", *args)
     second, created_second = _open_study(storage, "s", *args)
     assert (created_first, created_second) == (True, False)
@@ -21,9 +33,68 @@ def test_of_two_processes_opening_one_study_exactly_one_is_its_creator() -> None
 
 def test_a_joining_process_waits_for_the_creator_to_record_the_parent_run() -> None:
     storage = optuna.storages.InMemoryStorage()
-    study, _ = _open_study(storage, "s", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner(), "minimize")
+    study, _ = _open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
     assert _recorded_parent(study, 0.2) is None  # never recorded: the caller finds or makes the run itself
     threading.Timer(0.5, lambda: study.set_user_attr(PARENT_RUN, "run-of-the-creator")).start()
     start = time.monotonic()
     assert _recorded_parent(study, 30) == "run-of-the-creator"
     assert time.monotonic() - start < 10
+
+
+def _replay(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+    return fit(Replay(2), 2, reporter, "val_accuracy")
+
+
+def test_one_process_from_scratch_proposes_the_same_configurations_for_the_same_seed(tmp_path: Path) -> None:
+    task = make_task("seeded", _replay)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = sweep_task(task, tmp_path / "a", 3, sampler="random", seed=7)
+    second = sweep_task(task, tmp_path / "b", 3, sampler="random", seed=7)
+    params = [[t.params for t in optuna.load_study(study_name=o.study, storage=_journal(tmp_path / d)).trials]
+              for o, d in ((first, "a"), (second, "b"))]
+    assert params[0] == params[1]
+
+
+def _journal(folder: Path) -> optuna.storages.BaseStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "store" / "optuna.journal")))
+
+
+def test_a_rerun_does_not_propose_the_first_runs_configurations_again(tmp_path: Path) -> None:
+    task = make_task("reseeded", _replay)
+    sweep_task(task, tmp_path, 2, sampler="random")
+    outcome = sweep_task(task, tmp_path, 4, sampler="random")
+    trials = optuna.load_study(study_name=outcome.study, storage=_journal(tmp_path)).trials
+    assert trials[2].params != trials[0].params and trials[3].params != trials[1].params
+
+
+def test_two_identical_commands_started_together_do_not_start_with_the_same_configuration(
+        tmp_path: Path, sentiment_dir: Path) -> None:
+    """The README's many-machine recipe: the same command on every machine. Here two on one store,
+    same seed, same moment: each process's first trial has parameters of its own."""
+    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "4", "--sampler", "random",
+               "--data-dir", str(sentiment_dir), "--store-dir", str(tmp_path / "store"), "--no-plots",
+               "--set", "epochs=2", *TINY]
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    trials = optuna.load_study(study_name="sentiment-random", storage=_journal(tmp_path)).trials
+    first_of = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        first_of.setdefault(trial.user_attrs["worker"], trial.params)
+    assert len(first_of) == 2, "both processes ran a trial"
+    assert list(first_of.values())[0] != list(first_of.values())[1]
+
+
+def test_a_sweep_whose_every_trial_failed_is_a_failed_sweep(tmp_path: Path) -> None:
+    def broken(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        raise ValueError("shapes do not match")
+
+    with pytest.raises(SweepFailed, match="every trial failed; last reason: ValueError: shapes do not match"):
+        sweep_task(make_task("all-failed", broken), tmp_path, 2)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("all-failed").experiment_id
+    parent = client.search_runs([experiment], "tags.`sweeplab.role` = 'sweep'")[0]
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["trials_failed"] == 5 and parent.data.metrics["trials_complete"] == 0

@@ -44,7 +44,7 @@ def _fit_heavy(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporte
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory is read from /proc (Linux)")
 def test_resident_memory_does_not_grow_from_trial_to_trial(tmp_path: Path) -> None:
     outcome = sweep_task(make_task("heavy", _fit_heavy), tmp_path, 6, pruner="none", checkpoints="none")
-    assert outcome.counts["complete"] == 6 and outcome.counts["fail"] == 2
+    assert outcome.counts["complete"] == 6 and outcome.counts["failed"] == 2
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("heavy").experiment_id], "tags.`sweeplab.role` = 'trial'")
     start = {int(r.data.tags["sweeplab.trial"]): r.data.metrics["memory_host_mb_start"] for r in runs}

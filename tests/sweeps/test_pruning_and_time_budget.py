@@ -73,7 +73,7 @@ def test_hyperband_is_sized_by_the_most_epochs_the_space_gives() -> None:
 def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_path: Path) -> None:
     task = _task("budget")
     spent = sweep_task(task, tmp_path, 3, pruner="none", timeout=1e-9)
-    assert spent.counts["complete"] == 0 and spent.counts["fail"] == 0
+    assert spent.counts["complete"] == 0 and spent.counts["failed"] == 0
     resumed = sweep_task(task, tmp_path, 3, pruner="none")
     assert resumed.counts["complete"] == 3
 

@@ -163,6 +163,19 @@ def test_missing_space_file_is_an_error() -> None:
         load_space("does/not/exist.toml", DEFAULTS, "sentiment")
 
 
+def test_a_folder_named_like_a_builtin_space_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data folder called ``sentiment/`` in the working directory: the name still means the
+    built-in space; a file without a suffix is read as a file; a folder that is no space says so."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sentiment").mkdir()
+    assert load_space("sentiment", DEFAULTS, "sentiment").path == builtin_spaces()["sentiment"]
+    (tmp_path / "mine").write_text("[fixed]\nepochs = 3\n", encoding="utf-8")
+    assert load_space("mine", DEFAULTS, "sentiment").fixed == {"epochs": 3}
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SpaceError, match="data: a folder, not a space file, and not a built-in space"):
+        load_space("data", DEFAULTS, "sentiment")
+
+
 def test_a_cell_is_the_same_cell_whether_its_numbers_are_ints_or_floats() -> None:
     assert cell_key({"lr": 1, "batch_size": 16}) == cell_key({"batch_size": 16.0, "lr": 1.0})
     assert cell_key({"lr": 1e-5}) != cell_key({"lr": 1e-6})

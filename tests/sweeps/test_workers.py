@@ -33,6 +33,7 @@ def test_two_workers_share_one_study_and_one_parent_run(tmp_path: Path, sentimen
     assert 6 <= len(finished) <= 7  # a total across workers (7 only if both asked for the last trial at once)
     assert len(finished) == len(study.trials)  # nothing failed, nothing left running
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == len(study.trials)  # each its own configuration
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sweeplab-sentiment").experiment_id], max_results=100)
