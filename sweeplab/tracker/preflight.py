@@ -130,7 +130,8 @@ def _check_tracking(store: Store, timeout: float) -> list[_Probe]:
 
 def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
     """``GET {uri}/health``: an MLflow tracking server answers 200 ("OK"), without credentials
-    (MLflow's auth app leaves /health open). Honours MLflow's TLS settings for https."""
+    (MLflow's auth app leaves /health open); an authenticating proxy answers 401 or 403, which
+    passes too. Honours MLflow's TLS settings for https."""
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=_tls_context(uri)) as response:
@@ -139,7 +140,9 @@ def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
         status = exc.code
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise SweeplabError(f"{shown}: no MLflow tracking server answers ({_network_reason(exc, timeout)})") from None
-    if status != 200:
+    # 401/403: a proxy in front of the server wants the credentials MLflow's client sends
+    # (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD); something answered there.
+    if status not in (200, 401, 403):
         raise SweeplabError(f"{shown}: not an MLflow tracking server (GET /health answered HTTP {status})")
 
 
