@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
+from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.datasets.muge import read_muge
 from sweeplab.datasets.shapes import write_shapes
 from sweeplab.sweeps.driver import SweepOptions, run_sweep
 from sweeplab.sweeps.space import load_space
-from sweeplab.tasks import TrialEnv, get_task
+from sweeplab.tasks import get_task
 
 
 class _Quiet:

@@ -43,8 +43,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
@@ -118,9 +118,9 @@ def peer(trials: int, epochs: int, folder: Path, tracking_uri: str | None = None
 
 def _sweeplab_task(epochs: int) -> Any:
     """A registered task whose fit replays :func:`curve` through sweeplab's real fit loop."""
+    from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
     from sweeplab.datasets.report import ReadReport
-    from sweeplab.tasks import Loaded, Task, TrialEnv
-    from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+    from sweeplab.trainers.loop import fit
 
     class Replay:
         def __init__(self, x: float) -> None:

@@ -8,16 +8,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sweeplab.errors import SweeplabError, Unreachable
+from sweeplab.errors import SweeplabError, UsageError
 
-if TYPE_CHECKING:
-    from sweeplab.tracker.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
 console = Console()
@@ -41,25 +39,31 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SweeplabError(f"--set {item}: expected KEY=VALUE")
+            raise UsageError(f"--set {item}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
 
 
-def _existing_store(store_dir: Path, tracking_uri: str | None, task: str) -> Store:
-    """The store to read from; a one-line error when the embedded default has not been made yet."""
-    from sweeplab.tracker.store import quiet_libraries, resolve_store
+def _x_axis(task: str) -> str:
+    """The step the task's curves are counted in (``epoch`` for a name no task answers to)."""
+    from sweeplab.tasks import get_task
 
-    store = resolve_store(store_dir, tracking_uri)
-    if store.is_default and not (store.root / "mlflow.db").is_file():
-        raise SweeplabError(f"{store.root / 'mlflow.db'}: no tracking store here (run `sweep run {task}` first, or pass --store-dir)")
-    quiet_libraries()
-    return store
+    try:
+        return get_task(task).x_axis
+    except UsageError:
+        return "epoch"
+
+
+def _uri(store_dir: Path, tracking_uri: str | None) -> str:
+    """The tracking URI the read commands looked in, for their messages."""
+    from sweeplab.tracker.store import resolve_store
+
+    return resolve_store(store_dir, tracking_uri).tracking_uri
 
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval or sentiment.")],
+    task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval, sentiment, a task an installed package offers, or your own training function as FILE.py:FUNCTION or package.module:FUNCTION.")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds after which no trial starts (the running ones finish); with --trials, whichever comes first.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
@@ -91,7 +95,7 @@ def run(
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
-    from sweeplab.sweeps.driver import SweepFailed, SweepOptions, run_sweep
+    from sweeplab.sweeps.driver import SweepOptions, run_sweep
     from sweeplab.tasks import get_task
 
     try:
@@ -106,12 +110,8 @@ def run(
         )
         with RichObserver(console, metric) as observer:
             outcome = run_sweep(options, observer)
-    except SweeplabError as exc:
-        raise _fail(str(exc)) from None
-    except SweepFailed as exc:
-        raise _fail(str(exc), code=1) from None
-    except Unreachable as exc:
-        raise _fail(str(exc), code=75) from None
+    except SweeplabError as exc:  # bad input 2, every trial failed 1, internal error 70, store away 75
+        raise _fail(str(exc), code=exc.exit_code) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; run the same command again to resume", code=130) from None
     for line in outcome.data_report:
@@ -141,7 +141,7 @@ def run(
 @app.command()
 def best(
     task: Annotated[str, typer.Option("--task", help="Task whose trials to rank.")],
-    metric: Annotated[Optional[str], typer.Option("--metric", help="Summary metric to rank by (default: best_val_accuracy for the task).")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Summary metric to rank by (default: the one the task's newest sweep ran with, e.g. best_val_accuracy).")] = None,
     top: Annotated[int, typer.Option("--top", help="How many trials to show.")] = 1,
     study: OnlyStudy = None,
     as_json: AsJson = False,
@@ -149,27 +149,22 @@ def best(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """The best trial(s) of a task, from the tracking store alone: params, best epoch, onset, checkpoint."""
-    from sweeplab.tasks import get_task
-    from sweeplab.tracker.query import best_trials
+    from sweeplab import api
 
     try:
-        spec = get_task(task)
-        if top < 1:
-            raise SweeplabError(f"--top {top}: expected a positive number")
-        store = _existing_store(store_dir, tracking_uri, task)
-        rows = best_trials(store.tracking_uri, spec.name, metric or spec.best_metric, top=top, study=study)
+        rows = api.best(task, top=top, metric=metric, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
     except SweeplabError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), code=exc.exit_code) from None
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif rows:
         from sweeplab.console import trial_panels
 
-        for table in trial_panels(rows, spec.x_axis):
+        for table in trial_panels(rows, _x_axis(task)):
             console.print(table)
             console.print()
     if not rows:
-        raise _fail(f"no finished trials of task {task} with metric {metric or spec.best_metric} in {store.tracking_uri}", code=1)
+        raise _fail(f"no finished trials of task {task}{f' with metric {metric}' if metric else ''} in {_uri(store_dir, tracking_uri)}", code=1)
 
 
 @app.command()
@@ -181,16 +176,12 @@ def status(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Sweeps in the store, running or finished: trials complete, pruned, failed, killed and running, best so far."""
-    from sweeplab.tasks import get_task, task_names
-    from sweeplab.tracker.query import sweeps
+    from sweeplab import api
 
     try:
-        if task is not None:
-            get_task(task)
-        store = _existing_store(store_dir, tracking_uri, task or "TASK")
-        rows = sweeps(store.tracking_uri, {name: get_task(name).best_metric for name in task_names()}, task, study)
+        rows = api.status(task, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
     except SweeplabError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), code=exc.exit_code) from None
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif rows:
@@ -200,7 +191,7 @@ def status(
             console.print(table)
             console.print()
     if not rows:
-        raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {store.tracking_uri}", code=1)
+        raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {_uri(store_dir, tracking_uri)}", code=1)
 
 
 @app.command()
@@ -219,7 +210,7 @@ def ui(
         if store.is_default:  # the UI on a store no sweep made yet: a complete, empty one
             ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     except SweeplabError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), code=exc.exit_code) from None
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} for {store.tracking_uri}")
     raise typer.Exit(subprocess.call(command, env={**os.environ}))
@@ -243,7 +234,7 @@ def server(
     try:
         backend = with_postgres_driver(backend_store_uri or f"sqlite:///{root / 'server.db'}", "--backend-store-uri")
     except SweeplabError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), code=exc.exit_code) from None
     destination = (artifacts or root / "server-artifacts").resolve()
     console.print(f"MLflow server on http://{host}:{port}: runs in {redact(backend)}, artifacts in {destination}", highlight=False)
     address = socket.gethostname() if host in ("0.0.0.0", "::") else host

@@ -40,7 +40,7 @@ class RichObserver:
         self.epochs = self.progress.add_task("trial", total=1, visible=False)
 
     def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None:
-        self.progress.reset(self.epochs, total=max(rounds, 1), description=f"  trial {number}", visible=True)
+        self.progress.reset(self.epochs, total=rounds or None, description=f"  trial {number}", visible=True)
 
     def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("val_loss", self.metric))

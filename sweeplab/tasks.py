@@ -1,31 +1,33 @@
-"""The task registry: one :class:`Task` object per task, found by name.
+"""The task registry: every task sweeplab can run, found by name.
 
-A task names everything the sweep engine needs and nothing more: how to load its data (cheap,
-validated before anything is written to a store), how to prepare it once per sweep (decoding,
-tokenising, features, all cached), how to fit one configuration, the metric a trial
-is judged by, every hyperparameter it accepts with its default, its default search space and its
-packaged sample data. Adding a task is one new module that defines ``TASK`` and one line in
-:data:`REGISTRY`.
+A task (:class:`~sweeplab.core.Task`) is found, in this order, as:
+
+* a task object registered in this process (:func:`register`);
+* a built-in task (:data:`REGISTRY`: news, retrieval, sentiment);
+* a task an installed package offers through the ``sweeplab.tasks`` entry-point group, whose
+  value is a :class:`~sweeplab.core.Task` or a training function;
+* a training function named by ``FILE.py:FUNCTION`` or ``package.module:FUNCTION``
+  (:mod:`sweeplab.trainers.function`).
+
+Every process of a sweep (``--workers``, other machines) finds its task the same way from the
+same name, so a user's function is swept in parallel like a built-in.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from sweeplab.core import Task
+from sweeplab.errors import UsageError
 
-from sweeplab.datasets.cache import PrepCache
-from sweeplab.datasets.report import ReadReport
-from sweeplab.errors import SweeplabError
-from sweeplab.sweeps.limits import Limit
-from sweeplab.tracker.curves import Direction, OnsetRule
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
-
-__all__ = ["REGISTRY", "Loaded", "Task", "TrialEnv", "get_task", "register", "task_names"]
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "get_task", "register", "task_names"]
 
 #: task name -> "module:attribute" of its Task object (imported on first use: torch and
 #: transformers are slow to import, and a typo in the task name should fail fast).
@@ -35,96 +37,138 @@ REGISTRY: dict[str, str] = {
     "sentiment": "sweeplab.trainers.sentiment:TASK",
 }
 
-
-@dataclass(frozen=True)
-class Loaded:
-    """A task's data after reading: the task-specific payload and what the readers skipped.
-
-    ``majority`` is the validation accuracy of always answering the validation split's most
-    frequent class (its share of the split), the floor a classifier must clear to have learnt
-    anything; ``None`` for tasks that are not classification."""
-
-    payload: Any
-    reports: tuple[ReadReport, ...]
-    fingerprint: str
-    class_names: tuple[str, ...] = ()
-    majority: float | None = None
-
-
-@dataclass(frozen=True)
-class TrialEnv:
-    """Where and how a trial runs; plain values shared by every trial of a sweep. ``metric`` and
-    ``direction`` pick a trial's best evaluation (the task's, unless ``sweep run --metric``)."""
-
-    device: torch.device
-    precision: str
-    cache: PrepCache
-    seed: int
-    trial_seed: int
-    early_stop: OnsetRule | None
-    keep_state: bool = True
-    metric: str = "val_accuracy"
-    direction: Direction = "maximize"
-
-
-@dataclass(frozen=True)
-class Task:
-    """Everything the sweep engine needs to know about a task.
-
-    ``load(data_dir, seed, val_fraction, settings)`` reads and validates the data (``settings``
-    are the defaults with the space's fixed values, e.g. a ``layout``); ``x_axis`` names the
-    curves' step (``epoch``, or ``step`` for tasks evaluated every N optimizer steps).
-    ``save_checkpoint(loaded, config, state, folder)`` writes the best state in the task's own
-    format (default: ``model.pt`` holding the state dict); ``evaluate_test(loaded, config,
-    folder, env)`` scores such a folder on the held-out test split, once, after the search.
-    ``limits`` says what each hyperparameter accepts (:class:`~sweeplab.sweeps.limits.Limit`);
-    a sweep checks its space against them before any data is prepared, so that a value no trial
-    can run with is one clear error rather than a sweep of failed trials. A parameter without a
-    limit is not checked.
-    """
-
-    name: str
-    summary: str
-    metric: str
-    direction: Direction
-    defaults: Mapping[str, Any]
-    default_space: str
-    sample_data: Path | None
-    load: Callable[[Path, int, float, Mapping[str, Any]], Loaded]
-    prepare: Callable[[Loaded, Mapping[str, Any], TrialEnv], None]
-    fit: Callable[[Loaded, Mapping[str, Any], TrialEnv, Reporter], FitResult]
-    format_predictions: Callable[[Any], str] | None = None
-    x_axis: str = "epoch"
-    save_checkpoint: Callable[[Loaded, Mapping[str, Any], Mapping[str, Any], Path], None] | None = None
-    evaluate_test: Callable[[Loaded, Mapping[str, Any], Path, TrialEnv], Evaluation | None] | None = None
-    limits: Mapping[str, Limit] = field(default_factory=dict)
-
-    @property
-    def best_metric(self) -> str:
-        """The summary metric holding the trial's value, e.g. ``best_val_accuracy``."""
-        return f"best_{self.metric}"
-
+#: The entry-point group through which installed packages offer tasks.
+ENTRY_POINT_GROUP = "sweeplab.tasks"
 
 _REGISTERED: dict[str, Task] = {}
 
 
-def register(task: Task) -> None:
-    """Make a task object defined outside sweeplab (a plug-in, a benchmark) runnable by name."""
-    if task.name in REGISTRY or task.name in _REGISTERED:
+def register(task: Task, replace: bool = False) -> None:
+    """Make a task object defined outside sweeplab (a plug-in, a benchmark) runnable by name in
+    this process; ``replace`` lets a task registered before under the name (a notebook cell run
+    again) give way. A built-in name is never replaced."""
+    if task.name in REGISTRY or (task.name in _REGISTERED and not replace):
         raise ValueError(f"a task named {task.name!r} is already registered")
     _REGISTERED[task.name] = task
 
 
+#: Tasks resolved from a ``FILE.py:FUNCTION`` or ``module:FUNCTION`` spec, by spec: the file is
+#: imported once per process however often the task is asked for.
+_RESOLVED: dict[str, Task] = {}
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def task_names() -> list[str]:
-    """Every registered task name."""
-    return sorted({*REGISTRY, *_REGISTERED})
+    """Every task name known without a spec: registered, built-in and offered by entry points."""
+    return sorted({*REGISTRY, *_REGISTERED, *_entry_points()})
+
+
+def _as_task(obj: Any, name: str, where: str) -> Task:
+    """A :class:`Task` as it is, a training function as its task; else a one-line error."""
+    if isinstance(obj, Task):
+        return obj
+    if callable(obj):
+        from sweeplab.trainers.function import function_task
+
+        return function_task(obj, name)
+    raise UsageError(f"{where}: expected a training function or a sweeplab Task, found {type(obj).__name__}")
+
+
+def _import_file(path: Path, shown: str) -> Any:
+    """Import a Python file as a module named after it (its folder goes first on ``sys.path``, as
+    for ``python FILE``, so that it imports its neighbours); a unique name if that one is taken."""
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    loaded = sys.modules.get(path.stem)
+    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+        return loaded  # the module this process imported already (a notebook's, a script's)
+    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else f"_sweeplab_user_{abs(hash(path))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{shown}: not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UsageError(f"{shown}: importing it raised {type(exc).__name__}: {_first_line(exc)}") from None
+    return module
+
+
+def _import_module(dotted: str) -> Any:
+    """Import ``package.module``, looking in the working directory first (as ``python -m`` does)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        if exc.name and dotted.startswith(exc.name):
+            raise UsageError(f"{dotted}: no module of that name (expected FILE.py:FUNCTION or package.module:FUNCTION)") from None
+        raise UsageError(f"{dotted}: importing it raised ModuleNotFoundError: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise UsageError(f"{dotted}: importing it raised {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _from_spec(spec: str) -> Task:
+    """The task of ``FILE.py:FUNCTION`` or ``package.module:FUNCTION``, named ``FILE.py:FUNCTION``
+    (the file's name, not its folder, so that a sweep started from another folder is the same
+    task) or ``package.module:FUNCTION``, unless the function declares a name."""
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise UsageError(f"{spec}: expected FILE.py:FUNCTION or package.module:FUNCTION")
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise UsageError(f"{where}: no such file (expected FILE.py:FUNCTION)")
+        path = path.resolve()
+        key, name = f"{path}:{attr}", f"{path.name}:{attr}"
+        if key in _RESOLVED:
+            return _RESOLVED[key]
+        module = _import_file(path, where)
+    else:
+        key = name = spec
+        if key in _RESOLVED:
+            return _RESOLVED[key]
+        module = _import_module(where)
+    if not hasattr(module, attr):
+        found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise UsageError(f"{where}: no function {attr!r}" + (f" (functions there: {', '.join(found)})" if found else ""))
+    _RESOLVED[key] = task = _as_task(getattr(module, attr), name, spec)
+    _RESOLVED.setdefault(task.name, task)  # the name it declares finds it too, in this process
+    return task
 
 
 def get_task(name: str) -> Task:
-    """The registered task called ``name``; a clear error naming the known ones otherwise."""
+    """The task called ``name`` (see the module docstring for where it is looked up); a one-line
+    error naming the known ones otherwise."""
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name not in REGISTRY:
-        raise SweeplabError(f"unknown task {name!r} (expected one of: {', '.join(task_names())})")
-    module, attr = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    if name in REGISTRY:
+        module, attr = REGISTRY[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    if name in _RESOLVED:
+        return _RESOLVED[name]
+    if ":" in name:
+        return _from_spec(name)
+    offered = _entry_points()
+    if name in offered:
+        try:
+            obj = offered[name].load()
+        except Exception as exc:
+            raise UsageError(f"task {name}: loading its entry point {offered[name].value} raised "
+                                f"{type(exc).__name__}: {_first_line(exc)}") from None
+        return _as_task(obj, name, f"task {name} (entry point {offered[name].value})")
+    if name.endswith(".py"):
+        raise UsageError(f"{name}: name the training function too, as {name}:FUNCTION")
+    raise UsageError(f"unknown task {name!r} (expected one of: {', '.join(task_names())}, "
+                        "or FILE.py:FUNCTION, or package.module:FUNCTION)")

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sweeplab.core import Evaluation, Loaded, Task
 from sweeplab.datasets.report import ReadReport
 from sweeplab.sweeps.driver import SweepOptions, run_sweep
-from sweeplab.tasks import Loaded, Task, register, task_names
-from sweeplab.trainers.loop import Evaluation
+from sweeplab.tasks import register, task_names
 
 
 class Replay:

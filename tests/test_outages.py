@@ -25,9 +25,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import Unreachable
-from sweeplab.tasks import Loaded, TrialEnv
-from sweeplab.trainers.loop import FitResult, Reporter, fit
+from sweeplab.trainers.loop import fit
 from tests.checks import wait_for
 from tests.conftest import TINY, _free_port
 from tests.fake_tasks import Replay, make_task, sweep_task

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 from sweeplab.tracker.store import open_optuna_storage
 from tests.checks import assert_grid_ran_every_cell_once, wait_for
 from tests.conftest import TINY
@@ -130,7 +130,7 @@ def test_processes_opening_a_new_database_at_the_same_moment_all_get_the_storage
         barrier.wait()
         try:
             open_optuna_storage(storage)
-        except SweeplabError as exc:
+        except UsageError as exc:
             errors.append(str(exc))
 
     threads = [threading.Thread(target=open_at_once) for _ in range(6)]

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.tasks import Loaded, Task, TrialEnv
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
 

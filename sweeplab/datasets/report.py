@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 
 __all__ = ["DataError", "ReadReport"]
 
 _KEEP = 5  # offending places remembered per problem; the count is always exact
 
 
-class DataError(SweeplabError):
+class DataError(UsageError):
     """A data directory or file that cannot be used at all."""
 
 

@@ -19,8 +19,9 @@ import hashlib
 import json
 import math
 import os
-import socket
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -34,28 +35,32 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from sweeplab.core import Evaluation, FitResult, Loaded, Task, TrialEnv, direction_of
 from sweeplab.datasets.cache import PrepCache
-from sweeplab.errors import SweeplabError, Unreachable
+from sweeplab.errors import InternalError, SweepFailed, Unreachable, UsageError
 from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
-from sweeplab.sweeps.recovery import (OUTCOMES, KilledTrials, close_runs_of_ended_trials, outcome, requeue_killed_grid_cells,
-                                      worker_attrs)
+from sweeplab.sweeps.recovery import OUTCOMES, KilledTrials, close_runs_of_ended_trials, outcome, requeue_killed_grid_cells, worker_attrs
 from sweeplab.sweeps.space import Space, load_space
-from sweeplab.tasks import Loaded, Task, TrialEnv, get_task
+from sweeplab.tasks import get_task
 from sweeplab.tracker import plots
 from sweeplab.tracker.curves import OnsetRule
-from sweeplab.tracker.provenance import provenance_tags
-from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.embedded import ensure_tracking_db
 from sweeplab.tracker.preflight import check_store
+from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.reconnect import bound_http_retries
+from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder
 from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
-from sweeplab.trainers.loop import Evaluation, FitResult
 from sweeplab.trainers.metrics import per_class_report
 
-__all__ = ["SAMPLERS", "SweepFailed", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["SAMPLERS", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
 
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "hyperband", "asha", "none")
@@ -63,10 +68,6 @@ CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
 PRUNER = "sweeplab.pruner"  # study user attribute: the pruner the sweep runs with
-
-
-class SweepFailed(RuntimeError):
-    """The sweep ran but no trial finished (each failure's reason is on its MLflow run)."""
 
 
 @dataclass(frozen=True)
@@ -154,19 +155,28 @@ class SweepOutcome:
 
 def _with_metric(task: Task, metric: str | None) -> Task:
     """The task judged by another validation metric (``--metric val_f1_macro``): it picks each
-    trial's best evaluation, its value and the best trial. Losses are minimised, the rest
-    maximised."""
+    trial's best evaluation, its value and the best trial; its direction follows
+    :func:`~sweeplab.tracker.curves.direction_of`."""
     if metric is None or metric == task.metric:
         return task
-    if not metric.startswith("val_"):
-        raise SweeplabError(f"--metric {metric}: expected a validation metric such as val_accuracy, val_f1_macro or val_loss")
-    return replace(task, metric=metric, direction="minimize" if metric.endswith("loss") else "maximize")
+    if not task.open and not metric.startswith("val_"):
+        raise UsageError(f"--metric {metric}: expected a validation metric such as val_accuracy, val_f1_macro or val_loss")
+    return replace(task, metric=metric, direction=direction_of(metric))
 
 
 def _parse_override(task: Task, key: str, value: Any) -> Any:
-    """Coerce a ``--set key=value`` string to the type of the task's default."""
+    """Coerce a ``--set key=value`` string to the type of the task's default; for a parameter an
+    open task does not declare, read it as a TOML value (``3``, ``0.1``, ``true``, ``"a"``), else
+    as the string itself."""
+    if task.open and key not in task.defaults:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value
     if key not in task.defaults:
-        raise SweeplabError(f"--set {key}: unknown parameter for task {task.name} (known: {', '.join(sorted(task.defaults))})")
+        raise UsageError(f"--set {key}: unknown parameter for task {task.name} (known: {', '.join(sorted(task.defaults))})")
     default = task.defaults[key]
     if not isinstance(value, str):
         return value
@@ -180,35 +190,35 @@ def _parse_override(task: Task, key: str, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except ValueError:
-        raise SweeplabError(f"--set {key}={value}: expected a {type(default).__name__}") from None
+        raise UsageError(f"--set {key}={value}: expected a {type(default).__name__}") from None
     return value
 
 
 def _validate(options: SweepOptions) -> None:
     if options.trials < 1:
-        raise SweeplabError(f"--trials {options.trials}: expected a positive number of trials")
+        raise UsageError(f"--trials {options.trials}: expected a positive number of trials")
     if options.timeout is not None and not options.timeout > 0:
-        raise SweeplabError(f"--timeout {options.timeout:g}: expected a positive number of seconds")
+        raise UsageError(f"--timeout {options.timeout:g}: expected a positive number of seconds")
     if options.sampler not in SAMPLERS:
-        raise SweeplabError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
+        raise UsageError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
     if options.pruner is not None and options.pruner not in PRUNERS:
-        raise SweeplabError(f"--pruner {options.pruner}: expected one of {', '.join(PRUNERS)}")
+        raise UsageError(f"--pruner {options.pruner}: expected one of {', '.join(PRUNERS)}")
     if options.checkpoints not in CHECKPOINTS:
-        raise SweeplabError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
+        raise UsageError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
     if not 0 < options.val_fraction < 1:
-        raise SweeplabError(f"--val-fraction {options.val_fraction}: expected a number between 0 and 1")
+        raise UsageError(f"--val-fraction {options.val_fraction}: expected a number between 0 and 1")
     if options.precision not in PRECISIONS:
-        raise SweeplabError(f"--precision {options.precision}: expected one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"--precision {options.precision}: expected one of {', '.join(PRECISIONS)}")
     if options.onset_s is not None and options.onset_s < 1:
-        raise SweeplabError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
+        raise UsageError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
     if options.workers < 1:
-        raise SweeplabError(f"--workers {options.workers}: expected at least 1 worker process")
+        raise UsageError(f"--workers {options.workers}: expected at least 1 worker process")
     if not options.outage_limit >= 0:
-        raise SweeplabError(f"--outage-limit {options.outage_limit:g}: expected seconds >= 0")
+        raise UsageError(f"--outage-limit {options.outage_limit:g}: expected seconds >= 0")
     if options.heartbeat < 1:
-        raise SweeplabError(f"--heartbeat {options.heartbeat}: expected at least 1 second")
+        raise UsageError(f"--heartbeat {options.heartbeat}: expected at least 1 second")
     if options.onset_alpha is not None and not options.onset_alpha > 0:
-        raise SweeplabError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
+        raise UsageError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
 
 
 def _sampler(options: SweepOptions, space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -246,11 +256,12 @@ def _planned_evaluations(space: Space, defaults: Mapping[str, Any]) -> int | Non
     largest ``epochs`` the space can give; ``None`` when evaluations are counted in optimizer
     steps (``eval_every``) or the task has no ``epochs``."""
     every = space.params.get("eval_every") or space.fixed.get("eval_every", defaults.get("eval_every", 0))
-    if every or "epochs" not in defaults:
-        return None
     param = space.params.get("epochs")
+    known = {**defaults, **space.fixed}
+    if every or ("epochs" not in known and param is None):
+        return None
     if param is None:
-        return int(space.fixed.get("epochs", defaults["epochs"]))
+        return int(known["epochs"])
     return int(max(v for v in (param.high, *param.choices, *param.grid) if v is not None))
 
 
@@ -288,6 +299,23 @@ def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) ->
     raise ValueError(f"unknown pruner {options.pruner!r}")
 
 
+class _EngineFault(Exception):
+    """An error of sweeplab's own while a trainer ran (logging a curve point, reporting to
+    Optuna), carried through the trainer's code so that it is not taken for the trainer's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+class _TrainerFailed(Exception):
+    """What the trainer raised (``error``), told apart from sweeplab's own errors."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Reporter:
     """Bridges the trainer's evaluations to MLflow (curve points), Optuna (pruning) and the
     observer (progress)."""
@@ -304,11 +332,19 @@ class _Reporter:
         self.observer.trial_started(self.trial.number, self.config, rounds)
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
+        try:
+            return self._on_eval(step, metrics)
+        except (Unreachable, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # sweeplab's, not the trainer's: the trainer passes it on
+            raise _EngineFault(exc) from exc
+
+    def _on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         self.run.log_point(step, metrics)
         self.observer.evaluated(self.trial.number, step, metrics)
         self.evaluations += 1
         value = metrics.get(self.metric, math.nan)
-        if not self.prune or not math.isfinite(value) or self.evaluations >= self.rounds:
+        if not self.prune or not math.isfinite(value) or 0 < self.rounds <= self.evaluations:
             return False  # pruning at the last evaluation would save nothing and only relabel the trial
         # Optuna hears the evaluation's index (1, 2, ...), not the curve's step: trials with other
         # batch sizes evaluate at other optimizer steps, and the pruner compares trials at equal
@@ -350,15 +386,16 @@ class _Objective:
     """One call is one trial; see the module docstring for the path it takes."""
 
     def __init__(self, task: Task, space: Space, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
-                 options: SweepOptions, observer: SweepObserver, rule: OnsetRule, staging: Path) -> None:
+                 options: SweepOptions, observer: SweepObserver, rule: OnsetRule, staging: Path, errors_log: Path) -> None:
         self.task, self.space, self.loaded, self.env = task, space, loaded, env
         self.recorder, self.options, self.observer, self.rule, self.staging = recorder, options, observer, rule, staging
+        self.errors_log = errors_log
         self.best: float | None = None
-        self.user_error: SweeplabError | None = None
+        self.stop_error: UsageError | InternalError | None = None
         self.calls = 0  # trials this process started
 
     def _majority(self) -> dict[str, float]:
-        """``val_majority_accuracy`` (see :class:`~sweeplab.tasks.Loaded`) for classification tasks,
+        """``val_majority_accuracy`` (see :class:`~sweeplab.core.Loaded`) for classification tasks,
         on every trial's run, so that a query for the best trial also says how far it is above
         always answering the most frequent class."""
         return {} if self.loaded.majority is None else {"val_majority_accuracy": self.loaded.majority}
@@ -386,10 +423,10 @@ class _Objective:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
             reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none", config)
-            result = self.task.fit(self.loaded, config, env, reporter)
+            result = self._fit(config, env, reporter)
             summary = summarise(result.history, self.task.metric, self.task.direction, self.rule, self.task.x_axis)
             if summary.value is None:
-                raise RuntimeError(f"no finite {self.task.metric} in any evaluation")
+                raise _TrainerFailed(RuntimeError(f"no finite {self.task.metric} in any evaluation"))
             state = "pruned" if result.stopped == "pruned" else "complete"
             stop = {"sweeplab.stopped": result.stopped or "none"}
             if result.stop_reason:
@@ -409,22 +446,50 @@ class _Objective:
                 run.close("killed", "interrupted")
             self.observer.trial_finished(trial.number, "killed", None, self.best)
             raise
-        except Exception as exc:
+        except Exception as caught:
+            exc = caught.error if isinstance(caught, _TrainerFailed) else caught
             _drop_locals(exc)
             if not still_ours(trial):  # reporting to a trial another process failed raised
                 raise Abandoned(run) from None
-            if isinstance(exc, SweeplabError):  # bad input (a missing model...): stop the sweep
-                self.user_error = exc  # the search loop raises it after this trial
-            reason = _failure_reason(exc)
+            if isinstance(caught, _TrainerFailed):
+                reason = _failure_reason(exc)
+                if isinstance(exc, UsageError):  # bad input (a missing model...): stop the sweep
+                    self.stop_error = exc  # the search loop raises it after this trial
+            else:  # sweeplab's own error: every later trial would meet it too
+                reason = f"internal error: {_failure_reason(exc)}"
+                self.stop_error = self._internal_error(trial, exc)
             trial.set_user_attr("fail_reason", reason)
             run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
-            raise
+            raise exc from None
         if state == "complete" and self._better(summary.value):
             self.best = summary.value
         self.observer.trial_finished(trial.number, state, summary.value, self.best)
         return Finished(summary.value, state == "pruned", run)
+
+    def _fit(self, config: Mapping[str, Any], env: TrialEnv, reporter: _Reporter) -> FitResult:
+        """The task's fit; what it raises is wrapped in :class:`_TrainerFailed`, except sweeplab's
+        own errors met inside it (:class:`_EngineFault`), an outage and an interruption."""
+        try:
+            return self.task.fit(self.loaded, config, env, reporter)
+        except _EngineFault as fault:
+            raise fault.error from fault
+        except (Unreachable, InternalError):
+            raise
+        except Exception as exc:
+            raise _TrainerFailed(exc) from exc
+
+    def _internal_error(self, trial: optuna.Trial, exc: Exception) -> InternalError:
+        """Append the traceback of sweeplab's own error in ``trial`` to the store's error log;
+        returns the one-line error that stops the sweep."""
+        number = trial.number
+        self.errors_log.parent.mkdir(parents=True, exist_ok=True)
+        with self.errors_log.open("a", encoding="utf-8") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} study {trial.study.study_name} trial {number}\n")
+            out.write("".join(traceback.format_exception(exc)))
+        return InternalError(f"trial {number}: sweeplab failed while recording it ({_failure_reason(exc)}); "
+                             f"traceback in {self.errors_log}; the same command resumes the sweep")
 
     def _artifacts(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary, state: str) -> None:
         x_axis = self.task.x_axis
@@ -482,12 +547,12 @@ def _log_class_outputs(run: TrialRecorder, outputs: Mapping[str, Any], class_nam
         plots.close(fig)
 
 
-def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path) -> dict[str, str]:
+def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path | None) -> dict[str, str]:
     """What makes trials of one study comparable: a resumed study must have been made with the
     same task, data, split, seed and space (searched ranges and fixed values)."""
     return {
         "task": task.name,
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else "",
         "seed": str(options.seed),
         "split_seed": str(options.split_seed),
         "val_fraction": str(options.val_fraction),
@@ -505,7 +570,7 @@ def _check_same_settings(study: optuna.Study, settings: Mapping[str, str]) -> No
         return
     differ = [key for key in settings if previous.get(key, settings[key]) != settings[key]]  # absent: made before the key
     if differ:
-        raise SweeplabError(
+        raise UsageError(
             f"study {study.study_name!r} was made with other settings ({', '.join(differ)} "
             f"{'differs' if len(differ) == 1 else 'differ'}); "
             "pass --study NAME to start a new sweep, or repeat the original command to resume it"
@@ -652,14 +717,17 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
     check_store(store, options.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds, nothing written
     overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
-    space = load_space(options.space or task.default_space, task.defaults, task.name).with_overrides(overrides)
+    if not (options.space or task.default_space):
+        raise UsageError(f"task {task.name} has no default space: pass --space FILE.toml ([search.NAME] tables, see the README)")
+    space = load_space(options.space or task.default_space, None if task.open else task.defaults,
+                       task.name).with_overrides(overrides)
     check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
     if options.sampler == "grid":
         space = space.widened_to_grid()
     _sampler(options, space, options.seed)  # its arguments are checked before the store is touched
     rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
     device = pick_device(options.device)
-    data_dir = Path(options.data_dir) if options.data_dir else task.sample_data
+    data_dir = Path(options.data_dir) if options.data_dir else task.sample_data  # None: the trainer reads its own data
     if options.split_seed is None:
         options = replace(options, split_seed=options.seed)
     split_seed = options.split_seed
@@ -690,9 +758,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         study.set_user_attr(PRUNER, pruner)
     experiment = options.experiment or f"sweeplab-{task.name}"
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
-                    "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir), "trials": options.trials,
+                    "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir or ""), "trials": options.trials,
                     "device": str(device), "precision": options.precision, **rule.as_params()}
-    base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, **provenance_tags()}
+    base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, METRIC: task.metric, DIRECTION: task.direction,
+                 **provenance_tags()}
     if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
         ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))
@@ -713,10 +782,11 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
 
     freeze_long_lived()
     staging_root = store.root / "staging"
+    errors_log = store.root / "logs" / "errors.log"  # tracebacks of sweeplab's own errors (InternalError)
     staging_root.mkdir(parents=True, exist_ok=True)
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
-            objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
+            objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
             search(study, objective, observer, target, killed, options.heartbeat,
                    space if options.sampler == "grid" else None, options.seed, deadline)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
@@ -732,7 +802,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 close_runs_of_ended_trials(study, recorder)
             else:
                 worker_notes = []
-                objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging))
+                objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
                 search(study, objective, observer, target, killed, options.heartbeat,
                        space if options.sampler == "grid" else None, options.seed, deadline)
             try:

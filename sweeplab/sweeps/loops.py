@@ -22,8 +22,15 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
-from sweeplab.sweeps.recovery import (DUPLICATE, UNTOLD, KilledTrials, fail_dead_trials, fail_stale_trials, is_duplicate_cell,
-                                      trial_heartbeat)
+from sweeplab.sweeps.recovery import (
+    DUPLICATE,
+    UNTOLD,
+    KilledTrials,
+    fail_dead_trials,
+    fail_stale_trials,
+    is_duplicate_cell,
+    trial_heartbeat,
+)
 from sweeplab.sweeps.space import Space, cell_key
 from sweeplab.tracker.runs import TrialRecorder
 
@@ -52,7 +59,7 @@ class Objective(Protocol):
 
     best: float | None
     calls: int
-    user_error: Exception | None
+    stop_error: Exception | None  # raised by the loop once the trial that met it is recorded
 
     def __call__(self, trial: optuna.Trial) -> Finished: ...
 
@@ -163,8 +170,8 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
         _run_one(study, trial, objective, heartbeat)
-        if objective.user_error is not None:
-            raise objective.user_error
+        if objective.stop_error is not None:
+            raise objective.stop_error
 
 
 #: How often a process whose remaining trials are all running elsewhere looks again.
@@ -215,8 +222,8 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
             study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             continue
         _run_one(study, optuna.Trial(study, trial_id), objective, heartbeat)
-        if objective.user_error is not None:
-            raise objective.user_error
+        if objective.stop_error is not None:
+            raise objective.stop_error
 
 
 def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,

@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import optuna
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,7 +62,7 @@ __all__ = ["Param", "Space", "SpaceError", "builtin_spaces", "cell_key", "load_s
 Scalar = int | float | str | bool
 
 
-class SpaceError(SweeplabError):
+class SpaceError(UsageError):
     """A space file that cannot be used; the message names the file and the key."""
 
 
@@ -301,11 +301,11 @@ def _parse_param(path: Path, name: str, table: Any, earlier: Mapping[str, Param]
     return Param(name, kind, low=low, high=high, log=log, step=step, grid=tuple(grid), when=when)
 
 
-def load_space(spec: str | Path, known: Mapping[str, Any], task: str | None = None) -> Space:
+def load_space(spec: str | Path, known: Mapping[str, Any] | None, task: str | None = None) -> Space:
     """Read and validate a space file.
 
-    ``known`` maps every hyperparameter the task accepts to its default; a key outside it is an
-    error, as is an empty range, a grid value a parameter cannot take (not a number, not an
+    ``known`` maps every hyperparameter the task accepts to its default (``None``: the task
+    accepts any name, as a user's training function does); a key outside it is an error, as is an empty range, a grid value a parameter cannot take (not a number, not an
     integer for an integer range, not above 0 on a log scale, not a choice), a ``when`` that names
     no parameter above it, or a ``task`` that differs from ``task``.
     """
@@ -326,7 +326,7 @@ def load_space(spec: str | Path, known: Mapping[str, Any], task: str | None = No
         raise SpaceError(f"{path}: [search] and [fixed] must be tables")
     for section, names in (("search", search), ("fixed", fixed)):
         for name in names:
-            if name not in known:
+            if known is not None and name not in known:
                 raise SpaceError(
                     f"{path}: unknown parameter [{section}.{name}] (known: {', '.join(sorted(known))})"
                 )

@@ -35,7 +35,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.errors import SweeplabError, Unreachable
+from sweeplab.errors import InternalError, SweeplabError, Unreachable, UsageError
 from sweeplab.tracker.reconnect import stop_retrying
 
 __all__ = ["run_workers"]
@@ -130,7 +130,7 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
         while True:
             _report_new(study, seen, observer, best, maximise)
             codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie
-            gone = [i for i, code in codes.items() if code == UNREACHABLE_EXIT]
+            gone = [i for i, code in codes.items() if code == Unreachable.exit_code]
             if gone:  # the outage outlasted --outage-limit in a worker: the others face it too
                 raise Unreachable(_last_line(logs[gone[0]]).removeprefix("error: "))
             for i in [i for i, code in codes.items() if code not in (None, 0, 2) and i not in given_up]:
@@ -157,8 +157,9 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
                 process.kill()
         raise
     for i, process in processes.items():
-        if process.returncode == 2:
-            raise SweeplabError(f"worker {i} stopped: {_last_line(logs[i])}")
+        for error in (UsageError, InternalError):
+            if process.returncode == error.exit_code:
+                raise error(f"worker {i} stopped: {_last_line(logs[i])}")
     return notes
 
 
@@ -167,9 +168,6 @@ def _last_line(log: Path) -> str:
     lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
     return lines[-1] if lines else f"see {log}"
 
-
-#: Exit status of a process stopped by an unreachable store (sysexits' EX_TEMPFAIL: try again later).
-UNREACHABLE_EXIT = 75
 
 #: The environment variable that gives a worker its main process's pid.
 _MAIN_PID = "SWEEPLAB_MAIN_PID"
@@ -209,21 +207,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch
 
-    from sweeplab.sweeps.driver import SweepFailed, run_sweep
+    from sweeplab.sweeps.driver import run_sweep
 
     torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
     try:
         _stop_with_main()
         run_sweep(_load(Path(sys.argv[1])))
-    except SweeplabError as exc:
+    except SweeplabError as exc:  # one line in the worker's log, and the error's exit status for the main process
         print(f"error: {exc}", flush=True)
-        raise SystemExit(2) from None
-    except SweepFailed as exc:
-        print(f"error: {exc}", flush=True)
-        raise SystemExit(1) from None
-    except Unreachable as exc:
-        print(f"error: {exc}", flush=True)
-        raise SystemExit(UNREACHABLE_EXIT) from None
+        raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -21,12 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Direction = Literal["maximize", "minimize"]
+from sweeplab.core import Direction
 
 __all__ = [
-    "Direction",
     "OnsetRule",
     "Onset",
     "best_index",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 
 __all__ = ["ensure_tracking_db"]
 
@@ -65,7 +65,7 @@ def ensure_tracking_db(path: Path, artifact_root: str | None = None) -> str | No
     ``artifact_root`` is where MLflow's default experiment keeps artifacts; it defaults to the
     store's ``artifacts/`` folder, as :func:`sweeplab.tracker.store.resolve_store` sets.
 
-    Raises :class:`SweeplabError` (one line) when the folder cannot be written, and when the
+    Raises :class:`UsageError` (one line) when the folder cannot be written, and when the
     database is incomplete but holds runs (it is left as it is)."""
     path = Path(path).absolute()
     artifact_root = artifact_root or (path.parent / "artifacts").as_uri()
@@ -81,7 +81,7 @@ def ensure_tracking_db(path: Path, artifact_root: str | None = None) -> str | No
     except OSError as exc:
         if isinstance(exc, PermissionError) or exc.errno in _FOLDER_ERRNOS:
             reason = exc.strerror or type(exc).__name__
-            raise SweeplabError(f"cannot create the MLflow database in {path.parent}: {reason}; "
+            raise UsageError(f"cannot create the MLflow database in {path.parent}: {reason}; "
                                 "choose a writable folder with --store-dir") from None
         raise
 
@@ -110,7 +110,7 @@ def _inspect(path: Path) -> _DbState:
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) == _SQLITE_NOTADB or "not a database" in str(exc):
             return _DbState(complete=False, holds_runs=False, detail="not an SQLite database")
-        raise SweeplabError(f"cannot read the MLflow database {path}: {exc}") from None
+        raise UsageError(f"cannot read the MLflow database {path}: {exc}") from None
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -169,7 +169,7 @@ def _repair(path: Path, artifact_root: str) -> str | None:
         if state.complete:
             return None
         if state.holds_runs:
-            raise SweeplabError(
+            raise UsageError(
                 f"{path} is not a complete MLflow database ({state.detail}) but holds runs: back it up, "
                 f"then run 'mlflow db upgrade sqlite:///{path}', or move it away to start a new store")
         aside = _set_aside(path, "broken")

@@ -4,7 +4,7 @@ Without this check a bad store is found late and loudly: an MLflow tracking serv
 answer costs minutes of client retries and ends in a long traceback, an unwritable folder in a raw
 ``PermissionError``, an unknown ``--storage`` scheme silently becomes a journal file named
 ``bogus:/x``, and by then the prepared-data cache (tens of MB) has been written. :func:`check_store`
-turns each of these into one :class:`~sweeplab.errors.SweeplabError` line (the CLI prints it and
+turns each of these into one :class:`~sweeplab.errors.UsageError` line (the CLI prints it and
 exits 2) within a few seconds:
 
 * the tracking URI's scheme must be one MLflow can use here, and the Optuna storage must be an RDB
@@ -41,7 +41,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 from sweeplab.tracker.store import RDB_SCHEMES, Store, redact, with_postgres_driver
 
 __all__ = ["check_store"]
@@ -79,14 +79,14 @@ _DRIVER_HINT = {"postgresql": "pip install 'sweeplab[postgres]'",
 @dataclass(frozen=True)
 class _Probe:
     """One network check: ``shown`` heads its messages (flag and redacted URI), ``run`` raises
-    :class:`SweeplabError` when the store cannot be used."""
+    :class:`UsageError` when the store cannot be used."""
 
     shown: str
     run: Callable[[], None]
 
 
 def check_store(store: Store, cache_dir: Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Raise a one-line :class:`SweeplabError` when ``store`` cannot be used; write nothing.
+    """Raise a one-line :class:`UsageError` when ``store`` cannot be used; write nothing.
 
     ``cache_dir`` is the ``--cache-dir`` flag as given (None: the default ``STORE_DIR/cache``), so
     that a message names the flag a path came from. Local checks (schemes, drivers, folders) run
@@ -121,11 +121,11 @@ def _check_tracking(store: Store, timeout: float) -> list[_Probe]:
         return []  # credentials and reachability are the Databricks SDK's or the plugin's business
     if scheme in _FILE_SCHEMES:
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
-            raise SweeplabError(f"{shown}: MLflow {_mlflow_version()} refuses a file store for tracking; use "
+            raise UsageError(f"{shown}: MLflow {_mlflow_version()} refuses a file store for tracking; use "
                                 f"sqlite:///PATH/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)")
         _check_folder(_file_uri_path(uri) if scheme == "file" else Path(uri).resolve(), flag)
         return []
-    raise SweeplabError(f"{shown}: unknown scheme '{scheme}' (expected {', '.join(_TRACKING_SCHEMES)})")
+    raise UsageError(f"{shown}: unknown scheme '{scheme}' (expected {', '.join(_TRACKING_SCHEMES)})")
 
 
 def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
@@ -139,11 +139,11 @@ def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        raise SweeplabError(f"{shown}: no MLflow tracking server answers ({_network_reason(exc, timeout)})") from None
+        raise UsageError(f"{shown}: no MLflow tracking server answers ({_network_reason(exc, timeout)})") from None
     # 401/403: a proxy in front of the server wants the credentials MLflow's client sends
     # (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD); something answered there.
     if status not in (200, 401, 403):
-        raise SweeplabError(f"{shown}: not an MLflow tracking server (GET /health answered HTTP {status})")
+        raise UsageError(f"{shown}: not an MLflow tracking server (GET /health answered HTTP {status})")
 
 
 def _tls_context(uri: str) -> ssl.SSLContext | None:
@@ -185,7 +185,7 @@ def _check_storage(store: Store, timeout: float) -> list[_Probe]:
         return _check_database(with_postgres_driver(spec, flag), flag, shown, timeout)
     if match := _URL_SCHEME.match(spec):
         # open_optuna_storage would take it for a path and write a journal named like "./bogus:/x".
-        raise SweeplabError(f"{shown}: unknown scheme '{match.group(1)}' "
+        raise UsageError(f"{shown}: unknown scheme '{match.group(1)}' "
                             f"(expected {_STORAGE_SCHEMES}, or a journal file path)")
     _check_file(Path(spec).resolve(), flag)
     return []
@@ -198,7 +198,7 @@ def _check_database(url: str, flag: str, shown: str, timeout: float) -> list[_Pr
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise SweeplabError(f"{shown}: not a database URL (expected sqlite:///PATH or DIALECT[+DRIVER]://USER:PASSWORD@HOST/DATABASE)") from None
+        raise UsageError(f"{shown}: not a database URL (expected sqlite:///PATH or DIALECT[+DRIVER]://USER:PASSWORD@HOST/DATABASE)") from None
     if parsed.get_backend_name() == "sqlite":
         # Opening the file would create it; check its folder instead. No file: in-memory database.
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
@@ -217,10 +217,10 @@ def _engine(url: str, parsed: sqlalchemy.URL, shown: str, timeout: float) -> sql
         connect_args = {arg: max(2, round(timeout))} if arg else {}  # libpq's minimum is 2 s
         return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     except sqlalchemy.exc.NoSuchModuleError:
-        raise SweeplabError(f"{shown}: unknown database driver '{parsed.drivername}'") from None
+        raise UsageError(f"{shown}: unknown database driver '{parsed.drivername}'") from None
     except ImportError as exc:
         hint = _DRIVER_HINT.get(parsed.get_backend_name(), "install it")
-        raise SweeplabError(f"{shown}: its database driver is not installed ({exc}); {hint}") from None
+        raise UsageError(f"{shown}: its database driver is not installed ({exc}); {hint}") from None
 
 
 def _probe_database(engine: sqlalchemy.Engine, shown: str) -> None:
@@ -230,7 +230,7 @@ def _probe_database(engine: sqlalchemy.Engine, shown: str) -> None:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise SweeplabError(f"{shown}: cannot connect ({_first_line(getattr(exc, 'orig', None) or exc)})") from None
+        raise UsageError(f"{shown}: cannot connect ({_first_line(getattr(exc, 'orig', None) or exc)})") from None
     finally:
         engine.dispose()
 
@@ -244,9 +244,9 @@ def _check_file(path: Path, flag: str) -> None:
     found = _stat(path)
     if found is not None:
         if not stat.S_ISREG(found.st_mode):
-            raise SweeplabError(f"{flag} {path}: cannot write there ({path} is not a regular file)")
+            raise UsageError(f"{flag} {path}: cannot write there ({path} is not a regular file)")
         if not os.access(path, os.W_OK):
-            raise SweeplabError(f"{flag} {path}: cannot write there ({path} is not writable)")
+            raise UsageError(f"{flag} {path}: cannot write there ({path} is not writable)")
     _check_folder(path.parent, flag, shown=path)
 
 
@@ -257,9 +257,9 @@ def _check_folder(folder: Path, flag: str, shown: Path | None = None) -> None:
     existing, mode = _nearest_existing(folder)
     shown = shown or folder
     if not stat.S_ISDIR(mode):
-        raise SweeplabError(f"{flag} {shown}: cannot write there ({existing} is a file, not a folder)")
+        raise UsageError(f"{flag} {shown}: cannot write there ({existing} is a file, not a folder)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SweeplabError(f"{flag} {shown}: cannot write there ({existing} is not writable)")
+        raise UsageError(f"{flag} {shown}: cannot write there ({existing} is not writable)")
 
 
 def _nearest_existing(path: Path) -> tuple[Path, int]:
@@ -302,7 +302,7 @@ def _run_probes(probes: list[_Probe], seconds: float) -> None:
             index, error = done.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             first = probes[min(pending)]
-            raise SweeplabError(f"{first.shown}: no answer within {seconds:g} s") from None
+            raise UsageError(f"{first.shown}: no answer within {seconds:g} s") from None
         pending.discard(index)
         if error is not None:
             raise error

@@ -15,9 +15,10 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from sweeplab.tracker.runs import ROLE, STATE
+from sweeplab.core import direction_of
+from sweeplab.tracker.runs import METRIC, ROLE, STATE
 
-__all__ = ["SweepRow", "TrialRow", "best_trials", "metric_direction", "sweeps"]
+__all__ = ["SweepRow", "TrialRow", "best_trials", "metric_direction", "recorded_metric", "sweeps"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,26 @@ class TrialRow:
 
 
 def metric_direction(metric: str) -> str:
-    """``ASC`` for losses and other lower-is-better names, ``DESC`` for everything else."""
-    lower_better = ("loss", "error", "gl_", "time", "perplexity")
-    return "ASC" if any(word in metric for word in lower_better) else "DESC"
+    """The SQL order of a metric's best values first: ``ASC`` for a minimised metric, ``DESC``
+    for a maximised one (:func:`~sweeplab.tracker.curves.direction_of`)."""
+    return "ASC" if direction_of(metric) == "minimize" else "DESC"
+
+
+def recorded_metric(tracking_uri: str, task: str, study: str | None = None) -> str | None:
+    """The summary metric (``best_val_accuracy``) of the newest sweep of ``task`` (of one
+    study), from the metric its parent run records; ``None`` when no sweep records one (made
+    before sweeplab recorded it), and then the task's own metric applies."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiments:
+        return None
+    filters = [f"tags.`{ROLE}` = 'sweep'", f"tags.`sweeplab.task` = '{task}'"]
+    if study:
+        filters.append(f"tags.`sweeplab.study` = '{study}'")
+    newest = client.search_runs(experiments, filter_string=" and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
+                                max_results=1, order_by=["attributes.start_time DESC"])
+    metric = newest[0].data.tags.get(METRIC) if newest else None
+    return f"best_{metric}" if metric else None
 
 
 def best_trials(
@@ -144,7 +162,8 @@ def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | Non
     rows = []
     for parent in parents:
         name = parent.data.tags.get("sweeplab.task", "")
-        metric = best_metric_of.get(name, "")
+        recorded = parent.data.tags.get(METRIC)
+        metric = f"best_{recorded}" if recorded else best_metric_of.get(name, "")
         children = client.search_runs([parent.info.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         counts = dict.fromkeys(TRIAL_STATES, 0)

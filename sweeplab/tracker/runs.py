@@ -24,9 +24,11 @@ from mlflow.exceptions import MlflowException
 from sweeplab.tracker.reconnect import Patience, reconnecting_client
 from sweeplab.tracker.store import redact
 
-__all__ = ["ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
+__all__ = ["DIRECTION", "METRIC", "ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
+METRIC = "sweeplab.metric"  # the validation metric that picks each trial's best evaluation and the best trial
+DIRECTION = "sweeplab.direction"  # maximize | minimize: how that metric is judged
 STATE = "sweeplab.state"  # running | complete | pruned | failed | killed
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 

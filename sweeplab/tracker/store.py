@@ -26,7 +26,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 from sweeplab.tracker.reconnect import Patience, reconnecting_rdb
 
 __all__ = ["Store", "open_optuna_storage", "redact", "resolve_store", "with_postgres_driver"]
@@ -83,7 +83,7 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
     (:mod:`sweeplab.tracker.reconnect`). Anything else is a journal file path (one machine;
     ``sweeps.recovery`` keeps heartbeats there itself).
 
-    A missing database driver or an unreachable server is a one-line :class:`SweeplabError`."""
+    A missing database driver or an unreachable server is a one-line :class:`UsageError`."""
     if not spec.startswith(RDB_SCHEMES):
         path = Path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
                 time.sleep(random.uniform(0.2, 1.0))  # another process is creating the tables: they exist now
                 continue
             first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
-            raise SweeplabError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
+            raise UsageError(f"cannot open the Optuna storage {redact(spec)}: {first[0] if first else type(exc).__name__}") from None
     raise AssertionError("unreachable")
 
 
@@ -138,12 +138,12 @@ def with_postgres_driver(uri: str, flag: str) -> str:
     ``postgres`` extra installs, since SQLAlchemy's default driver for the bare scheme differs
     between versions (psycopg2 before 2.1). Other URIs are returned as they are.
 
-    Raises :class:`SweeplabError` naming ``flag`` when the driver is not installed."""
+    Raises :class:`UsageError` naming ``flag`` when the driver is not installed."""
     scheme, sep, rest = uri.partition("://")
     if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
         return uri
     if importlib.util.find_spec("psycopg") is None:
-        raise SweeplabError(f"{flag} {redact(uri)} needs a PostgreSQL driver: pip install 'sweeplab[postgres]'")
+        raise UsageError(f"{flag} {redact(uri)} needs a PostgreSQL driver: pip install 'sweeplab[postgres]'")
     return f"postgresql+psycopg{sep}{rest}"
 
 

@@ -6,7 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sweeplab.tracker.curves import Direction, Onset, OnsetRule, best_index, generalization_loss, overfit_onset
+from sweeplab.core import Direction
+from sweeplab.tracker.curves import Onset, OnsetRule, best_index, generalization_loss, overfit_onset
 
 __all__ = ["TrialSummary", "summarise"]
 
@@ -48,7 +49,7 @@ def summarise(
         point = history[best]
         metrics[f"best_{x_axis}"] = point["step"]
         for key, value in point.items():
-            if key.startswith("val_") and math.isfinite(value):
+            if (key.startswith("val_") or key == metric) and math.isfinite(value):
                 metrics[f"best_{key}"] = value
     gl = [g for g in generalization_loss(losses) if math.isfinite(g)]
     if gl:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 
 __all__ = [
     "CHINESE_VOCAB_SIZE",
@@ -52,7 +52,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(SweeplabError):
+class BackboneError(UsageError):
     """A backbone that cannot be loaded; the message names it and the way out."""
 
 

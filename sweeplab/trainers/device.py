@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 
 __all__ = ["autocast", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
            "reset_peak_memory", "seed_everything"]
@@ -25,9 +25,9 @@ def pick_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise SweeplabError(f"device {spec!r} is not a torch device (expected auto, cpu, cuda or cuda:N)") from None
+        raise UsageError(f"device {spec!r} is not a torch device (expected auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SweeplabError(f"device {spec!r} asked for, but torch sees no CUDA device")
+        raise UsageError(f"device {spec!r} asked for, but torch sees no CUDA device")
     return device
 
 
@@ -42,7 +42,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         return
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dtype is None:
-        raise SweeplabError(f"precision {precision!r}: expected auto, fp32, bf16 or fp16")
+        raise UsageError(f"precision {precision!r}: expected auto, fp32, bf16 or fp16")
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
 

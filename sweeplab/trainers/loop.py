@@ -1,13 +1,13 @@
 """The training loop every task shares: train a round, evaluate, report, keep the best.
 
-A task supplies a :class:`RoundTrainer` (what one round of training and one evaluation mean for
+A task supplies a :class:`~sweeplab.core.RoundTrainer` (what one round of training and one evaluation mean for
 its model and data); :func:`fit` runs it for a number of rounds (epochs, or blocks of optimizer
 steps) and owns what must be the same for every task:
 
 * the best evaluation is the best value of the task's metric, ties to the earliest
   (:func:`sweeplab.tracker.curves.best_index`), and the model state and outputs are kept from
   that evaluation, not the last;
-* after each evaluation the :class:`Reporter` hears the point (it logs the curve and may say
+* after each evaluation the :class:`~sweeplab.core.Reporter` hears the point (it logs the curve and may say
   "prune": the trial is far behind others);
 * the trial stops early once the validation loss shows an overfitting onset
   (:func:`sweeplab.tracker.curves.overfit_onset`), when an ``early_stop`` rule is given;
@@ -21,71 +21,98 @@ or MLflow.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from sweeplab.errors import SweeplabError
-from sweeplab.tracker.curves import Direction, OnsetRule, best_index, overfit_onset
+from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer
+from sweeplab.errors import UsageError
+from sweeplab.tracker.curves import OnsetRule, best_index, overfit_onset
 
-__all__ = ["Diverged", "Evaluation", "FitResult", "Reporter", "RoundTrainer", "fit"]
+__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "keep_copy"]
 
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the trial cannot go on."""
 
 
-@dataclass
-class Evaluation:
-    """One evaluation: metrics by name (``val_loss``, ``val_accuracy``, ...) and the raw outputs
-    the tracker may turn into artifacts (``y_true``, ``y_prob`` ...)."""
-
-    metrics: dict[str, float]
-    outputs: dict[str, Any] = field(default_factory=dict)
+class TrialStopped(Exception):
+    """Raised by :meth:`Progress.report` when it is called again after it answered "stop": a
+    trainer that ignores the answer ends there, as pruned or stopped at its overfitting onset, and
+    keeps its best evaluation."""
 
 
-class RoundTrainer(Protocol):
-    """What a task implements to be trained by :func:`fit`."""
-
-    def train_round(self) -> tuple[int, float]:
-        """Train until the next evaluation; return ``(step, mean training loss)``, where step is
-        the epoch number or the optimizer step, the x axis of the curves."""
-
-    def evaluate(self) -> Evaluation:
-        """Evaluate on the validation split."""
-
-    def snapshot(self) -> dict[str, Any]:
-        """The model state (on the CPU) to keep if this evaluation is the best."""
-
-    def predict_unlabelled(self) -> Any:
-        """Predictions for the unlabelled split (``None`` if there is none), taken at the best
-        evaluation."""
-
-    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        """Hook for schedulers that follow a validation metric (e.g. ReduceLROnPlateau)."""
+def keep_copy(state: Any) -> Any:
+    """A copy of ``state`` that later training cannot change: tensors detached and copied to the
+    CPU (a copy on the GPU per new best would double its memory), containers rebuilt, anything
+    else deep-copied. A callable is called first, so that the state is only built when kept."""
+    if callable(state):
+        state = state()
+    if hasattr(state, "detach") and hasattr(state, "to"):  # a torch tensor, without importing torch here
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, Mapping):
+        return type(state)((k, keep_copy(v)) for k, v in state.items()) if isinstance(state, dict) else \
+            {k: keep_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(keep_copy(v) for v in state)
+    return copy.deepcopy(state)
 
 
-class Reporter(Protocol):
-    """Hears the plan (how many rounds) and every evaluation; ``on_eval`` returns ``True`` when
-    the trial should be pruned."""
+class Progress:
+    """The bookkeeping of one fit, fed one evaluation at a time (see the module docstring for the
+    rules): the built-in loop (:func:`fit`) and a user's training function (its ``report``) both
+    feed it, so both keep the best evaluation, its state and outputs, prune, stop at the onset and
+    end on a non-finite loss in the same way.
 
-    def on_start(self, rounds: int) -> None: ...
+    :meth:`report` returns ``True`` when the trainer should stop; called again after that, it
+    raises :class:`TrialStopped`. :attr:`result` is the fit so far."""
 
-    def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool: ...
+    def __init__(self, reporter: Reporter, metric: str, direction: Direction = "maximize",
+                 early_stop: OnsetRule | None = None, keep_state: bool = True) -> None:
+        self.reporter, self.metric, self.direction = reporter, metric, direction
+        self.early_stop, self.keep_state = early_stop, keep_state
+        self.result = FitResult(history=[], best=None)
 
+    @property
+    def stopped(self) -> bool:
+        return self.result.stopped is not None
 
-@dataclass
-class FitResult:
-    """A finished (or stopped) fit: the curve, where it was best and what was kept there."""
-
-    history: list[dict[str, float]]
-    best: int | None
-    state: dict[str, Any] | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    predictions: Any = None
-    stopped: str | None = None  # "pruned", "overfit", "diverged" or None (ran every round)
-    stop_reason: str | None = None  # for "diverged": which loss became non-finite, and where
+    def report(self, step: int | float, metrics: Mapping[str, float], state: Any = None,
+               outputs: Mapping[str, Any] | None = None, predictions: Any = None) -> bool:
+        """Hear one evaluation at ``step`` (the epoch, or the optimizer step): ``metrics`` by name,
+        ``state`` to keep if it is the best so far (a value, or a callable that builds it),
+        ``outputs`` for the tracker's artifacts (``y_true``, ``y_pred``...), ``predictions`` on
+        the unlabelled split. Returns whether to stop: pruned, past the overfitting onset, or a
+        loss that became non-finite (the trial keeps its best evaluation)."""
+        if self.stopped:
+            raise TrialStopped(self.result.stopped)
+        values = {str(k): float(v) for k, v in metrics.items()}
+        bad = next((k for k in ("train_loss", "val_loss") if k in values and not math.isfinite(values[k])), None)
+        if bad is not None:
+            problem = f"{'training' if bad == 'train_loss' else 'validation'} loss is {values[bad]} at step {step:g}"
+            if self.result.best is None:
+                raise Diverged(problem)
+            self.result.stopped, self.result.stop_reason = "diverged", problem
+            return True
+        if self.metric not in values:
+            raise UsageError(f"metric {self.metric!r} is not one this task reports ({', '.join(sorted(values))})")
+        point = {"step": float(step), **values}
+        history = self.result.history
+        history.append(point)
+        best = best_index([p[self.metric] for p in history], self.direction)
+        if best == len(history) - 1 and best != self.result.best:
+            self.result.best = best
+            self.result.outputs = dict(outputs or {})
+            self.result.predictions = predictions() if callable(predictions) else predictions
+            if self.keep_state and state is not None:
+                self.result.state = keep_copy(state)
+        if self.reporter.on_eval(int(step), point):
+            self.result.stopped = "pruned"
+        elif self.early_stop is not None and "val_loss" in values:
+            if overfit_onset([p["val_loss"] for p in history], self.early_stop) is not None:
+                self.result.stopped = "overfit"
+        return self.stopped
 
 
 def fit(
@@ -100,37 +127,17 @@ def fit(
     """Train ``rounds`` rounds, evaluating after each; see the module docstring for the rules."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    result = FitResult(history=[], best=None)
+    progress = Progress(reporter, metric, direction, early_stop, keep_state)
     reporter.on_start(rounds)
     for _ in range(rounds):
         step, train_loss = trainer.train_round()
-        problem = None if math.isfinite(train_loss) else f"training loss is {train_loss} at step {step}"
-        evaluation = None if problem else trainer.evaluate()
-        val_loss = evaluation.metrics.get("val_loss", 0.0) if evaluation else 0.0
-        if not problem and not math.isfinite(val_loss):
-            problem = f"validation loss is {val_loss} at step {step}"
-        if problem:
-            if result.best is None:
-                raise Diverged(problem)
-            result.stopped, result.stop_reason = "diverged", problem
-            break
-        if metric not in evaluation.metrics:
-            raise SweeplabError(f"metric {metric!r} is not one this task reports ({', '.join(sorted(evaluation.metrics))})")
-        point = {"step": float(step), "train_loss": float(train_loss), **evaluation.metrics}
-        result.history.append(point)
-        trainer.after_evaluation(evaluation.metrics)
-        best = best_index([p[metric] for p in result.history], direction)
-        if best == len(result.history) - 1 and best != result.best:
-            result.best = best
-            result.outputs = evaluation.outputs
-            result.predictions = trainer.predict_unlabelled()
-            if keep_state:
-                result.state = trainer.snapshot()
-        if reporter.on_eval(step, point):
-            result.stopped = "pruned"
-            break
-        if early_stop is not None and "val_loss" in evaluation.metrics:
-            if overfit_onset([p["val_loss"] for p in result.history], early_stop) is not None:
-                result.stopped = "overfit"
+        if not math.isfinite(train_loss):
+            if progress.report(step, {"train_loss": train_loss}):
                 break
-    return result
+        evaluation = trainer.evaluate()
+        metrics = {"train_loss": train_loss, **evaluation.metrics}
+        if math.isfinite(metrics.get("val_loss", 0.0)):
+            trainer.after_evaluation(evaluation.metrics)
+        if progress.report(step, metrics, trainer.snapshot, evaluation.outputs, trainer.predict_unlabelled):
+            break
+    return progress.result

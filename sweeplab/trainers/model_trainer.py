@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeplab.tasks import TrialEnv
+from sweeplab.core import FitResult, Reporter, TrialEnv
 from sweeplab.trainers.backbones import quiet_loaders
-from sweeplab.trainers.loop import FitResult, Reporter, fit
+from sweeplab.trainers.loop import fit
 
 __all__ = ["ModelTrainer", "adamw", "decay_groups", "fit_and_close", "save_with_tokenizer"]
 
@@ -79,9 +79,8 @@ class ModelTrainer:
         """The schedule follows the optimizer step, not a validation metric."""
 
     def snapshot(self) -> dict[str, Any]:
-        """The model's state dict, copied to the CPU (a copy on the GPU per new best would double
-        its memory)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """The model's state dict (the loop keeps a CPU copy, :func:`~sweeplab.trainers.loop.keep_copy`)."""
+        return self.model.state_dict()
 
     def predict_unlabelled(self) -> None:
         """These tasks have a labelled test split, scored once after the search instead."""

@@ -41,15 +41,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeplab.core import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Evaluation,
+    FitResult,
+    Limit,
+    Loaded,
+    Reporter,
+    Task,
+    TrialEnv,
+)
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.splits import majority_share
-from sweeplab.sweeps.limits import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
-from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model

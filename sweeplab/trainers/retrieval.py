@@ -44,15 +44,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeplab.core import (
+    BOOLEAN,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Evaluation,
+    FitResult,
+    Limit,
+    Loaded,
+    Reporter,
+    Task,
+    TrialEnv,
+)
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
 from sweeplab.datasets.report import DataError
-from sweeplab.sweeps.limits import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
-from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter
 from sweeplab.trainers.metrics import recall_at_k
 from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise

@@ -31,16 +31,29 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from sweeplab.core import (
+    BOOLEAN,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Evaluation,
+    FitResult,
+    Limit,
+    Loaded,
+    Reporter,
+    Task,
+    TrialEnv,
+)
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
-from sweeplab.sweeps.limits import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit
-from sweeplab.tasks import Loaded, Task, TrialEnv
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.loop import fit
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import adamw
 
@@ -401,15 +414,11 @@ class _SentimentTrainer:
         self.scheduler.step(metrics["val_loss"])
 
     def snapshot(self) -> dict[str, Any]:
-        """State dicts on the CPU (a copy on the GPU per new best would double its memory), by
-        part: ``head``, and ``text`` / ``image`` when those backbones are fine-tuned."""
+        """State dicts by part: ``head``, and ``text`` / ``image`` when those backbones are
+        fine-tuned (the loop keeps a CPU copy, :func:`~sweeplab.trainers.loop.keep_copy`)."""
         parts = {"head": self.head, "text": self.text_bb.model if self.text_bb else None,
                  "image": self.image_bb.model if self.image_bb else None}
-        return {
-            name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-            for name, module in parts.items()
-            if module is not None
-        }
+        return {name: module.state_dict() for name, module in parts.items() if module is not None}
 
     def predict_unlabelled(self) -> list[tuple[str, str]] | None:
         if self.test is None:

@@ -15,9 +15,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeplab.sweeps.driver import PARENT_RUN, SweepFailed, _open_study, _recorded_parent
-from sweeplab.tasks import Loaded, TrialEnv
-from sweeplab.trainers.loop import FitResult, Reporter, fit
+from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
+from sweeplab.errors import SweepFailed
+from sweeplab.sweeps.driver import PARENT_RUN, _open_study, _recorded_parent
+from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
 

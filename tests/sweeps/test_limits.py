@@ -10,11 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.errors import SweeplabError
+from sweeplab.core import BOOLEAN, FRACTION, POSITIVE, POSITIVE_INT, Limit, Task
+from sweeplab.errors import UsageError
 from sweeplab.sweeps.driver import _parse_override
-from sweeplab.sweeps.limits import BOOLEAN, FRACTION, POSITIVE, POSITIVE_INT, Limit, check_space
+from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.space import Space, builtin_spaces, load_space
-from sweeplab.tasks import Task, get_task
+from sweeplab.tasks import get_task
 from tests.conftest import TINY as SENTIMENT_TINY
 from tests.test_news_end_to_end import TINY_NEWS
 from tests.test_retrieval_end_to_end import TINY as RETRIEVAL_TINY
@@ -37,7 +38,7 @@ def _with_sets(space: Space, task: Task, sets: dict[str, str]) -> tuple[Space, s
 
 
 def _error(space: Space, overrides: Collection[str] = (), task: Task = SENTIMENT) -> str:
-    with pytest.raises(SweeplabError) as caught:
+    with pytest.raises(UsageError) as caught:
         check_space(space, task.limits, overrides)
     message = str(caught.value)
     assert "\n" not in message

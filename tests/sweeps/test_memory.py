@@ -11,8 +11,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sweeplab.tasks import Loaded, TrialEnv
-from sweeplab.trainers.loop import FitResult, Reporter, fit
+from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
+from sweeplab.trainers.loop import fit
 from tests.fake_tasks import Replay, make_task, sweep_task
 
 WEIGHTS_MIB = 128

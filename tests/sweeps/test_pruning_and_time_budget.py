@@ -11,11 +11,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.errors import UsageError
 from sweeplab.sweeps.driver import PRUNER, SweepOptions, _planned_evaluations, _pruner, _pruner_name
-from sweeplab.errors import SweeplabError
 from sweeplab.sweeps.space import load_space
-from sweeplab.tasks import Loaded, Task, TrialEnv
-from sweeplab.trainers.loop import Evaluation, FitResult, Reporter, fit
+from sweeplab.trainers.loop import fit
 from sweeplab.trainers.news import DEFAULTS as NEWS_DEFAULTS
 from sweeplab.trainers.sentiment import DEFAULTS as SENTIMENT_DEFAULTS
 from tests.fake_tasks import Replay, make_task, sweep_task
@@ -101,7 +101,7 @@ def _study(tmp_path: Path, name: str) -> optuna.Study:
 def test_a_refused_resume_leaves_the_recorded_pruner_alone(tmp_path: Path) -> None:
     task = _task("refused-resume")
     sweep_task(task, tmp_path, 1)
-    with pytest.raises(SweeplabError, match="seed"):
+    with pytest.raises(UsageError, match="seed"):
         sweep_task(task, tmp_path, 2, seed=1, pruner="median")
     assert _study(tmp_path, "space-tpe").user_attrs[PRUNER] == "hyperband"
 

@@ -16,8 +16,16 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import (KilledTrials, _alive, close_runs_of_ended_trials, fail_dead_trials,
-                                      is_duplicate_cell, requeue_killed_grid_cells, trial_heartbeat, worker_attrs)
+from sweeplab.sweeps.recovery import (
+    KilledTrials,
+    _alive,
+    close_runs_of_ended_trials,
+    fail_dead_trials,
+    is_duplicate_cell,
+    requeue_killed_grid_cells,
+    trial_heartbeat,
+    worker_attrs,
+)
 from sweeplab.tracker.runs import SweepRecorder
 
 _DIST = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])

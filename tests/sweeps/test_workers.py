@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from sweeplab.cli import app

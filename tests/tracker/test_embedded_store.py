@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.store.db.utils import _get_latest_schema_revision
 
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 from sweeplab.tracker import embedded
 from sweeplab.tracker.embedded import ensure_tracking_db
 
@@ -303,7 +303,7 @@ def test_an_incomplete_database_holding_runs_is_never_moved(tmp_path: Path, make
     path = tmp_path / "mlflow.db"
     make_broken(path)
     digest = _digest(path)
-    with pytest.raises(SweeplabError) as error:
+    with pytest.raises(UsageError) as error:
         ensure_tracking_db(path)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "holds runs" in message
@@ -341,7 +341,7 @@ def test_a_folder_that_cannot_be_created_is_a_one_line_error_naming_it(tmp_path:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     folder = blocker / below if below else blocker
-    with pytest.raises(SweeplabError) as error:
+    with pytest.raises(UsageError) as error:
         ensure_tracking_db(folder / "mlflow.db")
     message = str(error.value)
     assert "\n" not in message and str(folder) in message
@@ -353,7 +353,7 @@ def test_a_read_only_folder_is_a_one_line_error_naming_it(tmp_path: Path) -> Non
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        with pytest.raises(SweeplabError) as error:
+        with pytest.raises(UsageError) as error:
             ensure_tracking_db(folder / "mlflow.db")
     finally:
         folder.chmod(0o755)

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.errors import SweeplabError
+from sweeplab.errors import UsageError
 from sweeplab.tracker.preflight import DEFAULT_TIMEOUT, check_store
 from sweeplab.tracker.store import Store, resolve_store
 from tests.conftest import POSTGRES_ENV, TINY
@@ -91,7 +91,7 @@ def _refusal(store: Store, root: Path, cache_dir: Path | None = None, **kwargs: 
     within the time limit and that nothing under ``root`` was written."""
     before = _listing(root)
     started = time.monotonic()
-    with pytest.raises(SweeplabError) as caught:
+    with pytest.raises(UsageError) as caught:
         check_store(store, cache_dir, **kwargs)
     elapsed = time.monotonic() - started
     message = str(caught.value)

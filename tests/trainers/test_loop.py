@@ -5,8 +5,9 @@ from collections.abc import Mapping
 
 import pytest
 
+from sweeplab.core import Evaluation
 from sweeplab.tracker.curves import OnsetRule
-from sweeplab.trainers.loop import Diverged, Evaluation, fit
+from sweeplab.trainers.loop import Diverged, fit
 
 
 class FakeTrainer:

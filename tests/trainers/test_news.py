@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
-from sweeplab.tasks import TrialEnv
 from sweeplab.trainers.backbones import CHINESE_VOCAB_SIZE, chinese_tokenizer
 from sweeplab.trainers.loop import fit
 from sweeplab.trainers.news import TASK, _evaluate, _NewsTrainer, _tokens

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.datasets.shapes import write_shapes
-from sweeplab.tasks import TrialEnv
 from sweeplab.trainers.loop import fit
 from sweeplab.trainers.metrics import recall_at_k
 from sweeplab.trainers.retrieval import TASK, _RetrievalTrainer, retrieval_metrics

@@ -1,0 +1,184 @@
+"""sweeplab from Python (a notebook, a script): run a sweep, rank its trials, read its status.
+
+::
+
+    import sweeplab
+
+    @sweeplab.trainer(metric="val_accuracy")
+    def fit(config, report): ...
+
+    outcome = sweeplab.run(fit, space="my_space.toml", trials=20)
+    best = sweeplab.best(fit, top=3)          # TrialRow: params, best epoch, onset, checkpoint
+    sweeps = sweeplab.status()                # SweepRow per sweep in the store
+
+Each function is the command of the same name (``sweep run``, ``sweep best``, ``sweep status``)
+with the same defaults and the same store (``mlruns/`` in the working directory unless
+``store_dir`` or ``tracking_uri`` says otherwise); errors are the same one-line
+:class:`~sweeplab.errors.SweeplabError` subclasses.
+
+A task is a name (``"sentiment"``, an entry point's name, ``"my_trainer.py:fit"``), a
+:class:`~sweeplab.core.Task`, or a training function. A function defined in a file is swept as
+``FILE.py:FUNCTION``, so that ``workers=K`` processes import it the same way; one defined
+where there is no file (a notebook cell) runs in this process only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeplab.core import Task
+from sweeplab.errors import UsageError
+
+if TYPE_CHECKING:
+    from sweeplab.sweeps.driver import SweepObserver, SweepOutcome
+    from sweeplab.tracker.query import SweepRow, TrialRow
+    from sweeplab.tracker.store import Store
+
+__all__ = ["best", "run", "status"]
+
+TaskLike = str | Task | Callable[..., Any]
+
+
+def _file_spec(function: Callable[..., Any]) -> str | None:
+    """``/path/FILE.py:NAME`` for a function defined at the top level of a Python file (which
+    another process can import), else ``None``."""
+    try:
+        path = Path(inspect.getfile(function))
+    except (TypeError, OSError):
+        return None
+    name = getattr(function, "__name__", "")
+    module = inspect.getmodule(function)
+    if path.suffix != ".py" or not path.is_file() or getattr(module, name, None) is not function:
+        return None
+    return f"{path.resolve()}:{name}"
+
+
+def _task_name(task: TaskLike, workers: int = 1) -> str:
+    """The name under which the sweep engine finds ``task`` (see the module docstring); a task
+    object or a function without a file is registered in this process, which ``workers > 1``
+    cannot reach."""
+    from sweeplab.tasks import get_task, register
+
+    if isinstance(task, str):
+        return task
+    if isinstance(task, Task):
+        obj, name = task, task.name
+    elif callable(task):
+        spec = _file_spec(task)
+        if spec is not None:
+            return spec
+        from sweeplab.trainers.function import function_task
+
+        obj = function_task(task, getattr(task, "__name__", "trainer"))
+        name = obj.name
+    else:
+        raise UsageError(f"task {task!r}: expected a task name, a sweeplab Task or a training function")
+    if workers > 1:
+        raise UsageError(f"task {name}: worker processes cannot import a task defined here; define its function in a "
+                         "Python file (or offer it through the sweeplab.tasks entry point) to use workers")
+    try:
+        known = get_task(name)
+    except UsageError:
+        known = None
+    if known is not obj:
+        register(obj, replace=True)
+    return name
+
+
+def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, metric: str | None = None,
+        store_dir: str | Path = "mlruns", observer: SweepObserver | None = None, **options: Any) -> SweepOutcome:
+    """Run (or resume) a sweep of ``task`` until its study holds ``trials`` finished trials, as
+    ``sweep run`` does; ``options`` are the other fields of
+    :class:`~sweeplab.sweeps.driver.SweepOptions` (``sampler="random"``, ``workers=2``,
+    ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`."""
+    from sweeplab.sweeps.driver import SweepOptions, run_sweep
+
+    name = _task_name(task, int(options.get("workers", 1)))
+    try:
+        sweep = SweepOptions(task=name, trials=trials, space=None if space is None else str(space), metric=metric,
+                             store_dir=Path(store_dir), **options)
+    except TypeError as exc:
+        raise UsageError(f"sweeplab.run: {exc}") from None
+    return run_sweep(sweep, observer)
+
+
+def open_store(store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> Store:
+    """The store to read from; a one-line error when the embedded default has not been made yet."""
+    from sweeplab.tracker.store import quiet_libraries, resolve_store
+
+    store = resolve_store(Path(store_dir), tracking_uri)
+    if store.is_default and not (store.root / "mlflow.db").is_file():
+        raise UsageError(f"{store.root / 'mlflow.db'}: no tracking store here (run a sweep first, or pass --store-dir)")
+    quiet_libraries()
+    return store
+
+
+def best(task: TaskLike, *, top: int = 1, metric: str | None = None, study: str | None = None,
+         store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> list[TrialRow]:
+    """The ``top`` complete trials of ``task`` by ``metric`` (default: the summary metric its
+    newest sweep ran with, e.g. ``best_val_accuracy``), best first, read from the tracking store
+    alone: params, best epoch, overfitting onset, checkpoint location."""
+    from sweeplab.tasks import get_task
+    from sweeplab.tracker.query import best_trials, recorded_metric
+
+    if top < 1:
+        raise UsageError(f"--top {top}: expected a positive number")
+    store = open_store(store_dir, tracking_uri)
+    name = _recorded_name(task, store.tracking_uri)
+    recorded = recorded_metric(store.tracking_uri, name, study)
+    chosen = metric or recorded or get_task(name).best_metric
+    return best_trials(store.tracking_uri, name, chosen, top=top, study=study)
+
+
+def _recorded_name(task: TaskLike, tracking_uri: str) -> str:
+    """The name ``task``'s runs carry: its task's name; or, for a name no task in this process
+    answers to (a name a training function declared, read back in a fresh process), the name
+    itself when the store holds sweeps of it."""
+    from sweeplab.tasks import get_task
+    from sweeplab.tracker.query import recorded_metric
+
+    name = _task_name(task)
+    try:
+        return get_task(name).name
+    except UsageError:
+        if ":" not in name and recorded_metric(tracking_uri, name) is not None:
+            return name
+        raise
+
+
+def status(task: TaskLike | None = None, *, study: str | None = None, store_dir: str | Path = "mlruns",
+           tracking_uri: str | None = None) -> list[SweepRow]:
+    """Every sweep in the store (newest first), optionally of one task or study: trials by
+    outcome, the target, the best so far."""
+    from sweeplab.tasks import REGISTRY
+    from sweeplab.tracker.query import sweeps
+
+    store = open_store(store_dir, tracking_uri)
+    name = None if task is None else _recorded_name(task, store.tracking_uri)
+    # Sweeps made before sweeplab recorded their metric on the parent run: the built-in task's.
+    fallback: Mapping[str, str] = _LazyBestMetrics(tuple(REGISTRY))
+    return sweeps(store.tracking_uri, fallback, name, study)
+
+
+class _LazyBestMetrics(Mapping[str, str]):
+    """``task name -> best_METRIC`` for built-in tasks, imported only when a sweep needs it (an
+    old store): importing a task costs torch."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def __getitem__(self, name: str) -> str:
+        from sweeplab.tasks import get_task
+
+        if name not in self.names:
+            raise KeyError(name)
+        return get_task(name).best_metric
+
+    def __iter__(self) -> Any:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)

@@ -1,0 +1,156 @@
+"""A user's training function as a task: ``sweep run my_trainer.py:fit`` sweeps it like a built-in.
+
+The function takes a configuration and a ``report`` callable::
+
+    def fit(config, report):
+        for epoch in range(1, config["epochs"] + 1):
+            ...
+            if report(epoch, {"train_loss": ..., "val_loss": ..., "val_accuracy": ...},
+                      state=model.state_dict()):
+                break
+
+``config`` holds the trial's parameters (the space's searched and fixed values, over the defaults
+its author declared). ``report(step, metrics, state=None)`` is
+:meth:`~sweeplab.trainers.loop.Progress.report`, the same bookkeeping the built-in trainers go
+through: every call is a point of the trial's curves in MLflow and a report to Optuna's pruner;
+the state given with the best evaluation becomes the trial's checkpoint. It returns ``True`` when
+the trial should stop (pruned, past its overfitting onset, or a loss became non-finite); a
+function that ignores the answer is stopped by :class:`~sweeplab.trainers.loop.TrialStopped` at
+its next ``report`` (one more epoch trained, none recorded). Whatever the function raises fails
+its trial with that reason; the sweep goes on.
+
+Before each call Python's, NumPy's and torch's generators are seeded with the trial's seed, so a
+trial runs the same again. A function may declare its name, metric, default space and defaults
+with :func:`trainer`; undeclared, the task is named after the file or module and function
+(``my_trainer.py:fit``) and judged by ``val_loss``, unless ``sweep run --metric`` names another.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sweeplab.core import Direction, FitResult, Loaded, Reporter, Task, TrialEnv, direction_of
+from sweeplab.trainers.loop import Progress, TrialStopped
+
+__all__ = ["TRAINER_ATTRIBUTE", "TrainerInfo", "function_task", "trainer"]
+
+#: The attribute :func:`trainer` sets on a function.
+TRAINER_ATTRIBUTE = "__sweeplab_trainer__"
+
+#: The metric a function is judged by when neither it nor ``--metric`` names one.
+DEFAULT_METRIC = "val_loss"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TrainerInfo:
+    """What a training function declares about itself (see :func:`trainer`)."""
+
+    name: str | None = None
+    metric: str | None = None
+    direction: Direction | None = None
+    space: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.direction not in (None, "maximize", "minimize"):
+            raise ValueError(f"direction must be 'maximize' or 'minimize', got {self.direction!r}")
+        if self.name is not None and not self.name.strip():
+            raise ValueError("a trainer's name must not be empty")
+
+
+def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None = None,
+            direction: Direction | None = None, space: str | None = None,
+            defaults: Mapping[str, Any] | None = None) -> Any:
+    """Declare what sweeplab should know about a training function; usable bare or with arguments::
+
+        @sweeplab.trainer(name="digits-mlp", metric="val_accuracy", space="digits.toml")
+        def fit(config, report): ...
+
+    ``name`` is the task name (``sweep best --task digits-mlp``); ``metric`` the validation
+    metric that picks each trial's best evaluation and the best trial, ``direction`` whether it
+    is maximised (default: :func:`~sweeplab.core.direction_of`); ``space`` the default space file,
+    relative to the function's file; ``defaults`` values every trial's config starts from."""
+    info = TrainerInfo(name=name, metric=metric, direction=direction, space=space, defaults=dict(defaults or {}))
+
+    def mark(function: F) -> F:
+        setattr(function, TRAINER_ATTRIBUTE, info)
+        return function
+
+    return mark(fn) if fn is not None else mark
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed Python, and NumPy and torch when the function's module loaded them (a plain function
+    need not pay for importing torch)."""
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def _planned_rounds(config: Mapping[str, Any]) -> int:
+    """The evaluations a trial plans, when its config says (``epochs``); 0 when unknown."""
+    epochs = config.get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else 0
+
+
+def _fit(function: Callable[..., Any], loaded: Loaded, config: Mapping[str, Any], env: TrialEnv,
+         reporter: Reporter) -> FitResult:
+    """One trial: call the function with the config and a ``report`` bound to the trial."""
+    progress = Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state)
+    reporter.on_start(_planned_rounds(config))
+    _seed_everything(env.trial_seed)
+    try:
+        function(dict(config), progress.report)
+    except TrialStopped:
+        pass  # the function went on after report() said stop; the trial ends where it was told
+    if not progress.result.history:
+        raise RuntimeError("the training function returned without calling report()")
+    return progress.result
+
+
+def _resolve_space(function: Callable[..., Any], space: str | None) -> str:
+    """A declared space file, relative to the function's file; ``""`` when none is declared."""
+    if not space:
+        return ""
+    path = Path(space)
+    if not path.is_absolute():
+        try:
+            path = Path(inspect.getfile(function)).resolve().parent / path
+        except (TypeError, OSError):
+            pass
+    return str(path)
+
+
+def function_task(function: Callable[..., Any], name: str) -> Task:
+    """The task that sweeps ``function`` (see the module docstring); ``name`` unless the function
+    declares one."""
+    if not callable(function):
+        raise TypeError(f"{name}: expected a training function, got {type(function).__name__}")
+    info: TrainerInfo = getattr(function, TRAINER_ATTRIBUTE, None) or TrainerInfo()
+    metric = info.metric or DEFAULT_METRIC
+    task_name = info.name or name
+    doc = inspect.getdoc(function) or ""
+    return Task(
+        name=task_name,
+        summary=doc.splitlines()[0] if doc else f"the training function {name}",
+        metric=metric,
+        direction=info.direction or direction_of(metric),
+        defaults=dict(info.defaults),
+        default_space=_resolve_space(function, info.space),
+        sample_data=None,
+        load=lambda data_dir, seed, val_fraction, settings: Loaded(payload=None, reports=(), fingerprint=task_name),
+        prepare=lambda loaded, config, env: None,
+        fit=partial(_fit, function),
+        open=True,
+    )
