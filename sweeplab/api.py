@@ -126,17 +126,18 @@ def best(task: TaskLike, *, top: int = 1, metric: str | None = None, study: str 
 
     if top < 1:
         raise UsageError(f"--top {top}: expected a positive number")
+    name = _recorded_name(task, store_dir, tracking_uri)
     store = open_store(store_dir, tracking_uri)
-    name = _recorded_name(task, store.tracking_uri)
     recorded = recorded_metric(store.tracking_uri, name, study)
     chosen = metric or recorded or get_task(name).best_metric
     return best_trials(store.tracking_uri, name, chosen, top=top, study=study)
 
 
-def _recorded_name(task: TaskLike, tracking_uri: str) -> str:
+def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | None) -> str:
     """The name ``task``'s runs carry: its task's name; or, for a name no task in this process
     answers to (a name a training function declared, read back in a fresh process), the name
-    itself when the store holds sweeps of it."""
+    itself when the store holds sweeps of it. An unknown name is the error, before a missing
+    store."""
     from sweeplab.tasks import get_task
     from sweeplab.tracker.query import recorded_metric
 
@@ -144,9 +145,15 @@ def _recorded_name(task: TaskLike, tracking_uri: str) -> str:
     try:
         return get_task(name).name
     except UsageError:
-        if ":" not in name and recorded_metric(tracking_uri, name) is not None:
-            return name
-        raise
+        if ":" in name:
+            raise
+        try:
+            store = open_store(store_dir, tracking_uri)
+        except UsageError:
+            store = None
+        if store is None or recorded_metric(store.tracking_uri, name) is None:
+            raise
+        return name
 
 
 def status(task: TaskLike | None = None, *, study: str | None = None, store_dir: str | Path = "mlruns",
@@ -156,8 +163,8 @@ def status(task: TaskLike | None = None, *, study: str | None = None, store_dir:
     from sweeplab.tasks import REGISTRY
     from sweeplab.tracker.query import sweeps
 
+    name = None if task is None else _recorded_name(task, store_dir, tracking_uri)
     store = open_store(store_dir, tracking_uri)
-    name = None if task is None else _recorded_name(task, store.tracking_uri)
     # Sweeps made before sweeplab recorded their metric on the parent run: the built-in task's.
     fallback: Mapping[str, str] = _LazyBestMetrics(tuple(REGISTRY))
     return sweeps(store.tracking_uri, fallback, name, study)

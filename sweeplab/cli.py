@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from sweeplab.errors import SweeplabError, UsageError
 
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
 console = Console()
 errors = Console(stderr=True)
@@ -135,7 +134,7 @@ def run(
     for note in outcome.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"MLflow: {outcome.tracking_uri}  experiment {outcome.experiment}  parent run {outcome.parent_run_id}")
-    console.print(f"next: sweep best --task {task}    sweep ui")
+    console.print(f"next: sweep best --task {outcome.task}    sweep ui")
 
 
 @app.command()

@@ -151,7 +151,7 @@ def _write_stateful_trainer(folder: Path) -> Path:
 def test_from_python_the_best_state_is_the_checkpoint_and_an_ignored_stop_ends_the_trial(tmp_path: Path,
                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    path = _write_stateful_trainer(tmp_path)
+    _write_stateful_trainer(tmp_path)
     space = tmp_path / "space.toml"
     space.write_text("[search.lr]\nlow = 0.1\nhigh = 0.2\n\n[fixed]\nepochs = 12\n", encoding="utf-8")
     sys.path.insert(0, str(tmp_path))

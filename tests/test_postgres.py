@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from sweeplab.cli import app
 from sweeplab.errors import UsageError
-from sweeplab.tracker.store import open_optuna_storage
+from sweeplab.sweeps import optuna_private
+from sweeplab.sweeps.storage import open_optuna_storage
 from tests.checks import assert_grid_ran_every_cell_once, wait_for
 from tests.conftest import TINY
 
@@ -89,8 +90,9 @@ def test_a_worker_killed_on_another_machine_is_failed_by_heartbeat_and_its_trial
         killed = wait_for("a running trial of the second process, frozen",
                            lambda: _frozen_in_a_trial(victim.pid, "sentiment-random", optuna_uri))
         # As if it ran on another machine: the survivor cannot look its process up, only miss its heartbeats.
-        optuna.load_study(study_name="sentiment-random", storage=optuna_uri)._storage.set_trial_user_attr(
-            killed._trial_id, "worker", f"another-machine:{victim.pid}")
+        study = optuna.load_study(study_name="sentiment-random", storage=optuna_uri)
+        optuna_private.storage_of(study).set_trial_user_attr(optuna_private.trial_id(killed), "worker",
+                                                             f"another-machine:{victim.pid}")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         _, err = survivor.communicate(timeout=300)

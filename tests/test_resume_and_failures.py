@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from sweeplab.cli import app
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.sweeps import optuna_private
 from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
@@ -244,7 +245,8 @@ def test_a_trial_another_process_failed_is_dropped_and_the_sweep_goes_on(tmp_pat
     def fit_failed_meanwhile(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
         if env.trial_seed in (1, 2):
             trial = reporter.trial
-            trial.study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            storage = optuna_private.storage_of(trial.study)
+            storage.set_trial_state_values(optuna_private.trial_id(trial), state=optuna.trial.TrialState.FAIL)
         return fit(Replay(3), 3, reporter, "val_accuracy")
 
     for pruner in ("median", "none"):  # with reports to Optuna after the failure, and without

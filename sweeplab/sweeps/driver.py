@@ -42,6 +42,7 @@ from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
 from sweeplab.sweeps.recovery import OUTCOMES, KilledTrials, close_runs_of_ended_trials, outcome, requeue_killed_grid_cells, worker_attrs
 from sweeplab.sweeps.space import Space, load_space
+from sweeplab.sweeps.storage import open_optuna_storage
 from sweeplab.tasks import get_task
 from sweeplab.tracker import plots
 from sweeplab.tracker.curves import OnsetRule
@@ -50,7 +51,7 @@ from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.reconnect import bound_http_retries
 from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder
-from sweeplab.tracker.store import Store, open_optuna_storage, quiet_libraries, resolve_store
+from sweeplab.tracker.store import Store, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
 from sweeplab.trainers.metrics import per_class_report
@@ -151,6 +152,7 @@ class SweepOutcome:
     test: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
     majority: float | None = None  # validation accuracy of always answering the most frequent class
+    task: str = ""  # the task's name, as `sweep best --task` takes it
 
 
 def _with_metric(task: Task, metric: str | None) -> Task:
@@ -837,4 +839,5 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         test=test,
         notes=[*worker_notes, *([why_not] if why_not else [])],
         majority=loaded.majority,
+        task=task.name,
     )

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
+from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.recovery import (
     DUPLICATE,
     UNTOLD,
@@ -77,13 +78,13 @@ def _let_go(study: optuna.Study, trial: optuna.Trial, run: TrialRecorder | None)
     """Drop a trial another process failed; close its run as killed if that process could not
     (it had no run id yet, or the tracking server was away)."""
     if run is not None and run.is_running():
-        reason = study._storage.get_trial(trial._trial_id).user_attrs.get("fail_reason")
+        reason = optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)).user_attrs.get("fail_reason")
         run.close("killed", str(reason or "killed: failed by another process (no heartbeat seen)"))
 
 
 def still_ours(trial: optuna.Trial) -> bool:
     """Whether the trial is still RUNNING, so that no other process has failed it meanwhile."""
-    return trial.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    return optuna_private.storage_of(trial.study).get_trial(optuna_private.trial_id(trial)).state == TrialState.RUNNING
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -96,7 +97,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
     and its run; Ctrl-C is told FAIL before the interruption goes on). A trial that ran to its end
     is told first and its run closed after (:class:`Finished`); one another process failed
     meanwhile is left as that process recorded it."""
-    with trial_heartbeat(study, trial._trial_id, heartbeat):
+    with trial_heartbeat(study, optuna_private.trial_id(trial), heartbeat):
         try:
             finished = objective(trial)
         except Abandoned as exc:
@@ -105,7 +106,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         except Unreachable:
             raise  # the storage or the tracking store is away: the trial stays RUNNING, a rerun handles it
         except (Exception, KeyboardInterrupt) as exc:
-            if "fail_reason" not in study._storage.get_trial(trial._trial_id).user_attrs:  # raised before its run began
+            if "fail_reason" not in optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)).user_attrs:  # raised before its run began
                 text = str(exc).strip().splitlines()
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {text[0] if text else ''}"
                 trial.set_user_attr("fail_reason", reason)
@@ -209,7 +210,7 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
         states = recover(study, killed)
         if sum(states[s] for s in FINISHED) >= target:  # cells left queued by a --timeout or Ctrl-C wait for a larger --trials
             return
-        trial_id = study._pop_waiting_trial_id()  # the atomic pop study.ask() uses
+        trial_id = optuna_private.pop_waiting_trial_id(study)  # the atomic pop study.ask() uses
         if trial_id is None:
             if states[TrialState.RUNNING]:
                 time.sleep(_WAIT_SECONDS)
@@ -218,10 +219,10 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
                 continue
             return
         if is_duplicate_cell(study, trial_id):
-            study._storage.set_trial_user_attr(trial_id, "fail_reason", DUPLICATE)
-            study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            optuna_private.storage_of(study).set_trial_user_attr(trial_id, "fail_reason", DUPLICATE)
+            optuna_private.storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
             continue
-        _run_one(study, optuna.Trial(study, trial_id), objective, heartbeat)
+        _run_one(study, optuna_private.trial_by_id(study, trial_id), objective, heartbeat)
         if objective.stop_error is not None:
             raise objective.stop_error
 

@@ -42,11 +42,11 @@ from pathlib import Path
 
 import optuna
 from mlflow.exceptions import MlflowException
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.space import cell_key
-from sweeplab.tracker.reconnect import ReconnectingStorage
+from sweeplab.sweeps.storage import ReconnectingStorage
 from sweeplab.tracker.runs import STATE, SweepRecorder
 
 __all__ = ["DUPLICATE", "OUTCOMES", "UNTOLD", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials",
@@ -192,9 +192,9 @@ class KilledTrials:
         """Seconds this process has seen the trial's journal heartbeat stand still (0 the first
         time it looks): no clock of another process is read."""
         beat, now = trial.user_attrs.get("heartbeat"), time.monotonic()
-        seen = self.beats.get(trial._trial_id)
+        seen = self.beats.get(optuna_private.trial_id(trial))
         if seen is None or seen[0] != beat:
-            self.beats[trial._trial_id] = (beat, now)
+            self.beats[optuna_private.trial_id(trial)] = (beat, now)
             return 0.0
         return now - seen[1]
 
@@ -210,10 +210,10 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
     ``fail_reason`` saying why; each one this process failed goes to ``on_killed``. On an RDB
     storage Optuna judges heartbeats itself (:func:`fail_stale_trials`). Returns how many it failed."""
     host, machine = socket.gethostname(), _machine()
-    journal = not isinstance(study._storage, BaseHeartbeat)
+    journal = not optuna_private.has_heartbeat(optuna_private.storage_of(study))
     failed = 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for gone in set(on_killed.beats) - {t._trial_id for t in running}:
+    for gone in set(on_killed.beats) - {optuna_private.trial_id(t) for t in running}:
         del on_killed.beats[gone]
     for trial in running:
         dead = _dead_here(trial, host, machine)
@@ -233,12 +233,12 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
         else:
             continue
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            optuna_private.storage_of(study).set_trial_user_attr(optuna_private.trial_id(trial), "fail_reason", reason)
+            optuna_private.storage_of(study).set_trial_state_values(optuna_private.trial_id(trial), state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process failed it first, and handles it
         failed += 1
-        on_killed(study, study._storage.get_trial(trial._trial_id))
+        on_killed(study, optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)))
     return failed
 
 
@@ -273,8 +273,8 @@ def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: float) -> Itera
     thread on an RDB storage, else a thread that counts up the trial's ``heartbeat`` user
     attribute on the journal file (with ``heartbeat_seconds``, so that every reader judges the
     silence by this trial's own interval). It stops once the trial is no longer RUNNING."""
-    if isinstance(study._storage, BaseHeartbeat):
-        with get_heartbeat_thread(trial_id, study._storage):
+    if optuna_private.has_heartbeat(optuna_private.storage_of(study)):
+        with optuna_private.heartbeat_thread(trial_id, optuna_private.storage_of(study)):
             yield
         return
     stop = threading.Event()
@@ -284,8 +284,8 @@ def trial_heartbeat(study: optuna.Study, trial_id: int, seconds: float) -> Itera
         while True:
             try:
                 if count == 0:
-                    study._storage.set_trial_user_attr(trial_id, "heartbeat_seconds", seconds)
-                study._storage.set_trial_user_attr(trial_id, "heartbeat", count)
+                    optuna_private.storage_of(study).set_trial_user_attr(trial_id, "heartbeat_seconds", seconds)
+                optuna_private.storage_of(study).set_trial_user_attr(trial_id, "heartbeat", count)
             except optuna.exceptions.UpdateFinishedTrialError:
                 return
             except Exception as exc:  # a full disk...: the trial goes on; a peer may fail it as silent
@@ -338,13 +338,13 @@ def fail_stale_trials(study: optuna.Study, recorder: SweepRecorder | None = None
     Nothing is judged until the storage has answered for twice the heartbeat interval after an
     outage: no trial could record a heartbeat while it was away, and live trials would be failed
     before their heartbeat threads are through to it again."""
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    storage = optuna_private.storage_of(study)
+    interval = storage.get_heartbeat_interval() if optuna_private.has_heartbeat(storage) else None
     if interval is None:
         return
     if isinstance(storage, ReconnectingStorage) and storage.patience.answered_for() < 2 * interval:
         return
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    for trial_id in optuna_private.stale_trial_ids(storage, optuna_private.study_id(study)):
         _tell_from_run(study, storage.get_trial(trial_id), recorder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -388,7 +388,7 @@ def is_duplicate_cell(study: optuna.Study, trial_id: int) -> bool:
     finished, or is running or queued with a lower number. Of two copies taken at once, the one
     with the lower number runs; failed attempts (a killed cell and its retry) do not count."""
     trials = study.get_trials(deepcopy=False)
-    this = next(t for t in trials if t._trial_id == trial_id)
-    return any(t._trial_id != trial_id and _cell(t) == _cell(this)
+    this = next(t for t in trials if optuna_private.trial_id(t) == trial_id)
+    return any(optuna_private.trial_id(t) != trial_id and _cell(t) == _cell(this)
                and (t.state in _FINISHED or (t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < this.number))
                for t in trials)

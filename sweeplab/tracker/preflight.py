@@ -177,7 +177,7 @@ def _mlflow_version() -> str:
 
 def _check_storage(store: Store, timeout: float) -> list[_Probe]:
     """Local checks of the Optuna storage spec (an RDB URL, else a journal file path, as
-    :func:`~sweeplab.tracker.store.open_optuna_storage` reads it); returns the probe it needs."""
+    :func:`~sweeplab.sweeps.storage.open_optuna_storage` reads it); returns the probe it needs."""
     spec = store.optuna_storage
     flag = "--store-dir" if spec == str(store.root / "optuna.journal") else "--storage"
     shown = f"{flag} {redact(spec)}"

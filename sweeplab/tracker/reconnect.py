@@ -1,7 +1,7 @@
 """Riding out outages of the databases and servers a sweep writes to.
 
 A PostgreSQL restart, a tracking server that is redeployed, a network blip: every call to the
-Optuna storage (:class:`ReconnectingStorage`) and to the MLflow client
+Optuna storage (:class:`sweeplab.sweeps.storage.ReconnectingStorage`) and to the MLflow client
 (:func:`reconnecting_client`) that fails for want of a connection is tried again, with
 exponential backoff, until it succeeds or the outage has lasted :attr:`Patience.limit` seconds
 (``--outage-limit``); then :class:`~sweeplab.errors.Unreachable` says what did not answer, and
@@ -14,7 +14,6 @@ failing the first call after the restart.
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 import threading
@@ -23,16 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
 
-__all__ = ["Patience", "ReconnectingStorage", "bound_http_retries", "is_connection_error", "reconnecting_client",
-           "reconnecting_rdb", "stop_retrying"]
+__all__ = ["Patience", "bound_http_retries", "is_connection_error", "reconnecting_client", "stop_retrying"]
 
 T = TypeVar("T")
 _log = logging.getLogger("sweeplab")
@@ -196,83 +190,3 @@ def reconnecting_client(client: T, patience: Patience) -> T:
     return _Reconnecting(client, patience)  # type: ignore[return-value]
 
 
-def _delegate(name: str) -> Callable[..., Any]:
-    def method(self: ReconnectingStorage, *args: Any, **kwargs: Any) -> Any:
-        return self.patience.call(getattr(self.inner, name), *args, **kwargs)
-
-    method.__name__ = name
-    method.__doc__ = f"The wrapped storage's ``{name}``, retried on connection failures."
-    return method
-
-
-class ReconnectingStorage(BaseStorage, BaseHeartbeat):
-    """An Optuna storage (Optuna's cached RDB storage) whose every call rides out connection
-    failures (see :class:`Patience`). It is a :class:`BaseHeartbeat` so that Optuna keeps
-    recording and judging trials' heartbeats through it.
-
-    Writes that are tried again may already have been committed when the connection dropped
-    before the answer came: :meth:`set_trial_state_values` then finds the trial in the state it
-    asked for and counts that as done, so that a trial that finished is never failed for it."""
-
-    def __init__(self, inner: BaseStorage, patience: Patience) -> None:
-        self.inner, self.patience = inner, patience
-
-    for _name in (
-        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-        "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-        "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-        "get_trial_number_from_id", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
-        "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "get_trial_params",
-        "get_trial_user_attrs", "get_trial_system_attrs", "check_trial_is_updatable",
-        "_get_stale_trial_ids", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback",
-    ):
-        locals()[_name] = _delegate(_name)
-    del _name
-
-    def get_heartbeat_interval(self) -> int | None:
-        """The wrapped storage's heartbeat interval; None (no heartbeats) when it keeps none."""
-        return self.inner.get_heartbeat_interval() if isinstance(self.inner, BaseHeartbeat) else None
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        """Record a heartbeat, or skip this one when the storage does not answer: the next comes
-        an interval later (judging heartbeats waits that long after an outage, see
-        ``recovery.fail_stale_trials``), and a heartbeat thread that waited the outage out would
-        hold up the end of its trial, Ctrl-C included."""
-        try:
-            self.inner.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-
-    def remove_session(self) -> None:
-        self.inner.remove_session()
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        tries = 0
-
-        def once() -> bool:
-            nonlocal tries
-            tries += 1
-            try:
-                return self.inner.set_trial_state_values(trial_id, state=state, values=values)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if tries > 1 and self.inner.get_trial(trial_id).state == state:
-                    return True  # the try before committed, and its answer was lost with the connection
-                raise
-
-        return self.patience.call(once)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-abc.update_abstractmethods(ReconnectingStorage)
-
-
-def reconnecting_rdb(rdb: optuna.storages.RDBStorage, patience: Patience) -> ReconnectingStorage:
-    """``rdb`` behind Optuna's own trial cache (what ``optuna.load_study`` puts in front of an
-    RDB storage; private to Optuna, and the reason for the test that imports it), behind
-    :class:`ReconnectingStorage`."""
-    from optuna.storages._cached_storage import _CachedStorage
-
-    return ReconnectingStorage(_CachedStorage(rdb), patience)

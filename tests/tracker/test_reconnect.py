@@ -11,7 +11,9 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
-from sweeplab.tracker.reconnect import Patience, ReconnectingStorage, is_connection_error, reconnecting_rdb
+from sweeplab.sweeps import optuna_private
+from sweeplab.sweeps.storage import ReconnectingStorage, reconnecting_rdb
+from sweeplab.tracker.reconnect import Patience, is_connection_error
 
 
 def _refused() -> sqlalchemy.exc.OperationalError:
@@ -124,9 +126,9 @@ def test_stale_heartbeats_are_not_judged_until_the_storage_has_answered_for_two_
     storage = reconnecting_rdb(rdb, Patience("the test store"))
     study = optuna.create_study(storage=storage)
     trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(optuna_private.trial_id(trial))
     deadline = time.monotonic() + 10
-    while not storage._get_stale_trial_ids(study._study_id):  # its heartbeat goes stale (the database counts in seconds)
+    while not optuna_private.stale_trial_ids(storage, optuna_private.study_id(study)):  # its heartbeat goes stale (the database counts in seconds)
         assert time.monotonic() < deadline
         time.sleep(0.1)
     storage.patience.recovered_at = time.monotonic()  # as if the storage had just come back

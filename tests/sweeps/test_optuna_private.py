@@ -1,0 +1,79 @@
+"""The contract sweeplab relies on for Optuna's private API (sweeplab.sweeps.optuna_private),
+held against every storage a sweep can use: the journal file, SQLite and PostgreSQL. When
+Optuna changes what this module touches, these tests fail first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeplab.sweeps import optuna_private
+from sweeplab.sweeps.storage import open_optuna_storage
+from tests.checks import wait_for
+
+STORAGES = ("journal", "sqlite", "postgresql")
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> optuna.storages.BaseStorage:
+    """Each kind of storage as a sweep opens it (PostgreSQL skips, saying why, without a server),
+    with a 1-second heartbeat where the storage keeps heartbeats."""
+    kind = request.param
+    if kind == "journal":
+        return open_optuna_storage(str(tmp_path / "optuna.journal"), heartbeat_seconds=1)
+    if kind == "sqlite":
+        return open_optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_seconds=1)
+    make: Callable[[], str] = request.getfixturevalue("postgres_db")
+    return open_optuna_storage(make(), heartbeat_seconds=1)
+
+
+def test_ids_and_storage_behind_a_study_and_its_trials(storage: optuna.storages.BaseStorage) -> None:
+    study = optuna.create_study(storage=storage, study_name="contract")
+    assert optuna_private.storage_of(study) is storage
+    assert storage.get_study_name_from_id(optuna_private.study_id(study)) == "contract"
+    first, second = study.ask(), study.ask()
+    frozen = study.get_trials(deepcopy=False)
+    for trial, seen in zip((first, second), frozen):
+        assert optuna_private.trial_id(trial) == optuna_private.trial_id(seen)
+        assert storage.get_trial(optuna_private.trial_id(trial)).number == trial.number
+    assert optuna_private.trial_id(first) != optuna_private.trial_id(second)
+
+
+def test_a_queued_trial_is_popped_once_and_runs_as_a_trial(storage: optuna.storages.BaseStorage) -> None:
+    study = optuna.create_study(storage=storage)
+    assert optuna_private.pop_waiting_trial_id(study) is None  # nothing queued
+    study.enqueue_trial({"x": 0.25})
+    taken = optuna_private.pop_waiting_trial_id(study)
+    assert taken is not None and storage.get_trial(taken).state == TrialState.RUNNING
+    assert optuna_private.pop_waiting_trial_id(study) is None  # taken once only
+    trial = optuna_private.trial_by_id(study, taken)
+    assert trial.suggest_float("x", 0.0, 1.0) == 0.25  # the queued value
+    study.tell(trial, 1.5)
+    assert study.best_trial.value == 1.5 and study.best_trial.params == {"x": 0.25}
+
+
+def test_heartbeats_where_the_storage_keeps_them(storage: optuna.storages.BaseStorage) -> None:
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    keeps = optuna_private.has_heartbeat(storage)
+    assert keeps == (not isinstance(storage, optuna.storages.JournalStorage))
+    if not keeps:
+        return  # the journal file: sweeplab keeps heartbeats itself (sweeps.recovery)
+    with optuna_private.heartbeat_thread(optuna_private.trial_id(trial), storage):
+        pass  # one heartbeat recorded, then the thread stops
+    stale = wait_for("the trial's heartbeat to go stale", lambda: optuna_private.stale_trial_ids(
+        storage, optuna_private.study_id(study)) or None, seconds=30)
+    assert stale == [optuna_private.trial_id(trial)]
+
+
+def test_the_cached_rdb_storage_is_a_storage(tmp_path: Path) -> None:
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cached.db'}")
+    cached = optuna_private.cached(rdb)
+    assert isinstance(cached, optuna.storages.BaseStorage)
+    study = optuna.create_study(storage=cached)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(rdb.get_all_trials(optuna_private.study_id(study))) == 2  # written through to the database
