@@ -25,6 +25,8 @@ where there is no file (a notebook cell) runs in this process only.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,7 +86,10 @@ def _task_name(task: TaskLike, workers: int = 1) -> str:
     except UsageError:
         known = None
     if known is not obj:
-        register(obj, replace=True)
+        try:
+            register(obj, replace=True)
+        except ValueError as exc:  # a built-in task's name
+            raise UsageError(f"task {name}: {exc}; give the function another name or declare one") from None
     return name
 
 
@@ -95,8 +100,17 @@ def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, met
     :class:`~sweeplab.sweeps.driver.SweepOptions` (``sampler="random"``, ``workers=2``,
     ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`."""
     from sweeplab.sweeps.driver import SweepOptions, run_sweep
+    from sweeplab.sweeps.workers import WORKER_ENV
 
+    if os.environ.get(WORKER_ENV):
+        raise UsageError("sweeplab.run was called while a worker process imported the trainer's file: "
+                         "put the call under `if __name__ == \"__main__\":`")
     name = _task_name(task, int(options.get("workers", 1)))
+    if "overrides" in options:  # as the workers will read them back (a tuple becomes a list)
+        try:
+            options["overrides"] = json.loads(json.dumps(dict(options["overrides"])))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"sweeplab.run: overrides must be JSON values ({exc})") from None
     try:
         sweep = SweepOptions(task=name, trials=trials, space=None if space is None else str(space), metric=metric,
                              store_dir=Path(store_dir), **options)
@@ -129,8 +143,9 @@ def best(task: TaskLike, *, top: int = 1, metric: str | None = None, study: str 
     name = _recorded_name(task, store_dir, tracking_uri)
     store = open_store(store_dir, tracking_uri)
     recorded = recorded_metric(store.tracking_uri, name, study)
-    chosen = metric or recorded or get_task(name).best_metric
-    return best_trials(store.tracking_uri, name, chosen, top=top, study=study)
+    if metric is None and recorded is not None:
+        return best_trials(store.tracking_uri, name, recorded[0], top=top, study=study, direction=recorded[1])
+    return best_trials(store.tracking_uri, name, metric or get_task(name).best_metric, top=top, study=study)
 
 
 def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | None) -> str:
@@ -138,20 +153,22 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
     answers to (a name a training function declared, read back in a fresh process), the name
     itself when the store holds sweeps of it. An unknown name is the error, before a missing
     store."""
-    from sweeplab.tasks import get_task
+    from sweeplab.tasks import get_task, spec_name
     from sweeplab.tracker.query import recorded_metric
 
     name = _task_name(task)
     try:
+        store = open_store(store_dir, tracking_uri)
+    except UsageError:
+        store = None
+    if ":" in name and store is not None:  # FILE.py:FUNCTION from any folder, without importing the file
+        recorded = spec_name(name)
+        if recorded_metric(store.tracking_uri, recorded) is not None:
+            return recorded
+    try:
         return get_task(name).name
     except UsageError:
-        if ":" in name:
-            raise
-        try:
-            store = open_store(store_dir, tracking_uri)
-        except UsageError:
-            store = None
-        if store is None or recorded_metric(store.tracking_uri, name) is None:
+        if ":" in name or store is None or recorded_metric(store.tracking_uri, name) is None:
             raise
         return name
 

@@ -15,6 +15,7 @@ same name, so a user's function is swept in parallel like a built-in.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -27,7 +28,7 @@ from typing import Any
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
 
-__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "get_task", "register", "task_names"]
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "get_task", "register", "spec_name", "task_names"]
 
 #: task name -> "module:attribute" of its Task object (imported on first use: torch and
 #: transformers are slow to import, and a typo in the task name should fail fast).
@@ -69,12 +70,16 @@ def task_names() -> list[str]:
 def _as_task(obj: Any, name: str, where: str) -> Task:
     """A :class:`Task` as it is, a training function as its task; else a one-line error."""
     if isinstance(obj, Task):
-        return obj
-    if callable(obj):
+        task = obj
+    elif callable(obj):
         from sweeplab.trainers.function import function_task
 
-        return function_task(obj, name)
-    raise UsageError(f"{where}: expected a training function or a sweeplab Task, found {type(obj).__name__}")
+        task = function_task(obj, name)
+    else:
+        raise UsageError(f"{where}: expected a training function or a sweeplab Task, found {type(obj).__name__}")
+    if task.name in REGISTRY:
+        raise UsageError(f"{where}: its name {task.name!r} is a built-in task's; declare another name")
+    return task
 
 
 def _import_file(path: Path, shown: str) -> Any:
@@ -86,7 +91,13 @@ def _import_file(path: Path, shown: str) -> Any:
     loaded = sys.modules.get(path.stem)
     if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
         return loaded  # the module this process imported already (a notebook's, a script's)
-    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else f"_sweeplab_user_{abs(hash(path))}"
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
+        return main  # the script that is running (``python train.py`` calling sweeplab.run(fit)): not run twice
+    # Named after the file, as ``import`` would; when that name is taken, a name fixed by the
+    # path, so that every process of the sweep gives the module the same name.
+    taken = not path.stem.isidentifier() or path.stem in sys.modules
+    name = f"_sweeplab_user_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}" if taken else path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"{shown}: not a Python file that can be imported")
@@ -107,7 +118,7 @@ def _import_module(dotted: str) -> Any:
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as exc:
-        if exc.name and dotted.startswith(exc.name):
+        if exc.name and (dotted == exc.name or dotted.startswith(exc.name + ".")):
             raise UsageError(f"{dotted}: no module of that name (expected FILE.py:FUNCTION or package.module:FUNCTION)") from None
         raise UsageError(f"{dotted}: importing it raised ModuleNotFoundError: {_first_line(exc)}") from None
     except Exception as exc:
@@ -119,6 +130,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _is_file_spec(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def spec_name(spec: str) -> str:
+    """The name of the task ``spec`` names, unless its function declares another:
+    ``FILE.py:FUNCTION`` for a file (its name, not its folder: a sweep started from another folder
+    is the same task), the spec itself for ``package.module:FUNCTION``."""
+    where, _, attr = spec.rpartition(":")
+    return f"{Path(where).name}:{attr}" if _is_file_spec(where) else spec
+
+
 def _from_spec(spec: str) -> Task:
     """The task of ``FILE.py:FUNCTION`` or ``package.module:FUNCTION``, named ``FILE.py:FUNCTION``
     (the file's name, not its folder, so that a sweep started from another folder is the same
@@ -126,12 +149,12 @@ def _from_spec(spec: str) -> Task:
     where, _, attr = spec.rpartition(":")
     if not where or not attr.isidentifier():
         raise UsageError(f"{spec}: expected FILE.py:FUNCTION or package.module:FUNCTION")
-    if where.endswith(".py") or "/" in where or os.sep in where:
+    if _is_file_spec(where):
         path = Path(where).expanduser()
         if not path.is_file():
             raise UsageError(f"{where}: no such file (expected FILE.py:FUNCTION)")
         path = path.resolve()
-        key, name = f"{path}:{attr}", f"{path.name}:{attr}"
+        key, name = f"{path}:{attr}", spec_name(spec)
         if key in _RESOLVED:
             return _RESOLVED[key]
         module = _import_file(path, where)

@@ -136,7 +136,7 @@ def test_an_unknown_metric_stops_the_sweep_with_one_line(swept: Path) -> None:
             "--study", "typo", "--metric", "val_acc", *TINY_NEWS]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert "metric 'val_acc' is not one this task reports (lr, val_accuracy, val_f1_macro" in " ".join(result.output.split())
+    assert "metric 'val_acc' is not one this task reports (lr, train_loss, val_accuracy, val_f1_macro" in " ".join(result.output.split())
 
 
 FAMILIES_GRID = """

@@ -53,10 +53,10 @@ def _trial_runs(client: MlflowClient, experiment: str) -> list[Any]:
     return client.search_runs([found.experiment_id], filter_string="tags.`sweeplab.role` = 'trial'", max_results=100)
 
 
-def _assert_trials_read_back(store: Path, experiment: str, finished: int) -> list[Any]:
-    """``finished`` complete or pruned trial runs, each with its curve by step; a complete one's
-    best epoch is the argmax of its val_accuracy curve (ties to the earliest) and its value is
-    the metric there."""
+def _assert_trials_read_back(store: Path, experiment: str, finished: int, plots: bool = True) -> list[Any]:
+    """``finished`` complete or pruned trial runs, each with its curve by step (and its plot); a
+    complete one's best epoch is the argmax of its val_accuracy curve (ties to the earliest) and
+    its value is the metric there."""
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     runs = _trial_runs(client, experiment)
     states = [r.data.tags["sweeplab.state"] for r in runs]
@@ -73,6 +73,8 @@ def _assert_trials_read_back(store: Path, experiment: str, finished: int) -> lis
         assert run.data.metrics["best_epoch"] == steps[best]
         assert run.data.metrics["best_val_accuracy"] == pytest.approx(values[best])
         assert run.data.tags["sweeplab.metric"] == "val_accuracy"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.json" in artifacts and ("curves.png" in artifacts) == plots
     return runs
 
 
@@ -226,3 +228,95 @@ def test_an_error_the_trainer_raises_fails_its_trial_and_the_sweep_goes_on(tmp_p
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
     failed = [r for r in _trial_runs(client, "sweeplab-flaky.py:fit") if r.data.tags["sweeplab.state"] == "failed"]
     assert failed[0].data.tags["sweeplab.fail_reason"] == "ValueError: lr too high for this model"
+
+
+def test_what_a_trainer_gets_wrong_fails_its_trial_and_the_sweep_goes_on(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """sys.exit() in a trainer, and a state that cannot be saved, are the trainer's failures."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wrong.py").write_text(textwrap.dedent('''\
+        import sys
+
+        def fit(config, report):
+            if config["kind"] == "exit":
+                sys.exit(3)
+            class Local:  # an object pickle cannot find again
+                pass
+            state = {"obj": Local()} if config["kind"] == "unpicklable" else {"w": 1}
+            report(1, {"val_loss": 0.5}, state=state)
+    '''), encoding="utf-8")
+    (tmp_path / "space.toml").write_text('[search.kind]\nchoices = ["exit", "unpicklable", "ok"]\n', encoding="utf-8")
+    outcome = sweeplab.run("wrong.py:fit", space="space.toml", trials=3, sampler="grid", plots=False, checkpoints="all")
+    assert outcome.counts["complete"] == 1 and outcome.counts["failed"] == 2
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    runs = {r.data.params["kind"]: r for r in _trial_runs(client, "sweeplab-wrong.py:fit")}
+    assert runs["exit"].data.tags["sweeplab.fail_reason"] == "RuntimeError: the training function called sys.exit(3)"
+    assert "pickle" in runs["unpicklable"].data.tags["sweeplab.fail_reason"].lower()
+    assert all(r.info.status != "RUNNING" for r in runs.values())
+
+
+def test_a_metric_name_mlflow_refuses_is_one_line_and_stops_every_worker(tmp_path: Path) -> None:
+    (tmp_path / "badname.py").write_text("def fit(config, report):\n    report(1, {'val_loss': 1.0, 'val@acc': 0.5})\n",
+                                         encoding="utf-8")
+    (tmp_path / "space.toml").write_text(MY_SPACE, encoding="utf-8")
+    done = _sweep(["run", "badname.py:fit", "--space", "space.toml", "--trials", "6", "--workers", "2"], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "reported metric 'val@acc': expected letters, digits" in done.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = _trial_runs(client, "sweeplab-badname.py:fit")
+    assert 1 <= len(runs) <= 2  # each worker stopped at its first trial; none was replaced
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_grid_cell_failed_by_sweeplabs_own_error_runs_again_on_resume(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.py").write_text("def fit(config, report):\n    report(1, {'val_loss': 1 - config['lr']})\n",
+                                      encoding="utf-8")
+    (tmp_path / "grid.toml").write_text("[search.lr]\nchoices = [0.1, 0.3, 0.2]\n", encoding="utf-8")
+    from sweeplab.sweeps import driver
+
+    real = driver.summarise
+
+    def breaks_on_the_best_cell(history: Any, *args: Any, **kwargs: Any) -> Any:
+        if history[0]["val_loss"] == pytest.approx(0.7):
+            raise ZeroDivisionError("injected")
+        return real(history, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "summarise", breaks_on_the_best_cell)
+    with pytest.raises(InternalError):
+        sweeplab.run("grid.py:fit", space="grid.toml", trials=3, sampler="grid", plots=False, seed=1)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    outcome = sweeplab.run("grid.py:fit", space="grid.toml", trials=3, sampler="grid", plots=False, seed=1)
+    assert outcome.counts["complete"] == 3
+    assert outcome.best_value == pytest.approx(0.7)  # the cell that met the error ran again
+
+
+def test_a_script_that_sweeps_its_own_function_runs_once_and_workers_do_not_rerun_it(tmp_path: Path) -> None:
+    body = textwrap.dedent('''\
+        import sweeplab
+
+        print("module body as", __name__, flush=True)
+        CALLS = []
+
+        def fit(config, report):
+            CALLS.append(config["lr"])
+            report(1, {"val_loss": 1 - config["lr"]})
+
+        {call}
+    ''')
+    (tmp_path / "space.toml").write_text("[search.lr]\nlow = 0.1\nhigh = 0.9\n", encoding="utf-8")
+    guarded = 'if __name__ == "__main__":\n    sweeplab.run(fit, space="space.toml", trials=2, plots=False)\n    print("calls", len(CALLS))'
+    (tmp_path / "guarded.py").write_text(body.replace("{call}", guarded), encoding="utf-8")
+    done = subprocess.run([sys.executable, "guarded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("module body as") == 1 and "calls 2" in done.stdout  # the script's own function ran
+
+    unguarded = 'sweeplab.run(fit, space="space.toml", trials=2, plots=False, workers=2, study="w")'
+    (tmp_path / "unguarded.py").write_text(body.replace("{call}", unguarded), encoding="utf-8")
+    done = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert 'put the call under `if __name__ == "__main__":`' in done.stderr
+    logs = list((tmp_path / "mlruns" / "workers").glob("worker-*.log"))
+    assert logs and all(log.read_text(encoding="utf-8").count("module body as") == 1 for log in logs)  # no deeper workers

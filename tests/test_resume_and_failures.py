@@ -27,9 +27,9 @@ from tests.fake_tasks import Replay, make_task, sweep_task
 runner = CliRunner()
 
 
-def _children(store: Path) -> list:
+def _children(store: Path, experiment: str = "sweeplab-sentiment") -> list:
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("sweeplab-sentiment")
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'trial'", max_results=100)
@@ -262,13 +262,16 @@ def test_a_trial_another_process_failed_is_dropped_and_the_sweep_goes_on(tmp_pat
         assert [(r.info.status, r.data.tags["sweeplab.state"]) for r in dropped] == [("KILLED", "killed")] * 2
 
 
-def test_sigkill_during_the_first_start_leaves_a_store_the_same_command_completes(tmp_path: Path, sentiment_dir: Path) -> None:
+def test_sigkill_during_the_first_start_leaves_a_store_the_same_command_completes(tmp_path: Path) -> None:
     """The first `sweep run` on a fresh store is killed while it builds the MLflow schema (which
     takes seconds); the same command then runs the sweep to its end. Other moments of the build
     are killed in tests/tracker/test_embedded_store.py."""
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "1", "--data-dir", str(sentiment_dir),
-               "--store-dir", str(store), "--no-plots", "--set", "epochs=1", *TINY]
+    # A training function with no data to prepare: the first start reaches the store at once.
+    (tmp_path / "quick.py").write_text("def fit(config, report):\n    report(1, {'val_loss': config['x']})\n", encoding="utf-8")
+    (tmp_path / "quick.toml").write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    command = [sys.executable, "-m", "sweeplab", "run", f"{tmp_path / 'quick.py'}:fit", "--space", str(tmp_path / "quick.toml"),
+               "--trials", "1", "--store-dir", str(store), "--no-plots"]
     moment = "the database is being built"
 
     def reached() -> bool:
@@ -287,5 +290,5 @@ def test_sigkill_during_the_first_start_leaves_a_store_the_same_command_complete
             process.kill()
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    runs = _children(store)
+    runs = _children(store, "sweeplab-quick.py:fit")
     assert [r.data.tags["sweeplab.state"] for r in runs] == ["complete"]

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import socket
 import sys
@@ -40,9 +41,19 @@ from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import InternalError, SweepFailed, Unreachable, UsageError
 from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
-from sweeplab.sweeps.recovery import OUTCOMES, KilledTrials, close_runs_of_ended_trials, outcome, requeue_killed_grid_cells, worker_attrs
+from sweeplab.sweeps.recovery import (
+    INTERNAL_ERROR,
+    OUTCOMES,
+    KilledTrials,
+    close_runs_of_ended_trials,
+    outcome,
+    process_ended,
+    requeue_killed_grid_cells,
+    worker_attrs,
+)
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.sweeps.storage import open_optuna_storage
+from sweeplab.sweeps.workers import run_workers
 from sweeplab.tasks import get_task
 from sweeplab.tracker import plots
 from sweeplab.tracker.curves import OnsetRule
@@ -50,7 +61,7 @@ from sweeplab.tracker.embedded import ensure_tracking_db
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.reconnect import bound_http_retries
-from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder
+from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder, metric_name_problem
 from sweeplab.tracker.store import Store, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
@@ -69,6 +80,7 @@ CHECKPOINTS = ("best", "all", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
 PRUNER = "sweeplab.pruner"  # study user attribute: the pruner the sweep runs with
+CREATOR = "sweeplab.creator"  # study user attribute: the process that created the study (recovery.worker_attrs)
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,8 @@ def _parse_override(task: Task, key: str, value: Any) -> Any:
     if task.open and key not in task.defaults:
         if not isinstance(value, str):
             return value
+        if value in ("True", "False"):  # Python's spelling of TOML's true / false
+            return value == "True"
         try:
             return tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -328,18 +342,24 @@ class _Reporter:
         self.config = config
         self.evaluations = 0
         self.rounds = 0
+        self.error: Exception | None = None  # what on_eval raised, kept in case the trainer swallowed it
 
     def on_start(self, rounds: int) -> None:
         self.rounds = rounds
         self.observer.trial_started(self.trial.number, self.config, rounds)
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
+        bad = next(((name, why) for name in metrics if (why := metric_name_problem(name))), None)
+        if bad is not None:  # the trainer's input: a one-line error that stops the sweep
+            self.error = UsageError(f"reported metric {bad[0]!r}: {bad[1]}")
+            raise self.error
         try:
             return self._on_eval(step, metrics)
         except (Unreachable, KeyboardInterrupt):
             raise
         except Exception as exc:  # sweeplab's, not the trainer's: the trainer passes it on
-            raise _EngineFault(exc) from exc
+            self.error = _EngineFault(exc)
+            raise self.error from exc
 
     def _on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         self.run.log_point(step, metrics)
@@ -458,10 +478,15 @@ class _Objective:
                 if isinstance(exc, UsageError):  # bad input (a missing model...): stop the sweep
                     self.stop_error = exc  # the search loop raises it after this trial
             else:  # sweeplab's own error: every later trial would meet it too
-                reason = f"internal error: {_failure_reason(exc)}"
+                reason = f"{INTERNAL_ERROR}: {_failure_reason(exc)}"
                 self.stop_error = self._internal_error(trial, exc)
             trial.set_user_attr("fail_reason", reason)
-            run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
+            try:
+                run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
+            except Unreachable:
+                raise
+            except Exception:  # what failed may be the buffered points themselves: the run still closes
+                run.discard_points()
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise exc from None
@@ -474,13 +499,18 @@ class _Objective:
         """The task's fit; what it raises is wrapped in :class:`_TrainerFailed`, except sweeplab's
         own errors met inside it (:class:`_EngineFault`), an outage and an interruption."""
         try:
-            return self.task.fit(self.loaded, config, env, reporter)
+            result = self.task.fit(self.loaded, config, env, reporter)
         except _EngineFault as fault:
             raise fault.error from fault
         except (Unreachable, InternalError):
             raise
         except Exception as exc:
             raise _TrainerFailed(exc) from exc
+        if isinstance(reporter.error, _EngineFault):  # the trainer caught what reporting raised and went on
+            raise reporter.error.error
+        if reporter.error is not None:
+            raise _TrainerFailed(reporter.error)
+        return result
 
     def _internal_error(self, trial: optuna.Trial, exc: Exception) -> InternalError:
         """Append the traceback of sweeplab's own error in ``trial`` to the store's error log;
@@ -528,8 +558,11 @@ class _Objective:
             if self.task.save_checkpoint is not None:
                 self.task.save_checkpoint(self.loaded, config, result.state, folder)
                 return run.log_folder(folder, "checkpoint")
-            torch.save({"state_dict": result.state, "config": dict(config), "task": self.task.name,
-                        "best_step": result.history[summary.best]["step"]}, folder / "model.pt")
+            try:
+                torch.save({"state_dict": result.state, "config": dict(config), "task": self.task.name,
+                            "best_step": result.history[summary.best]["step"]}, folder / "model.pt")
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:  # a state the trainer gave that cannot be saved
+                raise _TrainerFailed(exc) from exc
             return run.log_file(folder / "model.pt", "checkpoint")
         finally:
             shutil.rmtree(folder)
@@ -619,7 +652,8 @@ def _open_study(storage: optuna.storages.BaseStorage, name: str, pruner: optuna.
     that process alone makes the sweep's parent run: machines started at the same moment would
     otherwise each make one."""
     try:
-        storage.create_new_study([optuna.study.StudyDirection[direction.upper()]], name)
+        study_id = storage.create_new_study([optuna.study.StudyDirection[direction.upper()]], name)
+        storage.set_study_user_attr(study_id, CREATOR, worker_attrs())  # who to wait for (see _recorded_parent)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
@@ -629,11 +663,13 @@ def _open_study(storage: optuna.storages.BaseStorage, name: str, pruner: optuna.
 def _recorded_parent(study: optuna.Study, seconds: float) -> str | None:
     """The parent run the study records, waiting up to ``seconds`` for the process that created
     the study (started at the same moment, on another machine) to record it; None if it never does
-    (it was killed first), and then the parent run is found by its tags or made."""
+    (it was killed first), and then the parent run is found by its tags or made. A creator that
+    ran on this machine and has ended (a first start killed early) is not waited for."""
     deadline = time.monotonic() + seconds
     while True:
-        run_id = study.user_attrs.get(PARENT_RUN)
-        if run_id or time.monotonic() >= deadline:
+        attrs = study.user_attrs
+        run_id = attrs.get(PARENT_RUN)
+        if run_id or time.monotonic() >= deadline or process_ended(attrs.get(CREATOR)):
             return run_id
         time.sleep(0.5)
 
@@ -797,8 +833,6 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             if options.workers > 1:
-                from sweeplab.sweeps.workers import run_workers
-
                 worker_notes = run_workers(options, study, target, observer, store.root / "workers")
                 recover(study, killed)  # the last worker killed mid-trial: its trial and its run
                 close_runs_of_ended_trials(study, recorder)

@@ -37,8 +37,9 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -49,7 +50,7 @@ from sweeplab.sweeps.space import cell_key
 from sweeplab.sweeps.storage import ReconnectingStorage
 from sweeplab.tracker.runs import STATE, SweepRecorder
 
-__all__ = ["DUPLICATE", "OUTCOMES", "UNTOLD", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials",
+__all__ = ["DUPLICATE", "INTERNAL_ERROR", "OUTCOMES", "UNTOLD", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "process_ended",
            "fail_stale_trials", "is_duplicate_cell", "outcome", "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
@@ -135,17 +136,26 @@ def _alive(pid: int, started: str = "") -> bool:
     return not started or len(fields) <= 19 or fields[19] == started
 
 
-def _process_of(trial: FrozenTrial) -> tuple[str, str, str, str]:
-    """(host, pid, machine, start time) the trial recorded (:func:`worker_attrs`); '' where absent."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    machine, _, started = str(trial.user_attrs.get("worker_process", "")).rpartition(" ")
+def _process_of(attrs: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(host, pid, machine, start time) a trial or a study recorded (:func:`worker_attrs`); ''
+    where absent."""
+    host, _, pid = str(attrs.get("worker", "")).rpartition(":")
+    machine, _, started = str(attrs.get("worker_process", "")).rpartition(" ")
     return host, pid, machine, started
 
 
-def _dead_here(trial: FrozenTrial, host: str, machine: str) -> bool | None:
-    """True or False when this process can tell whether the trial's process runs (same host, boot
-    and pid namespace); None when it cannot (another machine or container)."""
-    worker_host, pid, recorded_machine, started = _process_of(trial)
+def process_ended(attrs: Mapping[str, Any] | None) -> bool:
+    """Whether the process ``attrs`` describes (:func:`worker_attrs`) is known to have ended: it
+    ran on this machine and runs no more (or it is this process). False when that cannot be told
+    (another machine, nothing recorded)."""
+    return bool(attrs) and _dead_here(attrs, socket.gethostname(), _machine()) is True
+
+
+def _dead_here(attrs: Mapping[str, Any], host: str, machine: str) -> bool | None:
+    """True or False when this process can tell whether the process that recorded ``attrs`` (a
+    trial's user attributes) runs (same host, boot and pid namespace); None when it cannot
+    (another machine or container)."""
+    worker_host, pid, recorded_machine, started = _process_of(attrs)
     if worker_host != host or not pid.isdigit() or recorded_machine != machine:
         return None
     # Between trials this process runs none, so a trial that names it is left from an earlier
@@ -216,9 +226,9 @@ def fail_dead_trials(study: optuna.Study, on_killed: KilledTrials) -> int:
     for gone in set(on_killed.beats) - {optuna_private.trial_id(t) for t in running}:
         del on_killed.beats[gone]
     for trial in running:
-        dead = _dead_here(trial, host, machine)
+        dead = _dead_here(trial.user_attrs, host, machine)
         # A pid check without a start time (not Linux) cannot tell a reused pid: heartbeats decide too.
-        judged_by_beats = journal and (dead is None or not _process_of(trial)[3])
+        judged_by_beats = journal and (dead is None or not _process_of(trial.user_attrs)[3])
         interval = float(trial.user_attrs.get("heartbeat_seconds", on_killed.heartbeat))
         if dead and _tell_from_run(study, trial, on_killed.recorder):
             continue
@@ -355,19 +365,28 @@ def _cell(trial: FrozenTrial) -> tuple:
     return cell_key(trial.system_attrs.get("fixed_params") or trial.params)
 
 
+#: The ``fail_reason`` prefix of a trial failed by sweeplab's own error (``InternalError``), not
+#: by its trainer.
+INTERNAL_ERROR = "internal error"
+
+#: Reasons that say nothing against a trial's configuration: its process was killed or
+#: interrupted, or sweeplab failed around it. A grid cell failed only for these runs again.
+_NOT_THE_CELLS_FAULT = ("killed", "interrupted", INTERNAL_ERROR)
+
+
 def requeue_killed_grid_cells(study: optuna.Study) -> int:
-    """Queue once more, when a sweep starts, the grid cells whose every attempt was killed or
-    interrupted (none finished, failed on its own, or is queued or running), so that a rerun
-    completes the grid: a rerun is the user's word that the cell should run. (Within a run a
-    killed trial is retried once, by :class:`KilledTrials`; a cell whose trial fails on its own
-    is not run again.) Returns how many were queued."""
+    """Queue once more, when a sweep starts, the grid cells whose every attempt was killed,
+    interrupted or failed by sweeplab's own error (none finished, failed on its own, or is queued
+    or running), so that a rerun completes the grid: a rerun is the user's word that the cell
+    should run. (Within a run a killed trial is retried once, by :class:`KilledTrials`; a cell
+    whose trial fails on its own is not run again.) Returns how many were queued."""
     attempts: dict[tuple, list[FrozenTrial]] = collections.defaultdict(list)
     for trial in study.get_trials(deepcopy=False):
         if (trial.params or trial.system_attrs.get("fixed_params")) and not _is_duplicate(trial):
             attempts[_cell(trial)].append(trial)
     count = 0
     for tried in attempts.values():
-        if all(t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "killed")).startswith(("killed", "interrupted"))
+        if all(t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "killed")).startswith(_NOT_THE_CELLS_FAULT)
                for t in tried):  # no reason: failed by Optuna for want of heartbeats
             study.enqueue_trial(dict(tried[-1].system_attrs.get("fixed_params") or tried[-1].params), skip_if_exists=False)
             count += 1

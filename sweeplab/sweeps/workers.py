@@ -16,7 +16,8 @@ shows progress from the study, then scores the test split and closes the parent 
 killed mid-trial is found by the others (``sweeps.recovery``), which run its parameters again;
 Ctrl-C in the main process, or its death by any signal, interrupts every worker.
 
-Run as a program (``python -m sweeplab.sweeps.workers OPTIONS.json``) it is one worker.
+Each worker is the program :mod:`sweeplab.sweeps.worker` (``python -m sweeplab.sweeps.worker
+OPTIONS.json``).
 """
 
 from __future__ import annotations
@@ -26,38 +27,26 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.errors import InternalError, SweeplabError, Unreachable, UsageError
-from sweeplab.tracker.reconnect import stop_retrying
+from sweeplab.errors import InternalError, SweepFailed, SweeplabError, Unreachable, UsageError
 
-__all__ = ["run_workers"]
+__all__ = ["MAIN_PID", "PATHS", "WORKER_ENV", "run_workers"]
 
-_PATHS = ("data_dir", "store_dir", "cache_dir")
+#: The options that are paths, written as strings in a worker's options file.
+PATHS = ("data_dir", "store_dir", "cache_dir")
 
 
 def _dump(options: Any, path: Path) -> None:
     data = asdict(options)
     data["overrides"] = dict(options.overrides)
     path.write_text(json.dumps(data, default=str), encoding="utf-8")
-
-
-def _load(path: Path) -> Any:
-    from sweeplab.sweeps.driver import SweepOptions
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    for key in _PATHS:
-        data[key] = Path(data[key]) if data[key] is not None else None
-    data["gpus"] = tuple(data["gpus"])
-    known = {f.name for f in fields(SweepOptions)}
-    return SweepOptions(**{k: v for k, v in data.items() if k in known})
 
 
 def _threads(workers: int) -> int:
@@ -85,11 +74,14 @@ def _start_worker(i: int, options: Any, spec: Path, log: Path) -> subprocess.Pop
     """Worker ``i``: its threads, its GPU in turn, its log (appended to: a replacement's output
     follows the output of the worker it replaces). In a session of its own, so that Ctrl-C in the
     terminal reaches the main process alone, which interrupts each worker once."""
-    env = {**os.environ, "SWEEPLAB_THREADS": str(_threads(options.workers)), _MAIN_PID: str(os.getpid())}
+    threads = str(_threads(options.workers))
+    env = {**os.environ, "SWEEPLAB_THREADS": threads, MAIN_PID: str(os.getpid()), WORKER_ENV: str(i)}
+    for pool in _THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
+        env.setdefault(pool, threads)
     if options.gpus:
         env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
     with log.open("a", encoding="utf-8") as out:
-        return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.workers", str(spec)], stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.worker", str(spec)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -130,10 +122,12 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
         while True:
             _report_new(study, seen, observer, best, maximise)
             codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie
-            gone = [i for i, code in codes.items() if code == Unreachable.exit_code]
-            if gone:  # the outage outlasted --outage-limit in a worker: the others face it too
-                raise Unreachable(_last_line(logs[gone[0]]).removeprefix("error: "))
-            for i in [i for i, code in codes.items() if code not in (None, 0, 2) and i not in given_up]:
+            stopped = next(((i, _STOPPING[code]) for i, code in codes.items() if code in _STOPPING), None)
+            if stopped is not None:  # bad input, sweeplab's own error, a store away: the others meet it too
+                i, error = stopped
+                line = _last_line(logs[i]).removeprefix("error: ")
+                raise error(line if error is Unreachable else f"worker {i} stopped: {line}")
+            for i in [i for i, code in codes.items() if code not in (None, 0) and i not in given_up]:
                 finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
                 replace_it = finished < target and len(notes) < options.workers
                 notes.append(f"worker {i} {_ended_badly(codes[i])} (see {logs[i]})"
@@ -156,11 +150,17 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
             except subprocess.TimeoutExpired:
                 process.kill()
         raise
-    for i, process in processes.items():
-        for error in (UsageError, InternalError):
-            if process.returncode == error.exit_code:
-                raise error(f"worker {i} stopped: {_last_line(logs[i])}")
+    finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    if finished == 0 and all(p.returncode != 0 for p in processes.values()):
+        i = max(processes)
+        raise SweepFailed(f"no trial finished and every worker ended badly; worker {i} "
+                          f"{_ended_badly(processes[i].returncode)}: {_last_line(logs[i]).removeprefix('error: ')}")
     return notes
+
+
+#: The exit statuses of a worker that stop the sweep at once (see sweeplab.errors), and the
+#: error the main process raises for each; any other failure (a crash) gets a replacement.
+_STOPPING: dict[int, type[SweeplabError]] = {error.exit_code: error for error in (UsageError, InternalError, Unreachable)}
 
 
 def _last_line(log: Path) -> str:
@@ -170,55 +170,10 @@ def _last_line(log: Path) -> str:
 
 
 #: The environment variable that gives a worker its main process's pid.
-_MAIN_PID = "SWEEPLAB_MAIN_PID"
+MAIN_PID = "SWEEPLAB_MAIN_PID"
 
-#: Seconds between two looks of a worker at its main process, and between two interruptions.
-_WATCH_SECONDS = 1.0
-_REPEAT_SECONDS = 10.0
+#: Set (to the worker's index) in a worker process.
+WORKER_ENV = "SWEEPLAB_WORKER"
 
-
-def _stop_with_main() -> None:
-    """Interrupt this worker (SIGINT, as Ctrl-C would) once its main process has died, even by
-    ``kill -9``: the worker then closes its running trial as interrupted and exits, instead of
-    training on unseen (holding a GPU that the rerun's workers need). A daemon thread watches the
-    parent pid; it interrupts again every ``_REPEAT_SECONDS`` while the worker still runs, since
-    Python drops a KeyboardInterrupt that lands in a finaliser or an import's weakref callback.
-    (The kernel's parent-death signal is no simpler: it comes once for each thread of the dying
-    main process, and cuts the clean-up short.)"""
-    main_pid = int(os.environ.get(_MAIN_PID, os.getppid()))
-
-    def watch() -> None:
-        while os.getppid() == main_pid:
-            time.sleep(_WATCH_SECONDS)
-        stop_retrying()  # a storage call waiting out an outage gives up now
-        while True:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(_REPEAT_SECONDS)
-
-    threading.Thread(target=watch, name="sweeplab-main-watch", daemon=True).start()
-
-
-def main() -> None:
-    """One worker: run the sweep described by the options file until the study is done."""
-    # A process started in the background by a non-interactive shell (`sweep run ... &` in a
-    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt: the
-    # interruption that stops a worker (Ctrl-C, its main process's death) would be lost. Set
-    # first, so that an interruption during the imports below is not lost either.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    import torch
-
-    from sweeplab.sweeps.driver import run_sweep
-
-    torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
-    try:
-        _stop_with_main()
-        run_sweep(_load(Path(sys.argv[1])))
-    except SweeplabError as exc:  # one line in the worker's log, and the error's exit status for the main process
-        print(f"error: {exc}", flush=True)
-        raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-
-
-if __name__ == "__main__":
-    main()
+#: The thread-pool sizes of the numerical libraries a trainer may use besides torch.
+_THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from sweeplab.core import direction_of
-from sweeplab.tracker.runs import METRIC, ROLE, STATE
+from sweeplab.tracker.runs import DIRECTION, METRIC, ROLE, STATE
 
 __all__ = ["SweepRow", "TrialRow", "best_trials", "metric_direction", "recorded_metric", "sweeps"]
 
@@ -43,16 +43,18 @@ class TrialRow:
         return asdict(self)
 
 
-def metric_direction(metric: str) -> str:
+def metric_direction(metric: str, direction: str | None = None) -> str:
     """The SQL order of a metric's best values first: ``ASC`` for a minimised metric, ``DESC``
-    for a maximised one (:func:`~sweeplab.tracker.curves.direction_of`)."""
-    return "ASC" if direction_of(metric) == "minimize" else "DESC"
+    for a maximised one, by ``direction`` when the sweep recorded it, else by the metric's name
+    (:func:`~sweeplab.core.direction_of`)."""
+    return "ASC" if (direction or direction_of(metric)) == "minimize" else "DESC"
 
 
-def recorded_metric(tracking_uri: str, task: str, study: str | None = None) -> str | None:
+def recorded_metric(tracking_uri: str, task: str, study: str | None = None) -> tuple[str, str | None] | None:
     """The summary metric (``best_val_accuracy``) of the newest sweep of ``task`` (of one
-    study), from the metric its parent run records; ``None`` when no sweep records one (made
-    before sweeplab recorded it), and then the task's own metric applies."""
+    study) and its direction (``maximize``, ``minimize``; ``None`` when not recorded), from what
+    its parent run records; ``None`` when no sweep records a metric (made before sweeplab recorded
+    it), and then the task's own metric applies."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not experiments:
@@ -63,7 +65,7 @@ def recorded_metric(tracking_uri: str, task: str, study: str | None = None) -> s
     newest = client.search_runs(experiments, filter_string=" and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
                                 max_results=1, order_by=["attributes.start_time DESC"])
     metric = newest[0].data.tags.get(METRIC) if newest else None
-    return f"best_{metric}" if metric else None
+    return (f"best_{metric}", newest[0].data.tags.get(DIRECTION)) if metric else None
 
 
 def best_trials(
@@ -73,6 +75,7 @@ def best_trials(
     top: int = 1,
     study: str | None = None,
     states: tuple[str, ...] = ("complete",),
+    direction: str | None = None,
 ) -> list[TrialRow]:
     """The ``top`` trials of ``task`` by summary metric ``metric`` (best first; ties go to the
     earlier trial, as in Optuna), over every experiment of the store, optionally limited to one
@@ -91,7 +94,7 @@ def best_trials(
         filter_string=" and ".join(filters),
         run_view_type=ViewType.ACTIVE_ONLY,
         max_results=50000,
-        order_by=[f"metrics.`{metric}` {metric_direction(metric)}", "attributes.start_time ASC"],
+        order_by=[f"metrics.`{metric}` {metric_direction(metric, direction)}", "attributes.start_time ASC"],
     )
     rows: list[TrialRow] = []
     for run in runs:
@@ -171,7 +174,7 @@ def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | Non
             state = child.data.tags.get(STATE, "running")
             counts[state] = counts.get(state, 0) + 1
         scored = [c for c in children if c.data.tags.get(STATE) == "complete" and metric in c.data.metrics]
-        reverse = metric_direction(metric) == "DESC"
+        reverse = metric_direction(metric, parent.data.tags.get(DIRECTION) if recorded else None) == "DESC"
         best = sorted(scored, key=lambda c: ((-1 if reverse else 1) * c.data.metrics[metric], c.info.start_time))[:1]
         trials = parent.data.params.get("trials")
         rows.append(SweepRow(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from sweeplab.tracker.reconnect import Patience, reconnecting_client
 from sweeplab.tracker.store import redact
 
-__all__ = ["DIRECTION", "METRIC", "ROLE", "STATE", "SweepRecorder", "TrialRecorder"]
+__all__ = ["DIRECTION", "METRIC", "ROLE", "STATE", "SweepRecorder", "TrialRecorder", "metric_name_problem"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
 METRIC = "sweeplab.metric"  # the validation metric that picks each trial's best evaluation and the best trial
@@ -68,6 +70,10 @@ class TrialRecorder:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
             self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
         self._last_flush = time.monotonic()
+
+    def discard_points(self) -> None:
+        """Drop the buffered points unwritten (what a failed write could not store)."""
+        self._buffer = []
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
         """Summary metrics (no step) and tags, in one call with whatever is still buffered."""
@@ -137,6 +143,22 @@ class TrialRecorder:
             status = {"complete": "FINISHED", "pruned": "FINISHED", "killed": "KILLED"}.get(state, "FAILED")
             self.client.set_terminated(self.run_id, status=status)
             self.closed = True
+
+
+#: The characters MLflow accepts in a metric name (on POSIX systems: letters, digits, ``_``,
+#: ``-``, ``.``, space, ``/`` and ``:``), and names that would resolve to another path.
+_METRIC_NAME = re.compile(r"^[/\w.\- :]+$")
+
+
+def metric_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse ``name`` as a metric name, or ``None`` when it takes it; checked
+    when a trainer reports, so that a bad name is one line before anything is written."""
+    if not _METRIC_NAME.match(name):
+        return "expected letters, digits, _ - . / : and spaces"
+    normal = posixpath.normpath(name)
+    if normal != name or normal.startswith(("..", "/")):
+        return f"it would be stored as the path {normal!r}"
+    return None
 
 
 def _active_run(client: MlflowClient, run_id: str | None, experiment_id: str) -> list[Any]:

@@ -114,6 +114,8 @@ def _fit(function: Callable[..., Any], loaded: Loaded, config: Mapping[str, Any]
         function(dict(config), progress.report)
     except TrialStopped:
         pass  # the function went on after report() said stop; the trial ends where it was told
+    except SystemExit as exc:  # sys.exit() in a trainer ends its trial, not the sweep
+        raise RuntimeError(f"the training function called sys.exit({exc.code!r})") from None
     if not progress.result.history:
         raise RuntimeError("the training function returned without calling report()")
     return progress.result

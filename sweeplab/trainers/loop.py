@@ -22,15 +22,17 @@ or MLflow.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer
+from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer, TrialEnv
 from sweeplab.errors import UsageError
 from sweeplab.tracker.curves import OnsetRule, best_index, overfit_onset
 
-__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "keep_copy"]
+__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "fit_and_close", "keep_copy"]
 
 
 class Diverged(RuntimeError):
@@ -45,17 +47,32 @@ class TrialStopped(Exception):
 
 def keep_copy(state: Any) -> Any:
     """A copy of ``state`` that later training cannot change: tensors detached and copied to the
-    CPU (a copy on the GPU per new best would double its memory), containers rebuilt, anything
-    else deep-copied. A callable is called first, so that the state is only built when kept."""
-    if callable(state):
+    CPU (a copy on the GPU per new best would double its memory), containers copied item by item
+    (their type and attributes kept: a state dict's ``_metadata``), anything else deep-copied.
+    A function or method is called first, so that the state is built only when it is kept; an
+    object with a ``state_dict()`` (a model, an optimizer) gives that."""
+    if inspect.isfunction(state) or inspect.ismethod(state) or isinstance(state, functools.partial):
         state = state()
+    elif not isinstance(state, Mapping) and callable(getattr(state, "state_dict", None)):
+        state = state.state_dict()
+    return _copied(state)
+
+
+def _copied(state: Any) -> Any:
     if hasattr(state, "detach") and hasattr(state, "to"):  # a torch tensor, without importing torch here
         return state.detach().to("cpu", copy=True)
+    if isinstance(state, MutableMapping):
+        out = copy.copy(state)
+        for key in list(out):
+            out[key] = _copied(state[key])
+        return out
     if isinstance(state, Mapping):
-        return type(state)((k, keep_copy(v)) for k, v in state.items()) if isinstance(state, dict) else \
-            {k: keep_copy(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(keep_copy(v) for v in state)
+        return {key: _copied(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [_copied(value) for value in state]
+    if isinstance(state, tuple):
+        items = [_copied(value) for value in state]
+        return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
     return copy.deepcopy(state)
 
 
@@ -96,7 +113,8 @@ class Progress:
             self.result.stopped, self.result.stop_reason = "diverged", problem
             return True
         if self.metric not in values:
-            raise UsageError(f"metric {self.metric!r} is not one this task reports ({', '.join(sorted(values))})")
+            raise UsageError(f"metric {self.metric!r} is not one this task reports ({', '.join(sorted(values))}); "
+                             "every evaluation must report the metric that --metric names")
         point = {"step": float(step), **values}
         history = self.result.history
         history.append(point)
@@ -141,3 +159,15 @@ def fit(
         if progress.report(step, metrics, trainer.snapshot, evaluation.outputs, trainer.predict_unlabelled):
             break
     return progress.result
+
+
+def fit_and_close(trainer: RoundTrainer, rounds: int, reporter: Reporter, env: TrialEnv) -> FitResult:
+    """:func:`fit` with the sweep's metric and rules (``env``), then the trainer's ``close()``
+    (when it has one: give the trial's memory back), however the fit ended."""
+    try:
+        return fit(trainer, rounds=rounds, reporter=reporter, metric=env.metric, direction=env.direction,
+                   early_stop=env.early_stop, keep_state=env.keep_state)
+    finally:
+        close = getattr(trainer, "close", None)
+        if close is not None:
+            close()

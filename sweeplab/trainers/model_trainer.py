@@ -1,16 +1,18 @@
 """What the trainers of one transformers model, trained end to end, share (news, retrieval).
 
-:class:`ModelTrainer` is the common half of a :class:`~sweeplab.trainers.loop.RoundTrainer`:
+:class:`ModelTrainer` is the common half of a :class:`~sweeplab.core.RoundTrainer`:
 AdamW with weight decay on weight matrices only (not on biases or LayerNorm weights, the usual
 BERT / CLIP practice), a transformers warm-up schedule stepped once per optimizer step, gradient
 clipping, mixed precision (a ``GradScaler`` for fp16), the best state kept on the CPU, and the
 trial's memory given back at the end. A task's trainer subclasses it, builds its model and data,
-and writes ``train_round`` (calling :meth:`ModelTrainer.optimise` once per batch) and
-``evaluate``.
+and writes ``train_round`` (calling :meth:`ModelTrainer.optimise` once per batch, its losses
+summed by a :class:`LossTally`) and ``evaluate``. Every built-in trainer (sentiment's too) sums
+its losses with :class:`LossTally` and runs under :func:`~sweeplab.trainers.loop.fit_and_close`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sweeplab.core import FitResult, Reporter, TrialEnv
+from sweeplab.core import TrialEnv
 from sweeplab.trainers.backbones import quiet_loaders
-from sweeplab.trainers.loop import fit
 
-__all__ = ["ModelTrainer", "adamw", "decay_groups", "fit_and_close", "save_with_tokenizer"]
+__all__ = ["LossTally", "ModelTrainer", "adamw", "decay_groups", "save_with_tokenizer"]
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -43,6 +44,37 @@ def adamw(groups: list[dict[str, Any]] | list[nn.Parameter], lr: float, weight_d
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+class LossTally:
+    """The mean training loss of a round, summed on the device the losses are on.
+
+    Reading a loss as a Python number (``float(loss)``) makes the host wait for the GPU to finish
+    the step, so the next step's kernels cannot be queued meanwhile; summing the detached losses
+    as tensors keeps the GPU busy, and the host reads the sum once per round (:meth:`mean`). A
+    loss that became NaN or infinite is noticed every ``check_every`` steps (:meth:`add` returns
+    ``True``: stop the round), at the cost of one wait each; the round's mean then says so and
+    :func:`~sweeplab.trainers.loop.fit` ends the trial."""
+
+    def __init__(self, check_every: int = 50) -> None:
+        self.check_every = check_every
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, weight: int = 1) -> bool:
+        """Add one step's (mean) loss, weighted by ``weight`` (its batch size, for a per-example
+        mean; 1 for a per-step mean). Returns whether the sum has turned non-finite, checked
+        every ``check_every`` steps."""
+        term = loss.detach().float() * weight
+        self.total = term if self.total is None else self.total + term
+        self.count += weight
+        self.steps += 1
+        return self.steps % self.check_every == 0 and not bool(torch.isfinite(self.total))
+
+    def mean(self) -> float:
+        """The weighted mean of the losses added (NaN when none was)."""
+        return float(self.total) / self.count if self.total is not None else math.nan
+
+
 class ModelTrainer:
     """Optimizer, schedule, clipping, precision and memory of one model's trial (see the module
     docstring). ``schedule`` is a transformers scheduler name (``linear``, ``cosine``...)."""
@@ -60,8 +92,9 @@ class ModelTrainer:
         self.clip = float(config["max_grad_norm"])
         self.generator = torch.Generator().manual_seed(env.trial_seed)
 
-    def optimise(self, loss: torch.Tensor) -> float:
-        """One optimizer step on ``loss``; returns its value."""
+    def optimise(self, loss: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on ``loss``; returns it detached (a tensor: reading it as a number
+        would wait for the GPU, see :class:`LossTally`)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.float()).backward()
         if self.clip > 0:
@@ -70,7 +103,7 @@ class ModelTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def learning_rate(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -90,15 +123,6 @@ class ModelTrainer:
         """Give the trial's memory back: the model to the CPU, optimizer state dropped."""
         self.model.to("cpu")
         self.optimizer.state.clear()
-
-
-def fit_and_close(trainer: ModelTrainer, rounds: int, reporter: Reporter, env: TrialEnv) -> FitResult:
-    """:func:`~sweeplab.trainers.loop.fit` with the sweep's metric and rules, then free the trial's memory."""
-    try:
-        return fit(trainer, rounds=rounds, reporter=reporter, metric=env.metric, direction=env.direction,
-                   early_stop=env.early_stop, keep_state=env.keep_state)
-    finally:
-        trainer.close()
 
 
 def save_with_tokenizer(model: nn.Module, state: Mapping[str, Any], tokenizer: Any, folder: Path) -> None:

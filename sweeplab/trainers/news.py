@@ -61,8 +61,9 @@ from sweeplab.datasets.report import DataError
 from sweeplab.datasets.splits import majority_share
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
+from sweeplab.trainers.loop import fit_and_close
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
+from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
@@ -262,18 +263,16 @@ class _NewsTrainer(ModelTrainer):
     def train_round(self) -> tuple[int, float]:
         self.model.train()
         max_length = int(self.config["max_length"])
-        total, count = 0.0, 0
+        tally = LossTally()
         for _ in range(min(self.every, self.total_steps - self.step)):
             rows = next(self.batches)
             inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
             with autocast(self.device, self.env.precision):
                 logits = self.model(**inputs).logits
-            total += self.optimise(nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device)))
             self.step += 1
-            count += 1
-            if not math.isfinite(total):
+            if tally.add(self.optimise(nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device)))):
                 break
-        return self.step, total / max(count, 1)
+        return self.step, tally.mean()
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.val, self.frame, self.config, self.env, "val_")

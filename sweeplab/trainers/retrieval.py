@@ -64,8 +64,9 @@ from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
 from sweeplab.datasets.report import DataError
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast, seed_everything
+from sweeplab.trainers.loop import fit_and_close
 from sweeplab.trainers.metrics import recall_at_k
-from sweeplab.trainers.model_trainer import ModelTrainer, fit_and_close, save_with_tokenizer
+from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 
 __all__ = ["TASK", "retrieval_metrics"]
@@ -304,7 +305,7 @@ class _RetrievalTrainer(ModelTrainer):
         self.model.train()
         max_length = int(self.config["max_length"])
         order = torch.randperm(len(self.train.texts), generator=self.generator)
-        total, count = 0.0, 0
+        tally = LossTally()
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             if len(rows) < 2:
@@ -314,14 +315,13 @@ class _RetrievalTrainer(ModelTrainer):
             inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
             with autocast(self.device, self.env.precision):
                 loss = self.model(**inputs, pixel_values=_normalise(self.train.pixels[images], self.device), return_loss=True).loss
-            total += self.optimise(loss)
+            diverged = tally.add(self.optimise(loss))
             with torch.no_grad():  # as Chinese-CLIP does: a temperature of at least 1/100
                 self.model.logit_scale.clamp_(0, math.log(100))
-            count += 1
-            if not math.isfinite(total):
+            if diverged:
                 break
         self.epoch += 1
-        return self.epoch, total / max(count, 1)
+        return self.epoch, tally.mean()
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.valid, self.frame, self.config, self.env, "val_")

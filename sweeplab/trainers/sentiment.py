@@ -19,7 +19,6 @@ Two ways to train, chosen by ``freeze_backbones``:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -53,9 +52,9 @@ from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
 from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import fit
+from sweeplab.trainers.loop import fit_and_close
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import adamw
+from sweeplab.trainers.model_trainer import LossTally, adamw
 
 __all__ = ["TASK", "FusionClassifier", "widths"]
 
@@ -374,7 +373,7 @@ class _SentimentTrainer:
         for module in self._modules():
             module.train()
         order = torch.randperm(len(self.train.rows), generator=self.generator)
-        total, count = 0.0, 0
+        tally = LossTally()
         for part in _batches(len(order), self.batch_size):
             idx = order[part]
             rows = self.train.rows[idx]
@@ -385,12 +384,10 @@ class _SentimentTrainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            if not math.isfinite(total):
+            if tally.add(loss, len(idx)):
                 break
         self.epoch += 1
-        return self.epoch, total / max(count, 1)
+        return self.epoch, tally.mean()
 
     @torch.no_grad()
     def _probabilities(self, split: _Split) -> np.ndarray:
@@ -436,18 +433,7 @@ class _SentimentTrainer:
 
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
     trainer = _SentimentTrainer(loaded, config, env)
-    try:
-        return fit(
-            trainer,
-            rounds=int(config["epochs"]),
-            reporter=reporter,
-            metric=env.metric,
-            direction=env.direction,
-            early_stop=env.early_stop,
-            keep_state=env.keep_state,
-        )
-    finally:
-        trainer.close()
+    return fit_and_close(trainer, int(config["epochs"]), reporter, env)
 
 
 def _format_predictions(predictions: list[tuple[str, str]]) -> str:

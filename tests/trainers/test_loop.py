@@ -86,3 +86,23 @@ def test_divergence_after_a_good_epoch_keeps_the_best() -> None:
     result = fit(trainer, 5, Recorder(), "val_accuracy")
     assert result.stopped == "diverged" and result.best == 1 and result.state == {"epoch": 2}
     assert len(result.history) == 2
+
+
+def test_keep_copy_copies_what_training_would_change_and_keeps_container_types() -> None:
+    import collections
+
+    import torch
+
+    from sweeplab.trainers.loop import keep_copy
+
+    model = torch.nn.Linear(2, 1)
+    kept = keep_copy(model)  # a model gives its state dict, copied
+    assert hasattr(kept, "_metadata") and set(kept) == {"weight", "bias"}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not torch.equal(kept["weight"], model.weight)
+    counts = keep_copy(collections.defaultdict(list, a=[torch.zeros(1)]))
+    assert isinstance(counts, collections.defaultdict) and counts["b"] == []
+    Pair = collections.namedtuple("Pair", "x y")
+    assert keep_copy(Pair(1, [2])) == Pair(1, [2])
+    assert keep_copy(lambda: {"built": 1}) == {"built": 1}  # built only when kept
