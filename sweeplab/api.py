@@ -153,10 +153,12 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
     answers to (a name a training function declared, read back in a fresh process), the name
     itself when the store holds sweeps of it. An unknown name is the error, before a missing
     store."""
-    from sweeplab.tasks import get_task, spec_name
+    from sweeplab.tasks import REGISTRY, get_task, spec_name
     from sweeplab.tracker.query import recorded_metric
 
     name = _task_name(task)
+    if name in REGISTRY:  # a built-in's name is its runs' name: no need to import it (and torch)
+        return name
     try:
         store = open_store(store_dir, tracking_uri)
     except UsageError:

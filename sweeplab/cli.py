@@ -43,16 +43,6 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
-def _x_axis(task: str) -> str:
-    """The step the task's curves are counted in (``epoch`` for a name no task answers to)."""
-    from sweeplab.tasks import get_task
-
-    try:
-        return get_task(task).x_axis
-    except UsageError:
-        return "epoch"
-
-
 def _uri(store_dir: Path, tracking_uri: str | None) -> str:
     """The tracking URI the read commands looked in, for their messages."""
     from sweeplab.tracker.store import resolve_store
@@ -159,7 +149,7 @@ def best(
     elif rows:
         from sweeplab.console import trial_panels
 
-        for table in trial_panels(rows, _x_axis(task)):
+        for table in trial_panels(rows):
             console.print(table)
             console.print()
     if not rows:

@@ -75,12 +75,15 @@ def majority_line(accuracy: float, majority: float) -> str:
     return f"{majority:.4f} (always the most frequent class); {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} it"
 
 
-def trial_panels(rows: Sequence[TrialRow], x_axis: str = "epoch") -> list[Table]:
+def trial_panels(rows: Sequence[TrialRow], x_axis: str | None = None) -> list[Table]:
     """One key/value table per trial, best first: value, best step, overfitting onset, the
     validation figures at the best step beside the test figures (when the checkpoint was scored),
-    parameters, run id, checkpoint and predictions locations."""
+    parameters, run id, checkpoint and predictions locations. ``x_axis`` names the curves' step
+    (``epoch``, ``step``); by default each row's summary says which (``best_step`` or ``best_epoch``)."""
     tables = []
+    chosen = x_axis
     for rank, row in enumerate(rows, start=1):
+        x_axis = chosen or ("step" if "best_step" in row.summary else "epoch")
         table = Table(
             title=f"#{rank}  {row.metric} = {row.value:.4f}   (trial {row.trial} of study {row.study})",
             title_justify="left", show_header=False, box=None, padding=(0, 2),

@@ -146,9 +146,11 @@ def _process_of(attrs: Mapping[str, Any]) -> tuple[str, str, str, str]:
 
 def process_ended(attrs: Mapping[str, Any] | None) -> bool:
     """Whether the process ``attrs`` describes (:func:`worker_attrs`) is known to have ended: it
-    ran on this machine and runs no more (or it is this process). False when that cannot be told
-    (another machine, nothing recorded)."""
-    return bool(attrs) and _dead_here(attrs, socket.gethostname(), _machine()) is True
+    ran on this machine and runs no more. False when that cannot be told (another machine,
+    nothing recorded) and for this process."""
+    if not attrs or _process_of(attrs)[1] == str(os.getpid()):
+        return False
+    return _dead_here(attrs, socket.gethostname(), _machine()) is True
 
 
 def _dead_here(attrs: Mapping[str, Any], host: str, machine: str) -> bool | None:

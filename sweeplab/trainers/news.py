@@ -41,20 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeplab.core import (
-    FRACTION,
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    Evaluation,
-    FitResult,
-    Limit,
-    Loaded,
-    Reporter,
-    Task,
-    TrialEnv,
-)
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.core import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
 from sweeplab.datasets.report import DataError

@@ -44,20 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeplab.core import (
-    BOOLEAN,
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    Evaluation,
-    FitResult,
-    Limit,
-    Loaded,
-    Reporter,
-    Task,
-    TrialEnv,
-)
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.core import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge

@@ -30,21 +30,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from sweeplab.core import (
-    BOOLEAN,
-    FRACTION,
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    Evaluation,
-    FitResult,
-    Limit,
-    Loaded,
-    Reporter,
-    Task,
-    TrialEnv,
-)
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.core import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.report import DataError

@@ -3,6 +3,7 @@ samplers' seeds, and how it reports a sweep whose every trial failed."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from mlflow import MlflowClient
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import SweepFailed
-from sweeplab.sweeps.driver import PARENT_RUN, _open_study, _recorded_parent
+from sweeplab.sweeps.driver import CREATOR, PARENT_RUN, _open_study, _recorded_parent
 from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
@@ -99,3 +100,17 @@ def test_a_sweep_whose_every_trial_failed_is_a_failed_sweep(tmp_path: Path) -> N
     parent = client.search_runs([experiment], "tags.`sweeplab.role` = 'sweep'")[0]
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["trials_failed"] == 5 and parent.data.metrics["trials_complete"] == 0
+
+
+def test_a_creator_that_died_on_this_machine_is_not_waited_for() -> None:
+    """A first start killed before it recorded the parent run: the next start goes on at once."""
+    storage = optuna.storages.InMemoryStorage()
+    study, _ = _open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    attrs = {"worker": f"{socket.gethostname()}:{dead.pid}",
+             "worker_process": study.user_attrs[CREATOR]["worker_process"].rsplit(" ", 1)[0] + " 1"}
+    study.set_user_attr(CREATOR, attrs)
+    start = time.monotonic()
+    assert _recorded_parent(study, 60) is None
+    assert time.monotonic() - start < 30  # not the whole wait
