@@ -27,7 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from sweeplab.datasets.news import read_news
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.tracker.query import best_trials
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "news" / "THUCNews" / "data"
@@ -68,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store_dir or Path(tmp) / "store"
         extra = {"pruner": args.pruner} if args.pruner else {}
-        options = SweepOptions(task="news", trials=args.trials, data_dir=args.data_dir, space=args.space, seed=args.seed,
+        options = SweepOptions.of("news", trials=args.trials, data_dir=args.data_dir, space=args.space, seed=args.seed,
                                store_dir=store, timeout=60 * (args.minutes - args.last_trial_minutes), **extra)
         start = time.perf_counter()
         outcome = run_sweep(options)

@@ -32,7 +32,8 @@ from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.datasets.muge import read_muge
 from sweeplab.datasets.shapes import write_shapes
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.space import load_space
 from sweeplab.tasks import get_task
 
@@ -88,7 +89,7 @@ def main() -> None:
         print(f"decoded per trial:      {naive['examples_per_second']:.1f} examples/s ({naive['seconds']:.1f} s)")
         print(f"ratio (once / per trial): {result['speedup']:.2f}", flush=True)
         if args.search_trials:
-            options = SweepOptions(task="retrieval", trials=args.search_trials, data_dir=data_dir, store_dir=Path(tmp) / "search")
+            options = SweepOptions.of("retrieval", trials=args.search_trials, data_dir=data_dir, store_dir=Path(tmp) / "search")
             start = time.perf_counter()
             outcome = run_sweep(options)
             valid = read_muge(data_dir).valid

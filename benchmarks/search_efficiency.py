@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sentiment"
 GRID_EPOCHS = 24 * 10
@@ -70,7 +71,7 @@ class EpochCounter:
 def sweep(root: Path, name: str, data_dir: Path, cache: Path, counter: EpochCounter, **options: Any) -> dict[str, Any]:
     """One sweep in its own store, counted by ``counter``."""
     start = time.perf_counter()
-    outcome = run_sweep(SweepOptions(task="sentiment", data_dir=data_dir, store_dir=root / name, cache_dir=cache,
+    outcome = run_sweep(SweepOptions.of("sentiment", data_dir=data_dir, store_dir=root / name, cache_dir=cache,
                                      plots=False, checkpoints="none", **options), counter)
     return {"best": outcome.best_value, "epochs": counter.epochs, "to_target": counter.to_target,
             "trials": outcome.counts, "seconds": round(time.perf_counter() - start, 1)}

@@ -160,7 +160,8 @@ def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str
                  tracking_uri: str | None = None, storage: str | None = None) -> float:
     """The real ``run_sweep`` on the replay task (its store is ``folder/store``, unless a
     tracking URI and an Optuna storage are given)."""
-    from sweeplab.sweeps.driver import SweepOptions, run_sweep
+    from sweeplab.sweeps.driver import run_sweep
+    from sweeplab.sweeps.options import SweepOptions
     from sweeplab.tasks import register, task_names
 
     if "bench-replay" not in task_names():
@@ -168,8 +169,8 @@ def sweeplab_run(trials: int, epochs: int, folder: Path, plots: bool, study: str
     folder.mkdir(parents=True, exist_ok=True)
     space = folder / "space.toml"
     space.write_text(f'[search.x]\nlow = 0.0\nhigh = 0.1\n\n[fixed]\nepochs = {epochs}\n', encoding="utf-8")
-    options = SweepOptions(
-        task="bench-replay", trials=trials, space=str(space), sampler="random", pruner="none",
+    options = SweepOptions.of(
+        "bench-replay", trials=trials, space=str(space), sampler="random", pruner="none",
         store_dir=folder / "store", checkpoints="none", plots=plots, study=study, flush_seconds=flush_seconds,
         tracking_uri=tracking_uri, storage=storage,
     )

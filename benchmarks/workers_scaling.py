@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 
 FIXED = {"text_model": "tiny", "image_model": "tiny", "image_size": 64, "max_length": 32, "freeze_backbones": False}
 
@@ -31,7 +32,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.workers:
-            options = SweepOptions(task="sentiment", trials=args.trials, sampler="random", pruner="none", early_stop=False,
+            options = SweepOptions.of("sentiment", trials=args.trials, sampler="random", pruner="none", early_stop=False,
                                    store_dir=Path(tmp) / f"k{k}", workers=k, plots=False, checkpoints="none",
                                    overrides={**FIXED, "epochs": args.epochs})
             start = time.perf_counter()

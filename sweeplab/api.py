@@ -96,10 +96,10 @@ def _task_name(task: TaskLike, workers: int = 1) -> str:
 def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, metric: str | None = None,
         store_dir: str | Path = "mlruns", observer: SweepObserver | None = None, **options: Any) -> SweepOutcome:
     """Run (or resume) a sweep of ``task`` until its study holds ``trials`` finished trials, as
-    ``sweep run`` does; ``options`` are the other fields of
-    :class:`~sweeplab.sweeps.driver.SweepOptions` (``sampler="random"``, ``workers=2``,
-    ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`."""
-    from sweeplab.sweeps.driver import SweepOptions, run_sweep
+    ``sweep run`` does; ``options`` are its other options by name (:mod:`sweeplab.sweeps.options`:
+    ``sampler="random"``, ``workers=2``, ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`."""
+    from sweeplab.sweeps.driver import run_sweep
+    from sweeplab.sweeps.options import SweepOptions
     from sweeplab.sweeps.workers import WORKER_ENV
 
     if os.environ.get(WORKER_ENV):
@@ -112,8 +112,8 @@ def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, met
         except (TypeError, ValueError) as exc:
             raise UsageError(f"sweeplab.run: overrides must be JSON values ({exc})") from None
     try:
-        sweep = SweepOptions(task=name, trials=trials, space=None if space is None else str(space), metric=metric,
-                             store_dir=Path(store_dir), **options)
+        sweep = SweepOptions.of(name, trials=trials, space=None if space is None else str(space), metric=metric,
+                                store_dir=Path(store_dir), **options)
     except TypeError as exc:
         raise UsageError(f"sweeplab.run: {exc}") from None
     return run_sweep(sweep, observer)

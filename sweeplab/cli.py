@@ -53,44 +53,45 @@ def _uri(store_dir: Path, tracking_uri: str | None) -> str:
 @app.command()
 def run(
     task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval, sentiment, a task an installed package offers, or your own training function as FILE.py:FUNCTION or package.module:FUNCTION.")],
-    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).")] = 6,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds after which no trial starts (the running ones finish); with --trials, whichever comes first.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).")] = None,
-    space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).")] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.")] = "tpe",
-    pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband (several successive-halving brackets), asha (successive halving), median (below the median of earlier trials) or none; default: the resumed sweep's, else none for --sampler grid and hyperband otherwise.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the sampler, the validation split and training.")] = 0,
-    split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="Seeds the validation split alone (default: --seed), to compare sweeps on one split.")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: SPACE-SAMPLER).")] = None,
-    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (default: sweeplab-TASK).")] = None,
-    store_dir: StoreDir = Path("mlruns"),
-    tracking_uri: TrackingUri = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage: RDB URL or journal file (default: beside the store).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Prepared-data cache (default: STORE_DIR/cache).")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Fix a parameter: --set text_model=tiny (repeatable).")] = [],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (mixed precision via torch.autocast).")] = "auto",
-    early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="Stop a trial at its overfitting onset.")] = True,
-    onset_s: Annotated[int, typer.Option("--onset-s", help="UP_s: successive validation-loss rises that mark the onset.")] = 3,
-    onset_alpha: Annotated[float, typer.Option("--onset-alpha", help="GL_alpha: generalization-loss threshold in percent.")] = 5.0,
-    checkpoints: Annotated[str, typer.Option("--checkpoints", help="best (each new best trial), all or none.")] = "best",
-    metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).")] = None,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.")] = True,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.")] = 0.2,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).")] = 1,
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).")] = None,
-    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.")] = 60,
-    outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.")] = 300.0,
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).", rich_help_panel="Search")] = 6,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds after which no trial starts (the running ones finish); with --trials, whichever comes first.", rich_help_panel="Search")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).", rich_help_panel="Search")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).", rich_help_panel="Search")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.", rich_help_panel="Search")] = "tpe",
+    pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband (several successive-halving brackets), asha (successive halving), median (below the median of earlier trials) or none; default: the resumed sweep's, else none for --sampler grid and hyperband otherwise.", rich_help_panel="Search")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the sampler, the validation split and training.", rich_help_panel="Search")] = 0,
+    split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="Seeds the validation split alone (default: --seed), to compare sweeps on one split.", rich_help_panel="Search")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: SPACE-SAMPLER).", rich_help_panel="Search")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="MLflow experiment (default: sweeplab-TASK).", rich_help_panel="Tracking")] = None,
+    store_dir: Annotated[Path, typer.Option("--store-dir", help="Folder of the embedded store (SQLite + artifacts + Optuna journal).", rich_help_panel="Tracking")] = Path("mlruns"),
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the embedded store).", rich_help_panel="Tracking")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage: RDB URL or journal file (default: beside the store).", rich_help_panel="Tracking")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Prepared-data cache (default: STORE_DIR/cache).", rich_help_panel="Tracking")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Fix a parameter: --set text_model=tiny (repeatable).", rich_help_panel="Search")] = [],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel="Runtime")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (mixed precision via torch.autocast).", rich_help_panel="Runtime")] = "auto",
+    early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="Stop a trial at its overfitting onset.", rich_help_panel="Search")] = True,
+    onset_s: Annotated[int, typer.Option("--onset-s", help="UP_s: successive validation-loss rises that mark the onset.", rich_help_panel="Search")] = 3,
+    onset_alpha: Annotated[float, typer.Option("--onset-alpha", help="GL_alpha: generalization-loss threshold in percent.", rich_help_panel="Search")] = 5.0,
+    checkpoints: Annotated[str, typer.Option("--checkpoints", help="best (each new best trial), all or none.", rich_help_panel="Tracking")] = "best",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).", rich_help_panel="Search")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.", rich_help_panel="Tracking")] = True,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.", rich_help_panel="Search")] = 0.2,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).", rich_help_panel="Runtime")] = 1,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).", rich_help_panel="Runtime")] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.", rich_help_panel="Tracking")] = 60,
+    outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.console import RichObserver
-    from sweeplab.sweeps.driver import SweepOptions, run_sweep
+    from sweeplab.sweeps.driver import run_sweep
+    from sweeplab.sweeps.options import SweepOptions
     from sweeplab.tasks import get_task
 
     try:
         metric = metric or get_task(task).metric
-        options = SweepOptions(
-            task=task, trials=trials, timeout=timeout, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed, split_seed=split_seed,
+        options = SweepOptions.of(
+            task, trials=trials, timeout=timeout, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed, split_seed=split_seed,
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,

@@ -8,7 +8,8 @@ from typing import Any
 
 from sweeplab.core import Evaluation, Loaded, Task
 from sweeplab.datasets.report import ReadReport
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.tasks import register, task_names
 
 
@@ -53,5 +54,5 @@ def sweep_task(task: Task, tmp_path: Path, trials: int, space_text: str = "[sear
         register(task)
     space = tmp_path / "space.toml"
     space.write_text(space_text, encoding="utf-8")
-    return run_sweep(SweepOptions(task=task.name, trials=trials, space=str(space), store_dir=tmp_path / "store",
+    return run_sweep(SweepOptions.of(task.name, trials=trials, space=str(space), store_dir=tmp_path / "store",
                                   plots=False, experiment=task.name, **options))

@@ -40,6 +40,7 @@ from sweeplab.core import Evaluation, FitResult, Loaded, Task, TrialEnv, directi
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import InternalError, SweepFailed, Unreachable, UsageError
 from sweeplab.sweeps.limits import check_space
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.loops import Abandoned, Finished, enqueue_grid_cells, recover, search, still_ours
 from sweeplab.sweeps.recovery import (
     INTERNAL_ERROR,
@@ -72,53 +73,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["SAMPLERS", "SweepObserver", "SweepOptions", "SweepOutcome", "run_sweep"]
+__all__ = ["SweepObserver", "SweepOutcome", "run_sweep"]
 
-SAMPLERS = ("tpe", "grid", "random")
-PRUNERS = ("median", "hyperband", "asha", "none")
-CHECKPOINTS = ("best", "all", "none")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARENT_RUN = "sweeplab.parent_run_id"  # study user attribute: the sweep's MLflow parent run
 PRUNER = "sweeplab.pruner"  # study user attribute: the pruner the sweep runs with
 CREATOR = "sweeplab.creator"  # study user attribute: the process that created the study (recovery.worker_attrs)
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """Everything ``sweep run`` accepts, as plain values."""
-
-    task: str
-    trials: int = 6
-    timeout: float | None = None  # seconds from the start of run_sweep after which no trial starts
-    deadline: float | None = None  # internal: that moment as time.time(), handed by the main process to its workers
-    data_dir: Path | None = None
-    space: str | None = None
-    sampler: str = "tpe"
-    pruner: str | None = None  # None: the one the study was started with, else see _pruner_name
-    seed: int = 0
-    split_seed: int | None = None  # seeds the validation split; None: ``seed`` (compare samplers on one split)
-    study: str | None = None
-    experiment: str | None = None
-    store_dir: Path = Path("mlruns")
-    tracking_uri: str | None = None
-    storage: str | None = None
-    cache_dir: Path | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    precision: str = "auto"
-    early_stop: bool = True
-    onset_s: int | None = 3
-    onset_alpha: float | None = 5.0
-    checkpoints: str = "best"
-    metric: str | None = None
-    plots: bool = True
-    val_fraction: float = 0.2
-    flush_seconds: float = 1.0
-    workers: int = 1
-    gpus: tuple[str, ...] = ()
-    heartbeat: int = 60  # seconds between a running trial's heartbeats (see sweeps.recovery)
-    outage_limit: float = 300.0  # seconds a database or tracking server may be away before the sweep stops
-    role: str = "main"  # "worker": one of --workers K processes (no recovery, no final summary)
 
 
 class SweepObserver(Protocol):
@@ -210,47 +169,20 @@ def _parse_override(task: Task, key: str, value: Any) -> Any:
     return value
 
 
-def _validate(options: SweepOptions) -> None:
-    if options.trials < 1:
-        raise UsageError(f"--trials {options.trials}: expected a positive number of trials")
-    if options.timeout is not None and not options.timeout > 0:
-        raise UsageError(f"--timeout {options.timeout:g}: expected a positive number of seconds")
-    if options.sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {options.sampler}: expected one of {', '.join(SAMPLERS)}")
-    if options.pruner is not None and options.pruner not in PRUNERS:
-        raise UsageError(f"--pruner {options.pruner}: expected one of {', '.join(PRUNERS)}")
-    if options.checkpoints not in CHECKPOINTS:
-        raise UsageError(f"--checkpoints {options.checkpoints}: expected one of {', '.join(CHECKPOINTS)}")
-    if not 0 < options.val_fraction < 1:
-        raise UsageError(f"--val-fraction {options.val_fraction}: expected a number between 0 and 1")
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"--precision {options.precision}: expected one of {', '.join(PRECISIONS)}")
-    if options.onset_s is not None and options.onset_s < 1:
-        raise UsageError(f"--onset-s {options.onset_s}: expected at least 1 successive rise")
-    if options.workers < 1:
-        raise UsageError(f"--workers {options.workers}: expected at least 1 worker process")
-    if not options.outage_limit >= 0:
-        raise UsageError(f"--outage-limit {options.outage_limit:g}: expected seconds >= 0")
-    if options.heartbeat < 1:
-        raise UsageError(f"--heartbeat {options.heartbeat}: expected at least 1 second")
-    if options.onset_alpha is not None and not options.onset_alpha > 0:
-        raise UsageError(f"--onset-alpha {options.onset_alpha}: expected a threshold above 0 (percent)")
-
-
 def _sampler(options: SweepOptions, space: Space, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler ``--sampler`` names, seeded with ``seed`` (see :func:`_sampler_seed`)."""
-    if options.sampler == "grid":
+    if options.search.sampler == "grid":
         # A grid is a queue of its cells (see enqueue_grid_cells), each with every parameter fixed;
         # Optuna's GridSampler repeats cells under parallel workers and fails on re-queued ones.
         space.grid_cells()  # a continuous range without grid values: a one-line error, before the store is touched
         return optuna.samplers.RandomSampler(seed=seed)
-    if options.sampler == "random":
+    if options.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # A space with parameters of one model family only is searched with the multivariate, grouped
     # TPE: it models each family's parameters jointly, from the trials where they were sampled.
     with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5, and well used
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, options.trials // 4)),
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, options.search.trials // 4)),
                                           multivariate=space.conditional, group=space.conditional)
 
 
@@ -286,7 +218,7 @@ def _pruner_name(options: SweepOptions, recorded: str | None) -> str:
     (a resumed sweep keeps its rules); else ``none`` for a grid, whose cells each run their full
     epochs as the report's did, and ``hyperband`` for sampled searches: with TPE it matched the
     median pruner's best in fewer epochs (``benchmarks/search_efficiency.py``)."""
-    return options.pruner or recorded or ("none" if options.sampler == "grid" else "hyperband")
+    return options.search.pruner or recorded or ("none" if options.search.sampler == "grid" else "hyperband")
 
 
 def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) -> optuna.pruners.BasePruner:
@@ -302,17 +234,17 @@ def _pruner(options: SweepOptions, space: Space, defaults: Mapping[str, Any]) ->
       rung at 1 evaluation) to none, between 1 evaluation and the most a trial of the space can
       make (found from the first finished trial when that is not known from the space).
     """
-    if options.pruner == "none":
+    if options.search.pruner == "none":
         return optuna.pruners.NopPruner()
-    if options.pruner == "asha":
+    if options.search.pruner == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if options.pruner == "hyperband":
+    if options.search.pruner == "hyperband":
         most = _planned_evaluations(space, defaults)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most if most and most > 1 else "auto",
                                               reduction_factor=3)
-    if options.pruner == "median":
+    if options.search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
-    raise ValueError(f"unknown pruner {options.pruner!r}")
+    raise ValueError(f"unknown pruner {options.search.pruner!r}")
 
 
 class _EngineFault(Exception):
@@ -436,15 +368,15 @@ class _Objective:
         at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
         reset_peak_memory(device)
         config = {**self.task.defaults, **self.space.suggest(trial)}
-        tags = {"sweeplab.sampler": self.options.sampler, "sweeplab.space": self.space.name}
+        tags = {"sweeplab.sampler": self.options.search.sampler, "sweeplab.space": self.space.name}
         inactive = self.space.inactive(config)  # another family's settings: the trainer ignores them
-        params = {**{k: v for k, v in config.items() if k not in inactive}, **self.rule.as_params(), "seed": self.options.seed}
-        run = self.recorder.start_trial(trial.number, params, tags, self.options.flush_seconds)
+        params = {**{k: v for k, v in config.items() if k not in inactive}, **self.rule.as_params(), "seed": self.options.search.seed}
+        run = self.recorder.start_trial(trial.number, params, tags, self.options.tracking.flush_seconds)
         try:
             run.log_summary({**at_start, **self._majority()}, {})
             trial.set_user_attr("mlflow_run_id", run.run_id)
-            env = replace(self.env, trial_seed=self.options.seed * 100_003 + trial.number)
-            reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.pruner != "none", config)
+            env = replace(self.env, trial_seed=self.options.search.seed * 100_003 + trial.number)
+            reporter = _Reporter(trial, run, self.observer, self.task.metric, self.options.search.pruner != "none", config)
             result = self._fit(config, env, reporter)
             summary = summarise(result.history, self.task.metric, self.task.direction, self.rule, self.task.x_axis)
             if summary.value is None:
@@ -526,15 +458,15 @@ class _Objective:
     def _artifacts(self, run: TrialRecorder, config: Mapping[str, Any], result: FitResult, summary: TrialSummary, state: str) -> None:
         x_axis = self.task.x_axis
         run.log_dict({"task": self.task.name, "config": dict(config), "onset_rule": self.rule.as_params()}, "config.json")
-        if self.options.plots:
+        if self.options.tracking.plots:
             fig = plots.curves_figure(result.history, summary, self.task.metric, x_axis)
             run.log_figure(fig, "curves.png")
             plots.close(fig)
         if "y_true" in result.outputs:
             where = f"validation, best {x_axis} {result.history[summary.best]['step']:g}"
-            _log_class_outputs(run, result.outputs, self.loaded.class_names, where, "", self.options.plots)
-        keep = self.options.checkpoints == "all" or (
-            self.options.checkpoints == "best" and state == "complete" and self._better(summary.value)
+            _log_class_outputs(run, result.outputs, self.loaded.class_names, where, "", self.options.tracking.plots)
+        keep = self.options.tracking.checkpoints == "all" or (
+            self.options.tracking.checkpoints == "best" and state == "complete" and self._better(summary.value)
         )
         if not keep:
             return
@@ -588,9 +520,9 @@ def _settings(task: Task, space: Space, options: SweepOptions, data_dir: Path | 
     return {
         "task": task.name,
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else "",
-        "seed": str(options.seed),
-        "split_seed": str(options.split_seed),
-        "val_fraction": str(options.val_fraction),
+        "seed": str(options.search.seed),
+        "split_seed": str(options.search.split_seed),
+        "val_fraction": str(options.search.val_fraction),
         "metric": f"{task.metric} ({task.direction})",
         "search": repr(sorted((k, v.signature()) for k, v in space.params.items())),
         "fixed": repr(sorted((k, repr(v)) for k, v in space.fixed.items())),
@@ -730,9 +662,9 @@ def _start_up(study: optuna.Study, space: Space, options: SweepOptions, target: 
     close the runs of ended trials, and log the data report, the majority baseline and the space
     file on the parent run."""
     recover(study, killed)
-    if options.sampler == "grid":
+    if options.search.sampler == "grid":
         requeue_killed_grid_cells(study)
-        enqueue_grid_cells(study, space, target, options.seed)
+        enqueue_grid_cells(study, space, target, options.search.seed)
     close_runs_of_ended_trials(study, recorder)
     recorder.log_dict({"reports": [r.as_dict() for r in loaded.reports]}, "data_report.json")
     if loaded.majority is not None:
@@ -741,75 +673,74 @@ def _start_up(study: optuna.Study, space: Space, options: SweepOptions, target: 
 
 
 def _study_name(options: SweepOptions, space: Space) -> str:
-    return options.study or f"{space.name}-{options.sampler}"
+    return options.search.study or f"{space.name}-{options.search.sampler}"
 
 
 def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
-    """Run (or resume) a sweep until the study holds ``options.trials`` finished trials."""
+    """Run (or resume) a sweep until the study holds ``options.search.trials`` finished trials."""
     observer = observer or _Silent()
-    _validate(options)
-    if options.timeout is not None and options.deadline is None:
-        options = replace(options, deadline=time.time() + options.timeout)
+    if options.search.timeout is not None and options.deadline is None:
+        options = options.with_(deadline=time.time() + options.search.timeout)
     deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())
-    task = _with_metric(get_task(options.task), options.metric)
-    store: Store = resolve_store(options.store_dir, options.tracking_uri, options.storage)
-    check_store(store, options.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds, nothing written
-    overrides = {k: _parse_override(task, k, v) for k, v in options.overrides.items()}
-    if not (options.space or task.default_space):
+    task = _with_metric(get_task(options.task), options.search.metric)
+    store: Store = resolve_store(options.tracking.store_dir, options.tracking.tracking_uri, options.tracking.storage)
+    check_store(store, options.tracking.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds, nothing written
+    overrides = {k: _parse_override(task, k, v) for k, v in options.search.overrides.items()}
+    if not (options.search.space or task.default_space):
         raise UsageError(f"task {task.name} has no default space: pass --space FILE.toml ([search.NAME] tables, see the README)")
-    space = load_space(options.space or task.default_space, None if task.open else task.defaults,
+    space = load_space(options.search.space or task.default_space, None if task.open else task.defaults,
                        task.name).with_overrides(overrides)
     check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
-    if options.sampler == "grid":
+    if options.search.sampler == "grid":
         space = space.widened_to_grid()
-    _sampler(options, space, options.seed)  # its arguments are checked before the store is touched
-    rule = OnsetRule(s=options.onset_s, alpha=options.onset_alpha)
-    device = pick_device(options.device)
-    data_dir = Path(options.data_dir) if options.data_dir else task.sample_data  # None: the trainer reads its own data
-    if options.split_seed is None:
-        options = replace(options, split_seed=options.seed)
-    split_seed = options.split_seed
-    loaded = task.load(data_dir, split_seed, options.val_fraction, {**task.defaults, **space.fixed})
+    _sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched
+    rule = OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha)
+    device = pick_device(options.runtime.device)
+    data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data  # None: the trainer reads its own data
+    if options.search.split_seed is None:
+        options = options.with_(split_seed=options.search.seed)
+    split_seed = options.search.split_seed
+    loaded = task.load(data_dir, split_seed, options.search.val_fraction, {**task.defaults, **space.fixed})
 
     # Nothing above writes anything; from here on the store exists.
     quiet_libraries()
     bound_http_retries()
-    cache = PrepCache(options.cache_dir or store.root / "cache")
-    env = TrialEnv(device=device, precision=options.precision, cache=cache, seed=options.seed, trial_seed=options.seed,
-                   early_stop=rule if options.early_stop else None, keep_state=options.checkpoints != "none",
+    cache = PrepCache(options.tracking.cache_dir or store.root / "cache")
+    env = TrialEnv(device=device, precision=options.runtime.precision, cache=cache, seed=options.search.seed, trial_seed=options.search.seed,
+                   early_stop=rule if options.search.early_stop else None, keep_state=options.tracking.checkpoints != "none",
                    metric=task.metric, direction=task.direction)
     task.prepare(loaded, {**task.defaults, **space.fixed}, env)
 
     study_name = _study_name(options, space)
-    killed = KilledTrials(options.heartbeat)
-    storage = open_optuna_storage(store.optuna_storage, options.heartbeat, killed, options.outage_limit)
+    killed = KilledTrials(options.tracking.heartbeat)
+    storage = open_optuna_storage(store.optuna_storage, options.tracking.heartbeat, killed, options.tracking.outage_limit)
     study, created = _open_study(storage, study_name, optuna.pruners.NopPruner(), task.direction)
     _check_same_settings(study, _settings(task, space, options, data_dir))  # a refused resume changes nothing
     # A resumed sweep's pruner is on its study; one made before sweeplab recorded it ran with
     # the median pruner, the default then.
     recorded = study.user_attrs.get(PRUNER) or (None if created or not study.get_trials(deepcopy=False) else "median")
     pruner = _pruner_name(options, recorded)
-    options = replace(options, pruner=pruner)
-    sampler = _sampler(options, space, _sampler_seed(options.seed, created, len(study.get_trials(deepcopy=False))))
+    options = options.with_(pruner=pruner)
+    sampler = _sampler(options, space, _sampler_seed(options.search.seed, created, len(study.get_trials(deepcopy=False))))
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner(options, space, task.defaults))
     if study.user_attrs.get(PRUNER) != pruner:
         study.set_user_attr(PRUNER, pruner)
-    experiment = options.experiment or f"sweeplab-{task.name}"
-    sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.sampler, "pruner": options.pruner,
-                    "seed": options.seed, "split_seed": split_seed, "data_dir": str(data_dir or ""), "trials": options.trials,
-                    "device": str(device), "precision": options.precision, **rule.as_params()}
+    experiment = options.tracking.experiment or f"sweeplab-{task.name}"
+    sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.search.sampler, "pruner": options.search.pruner,
+                    "seed": options.search.seed, "split_seed": split_seed, "data_dir": str(data_dir or ""), "trials": options.search.trials,
+                    "device": str(device), "precision": options.runtime.precision, **rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, METRIC: task.metric, DIRECTION: task.direction,
                  **provenance_tags()}
     if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
         ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))
     recorder = SweepRecorder.open(store.tracking_uri, experiment, store.artifact_root, study_name, base_tags, sweep_params,
-                                  known_run_id=known_parent, outage_limit=options.outage_limit)
+                                  known_run_id=known_parent, outage_limit=options.tracking.outage_limit)
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
     worker = options.role == "worker"
-    target = min(options.trials, len(space.grid_cells())) if options.sampler == "grid" else options.trials
+    target = min(options.search.trials, len(space.grid_cells())) if options.search.sampler == "grid" else options.search.trials
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
         try:
             _start_up(study, space, options, target, killed, recorder, loaded)
@@ -825,24 +756,24 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
             objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
-            search(study, objective, observer, target, killed, options.heartbeat,
-                   space if options.sampler == "grid" else None, options.seed, deadline)
+            search(study, objective, observer, target, killed, options.tracking.heartbeat,
+                   space if options.search.sampler == "grid" else None, options.search.seed, deadline)
         return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status, stopped_by = "FAILED", None
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
-            if options.workers > 1:
+            if options.runtime.workers > 1:
                 worker_notes = run_workers(options, study, target, observer, store.root / "workers")
                 recover(study, killed)  # the last worker killed mid-trial: its trial and its run
                 close_runs_of_ended_trials(study, recorder)
             else:
                 worker_notes = []
                 objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
-                search(study, objective, observer, target, killed, options.heartbeat,
-                       space if options.sampler == "grid" else None, options.seed, deadline)
+                search(study, objective, observer, target, killed, options.tracking.heartbeat,
+                       space if options.search.sampler == "grid" else None, options.search.seed, deadline)
             try:
-                test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.plots)
+                test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.tracking.plots)
             except Unreachable:
                 raise
             except Exception as exc:  # the trials are done and kept: say why the score is missing

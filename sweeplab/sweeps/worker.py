@@ -15,30 +15,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sweeplab.errors import SweeplabError
-from sweeplab.sweeps.workers import MAIN_PID, PATHS
+from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.workers import MAIN_PID
 from sweeplab.tracker.reconnect import stop_retrying
-
-if TYPE_CHECKING:
-    from sweeplab.sweeps.driver import SweepOptions
 
 __all__ = ["main"]
 
 
 def _load(path: Path) -> SweepOptions:
     """The options the main process wrote for its workers (:func:`sweeplab.sweeps.workers.run_workers`)."""
-    from sweeplab.sweeps.driver import SweepOptions  # imported late: see main()
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    for key in PATHS:
-        data[key] = Path(data[key]) if data[key] is not None else None
-    data["gpus"] = tuple(data["gpus"])
-    known = {f.name for f in fields(SweepOptions)}
-    return SweepOptions(**{k: v for k, v in data.items() if k in known})
+    return SweepOptions.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 #: Seconds between two looks of a worker at its main process, and between two interruptions.

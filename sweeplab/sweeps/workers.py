@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +35,14 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.errors import InternalError, SweepFailed, SweeplabError, Unreachable, UsageError
+from sweeplab.sweeps.options import SweepOptions
 
-__all__ = ["MAIN_PID", "PATHS", "WORKER_ENV", "run_workers"]
-
-#: The options that are paths, written as strings in a worker's options file.
-PATHS = ("data_dir", "store_dir", "cache_dir")
+__all__ = ["MAIN_PID", "WORKER_ENV", "run_workers"]
 
 
-def _dump(options: Any, path: Path) -> None:
-    data = asdict(options)
-    data["overrides"] = dict(options.overrides)
-    path.write_text(json.dumps(data, default=str), encoding="utf-8")
+
+def _dump(options: SweepOptions, path: Path) -> None:
+    path.write_text(json.dumps(options.as_json(), default=str), encoding="utf-8")
 
 
 def _threads(workers: int) -> int:
@@ -70,16 +66,16 @@ def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[f
         observer.trial_finished(trial.number, state, value, best[0])
 
 
-def _start_worker(i: int, options: Any, spec: Path, log: Path) -> subprocess.Popen:
+def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subprocess.Popen:
     """Worker ``i``: its threads, its GPU in turn, its log (appended to: a replacement's output
     follows the output of the worker it replaces). In a session of its own, so that Ctrl-C in the
     terminal reaches the main process alone, which interrupts each worker once."""
-    threads = str(_threads(options.workers))
+    threads = str(_threads(options.runtime.workers))
     env = {**os.environ, "SWEEPLAB_THREADS": threads, MAIN_PID: str(os.getpid()), WORKER_ENV: str(i)}
     for pool in _THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
         env.setdefault(pool, threads)
-    if options.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = options.gpus[i % len(options.gpus)]
+    if options.runtime.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = options.runtime.gpus[i % len(options.runtime.gpus)]
     with log.open("a", encoding="utf-8") as out:
         return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.worker", str(spec)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -95,22 +91,22 @@ def _ended_badly(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
-def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, folder: Path) -> list[str]:
-    """Start ``options.workers`` worker processes on this sweep and wait for them (see the module
+def run_workers(options: SweepOptions, study: optuna.Study, target: int, observer: Any, folder: Path) -> list[str]:
+    """Start ``options.runtime.workers`` worker processes on this sweep and wait for them (see the module
     docstring). A worker that stops on bad input makes this a one-line error; Ctrl-C stops them all.
 
     A worker that dies otherwise (the kernel's out-of-memory killer, a crash) while the study
-    still needs trials is replaced, up to ``options.workers`` replacements in all, so that the
+    still needs trials is replaced, up to ``options.runtime.workers`` replacements in all, so that the
     retry of its trial is run; returns a note for each such death."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "options.json"
-    _dump(replace(options, workers=1, role="worker"), spec)
+    _dump(options.with_(workers=1, role="worker"), spec)
     done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     observer.sweep_started(study.study_name, target, done)
     seen = {t.number for t in study.get_trials(deepcopy=False)}
     best: list[float | None] = [study.best_value if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None]
     maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    logs = [folder / f"worker-{i}.log" for i in range(options.workers)]
+    logs = [folder / f"worker-{i}.log" for i in range(options.runtime.workers)]
     for log in logs:
         log.write_text("", encoding="utf-8")
     processes: dict[int, subprocess.Popen] = {}
@@ -129,7 +125,7 @@ def run_workers(options: Any, study: optuna.Study, target: int, observer: Any, f
                 raise error(line if error is Unreachable else f"worker {i} stopped: {line}")
             for i in [i for i, code in codes.items() if code not in (None, 0) and i not in given_up]:
                 finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
-                replace_it = finished < target and len(notes) < options.workers
+                replace_it = finished < target and len(notes) < options.runtime.workers
                 notes.append(f"worker {i} {_ended_badly(codes[i])} (see {logs[i]})"
                              + ("; a replacement was started" if replace_it else ""))
                 if replace_it:

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
 from sweeplab.errors import UsageError
-from sweeplab.sweeps.driver import PRUNER, SweepOptions, _planned_evaluations, _pruner, _pruner_name
+from sweeplab.sweeps.driver import PRUNER, _planned_evaluations, _pruner, _pruner_name
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.space import load_space
 from sweeplab.trainers.loop import fit
 from sweeplab.trainers.news import DEFAULTS as NEWS_DEFAULTS
@@ -66,7 +67,7 @@ def test_hyperband_is_sized_by_the_most_epochs_the_space_gives() -> None:
     news = load_space("news", NEWS_DEFAULTS, "news")
     assert _planned_evaluations(news, NEWS_DEFAULTS) == 10
     assert _planned_evaluations(news.with_overrides({"eval_every": 100}), NEWS_DEFAULTS) is None  # steps, not epochs
-    pruner = _pruner(SweepOptions(task="sentiment", pruner="hyperband"), sentiment, SENTIMENT_DEFAULTS)
+    pruner = _pruner(SweepOptions.of("sentiment", pruner="hyperband"), sentiment, SENTIMENT_DEFAULTS)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
 
 
@@ -79,10 +80,10 @@ def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_pa
 
 
 def test_the_default_pruner_is_none_for_a_grid_hyperband_otherwise_and_a_resumed_sweeps_own() -> None:
-    assert _pruner_name(SweepOptions(task="t", sampler="grid"), None) == "none"
-    assert _pruner_name(SweepOptions(task="t", sampler="tpe"), None) == "hyperband"
-    assert _pruner_name(SweepOptions(task="t", sampler="tpe"), "median") == "median"
-    assert _pruner_name(SweepOptions(task="t", sampler="grid", pruner="asha"), "median") == "asha"
+    assert _pruner_name(SweepOptions.of("t", sampler="grid"), None) == "none"
+    assert _pruner_name(SweepOptions.of("t", sampler="tpe"), None) == "hyperband"
+    assert _pruner_name(SweepOptions.of("t", sampler="tpe"), "median") == "median"
+    assert _pruner_name(SweepOptions.of("t", sampler="grid", pruner="asha"), "median") == "asha"
 
 
 def test_a_resumed_sweep_keeps_the_pruner_it_was_started_with(tmp_path: Path) -> None:

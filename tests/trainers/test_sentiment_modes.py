@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sweeplab.sweeps.driver import SweepOptions, run_sweep
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
 
 TINY = {"text_model": "tiny", "image_model": "tiny", "image_size": "32", "max_length": "32", "epochs": "2"}
 
 
 def _sweep(tmp_path: Path, data: Path, trials: int = 1, **overrides: str) -> tuple[MlflowClient, list]:
-    outcome = run_sweep(SweepOptions(task="sentiment", trials=trials, data_dir=data, store_dir=tmp_path / "store",
+    outcome = run_sweep(SweepOptions.of("sentiment", trials=trials, data_dir=data, store_dir=tmp_path / "store",
                                      pruner="none", early_stop=False, plots=False, overrides={**TINY, **overrides}))
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(outcome.experiment).experiment_id],

@@ -1,0 +1,170 @@
+"""What ``sweep run`` accepts, split by concern into small validated config objects.
+
+* :class:`Search` -- what is searched and how a trial is judged: trials, space, sampler, pruner,
+  seeds, metric, the overfitting rule, the data and its validation split.
+* :class:`Tracking` -- where the records go: the store, the tracking server, the Optuna storage,
+  the cache, what is logged, how long a store may be away.
+* :class:`Runtime` -- where and how trials run: device, precision, worker processes, GPUs.
+
+Each checks its own values when it is made (a one-line :class:`~sweeplab.errors.UsageError`
+naming the flag), so a bad command fails before anything is read or written.
+:class:`SweepOptions` holds the three with the task; :meth:`SweepOptions.of` takes the flags
+flat, as the command line and :func:`sweeplab.run` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sweeplab.errors import UsageError
+
+__all__ = ["CHECKPOINTS", "PRECISIONS", "PRUNERS", "SAMPLERS", "Runtime", "Search", "SweepOptions", "Tracking"]
+
+SAMPLERS = ("tpe", "grid", "random")
+PRUNERS = ("median", "hyperband", "asha", "none")
+CHECKPOINTS = ("best", "all", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} {value}: expected one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Search:
+    """What is searched and how a trial is judged."""
+
+    trials: int = 6  # finished trials the study should hold (a total across processes)
+    timeout: float | None = None  # seconds from the start after which no trial starts
+    space: str | None = None  # a space file or a built-in space's name; None: the task's
+    sampler: str = "tpe"
+    pruner: str | None = None  # None: the one the study was started with (see driver._pruner_name)
+    seed: int = 0
+    split_seed: int | None = None  # seeds the validation split; None: ``seed`` (compare samplers on one split)
+    study: str | None = None  # None: SPACE-SAMPLER
+    metric: str | None = None  # None: the task's
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --set NAME=VALUE
+    early_stop: bool = True
+    onset_s: int | None = 3
+    onset_alpha: float | None = 5.0
+    val_fraction: float = 0.2
+    data_dir: Path | None = None  # None: the task's packaged sample
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise UsageError(f"--trials {self.trials}: expected a positive number of trials")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout {self.timeout:g}: expected a positive number of seconds")
+        _one_of("--sampler", self.sampler, SAMPLERS)
+        if self.pruner is not None:
+            _one_of("--pruner", self.pruner, PRUNERS)
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"--val-fraction {self.val_fraction}: expected a number between 0 and 1")
+        if self.onset_s is not None and self.onset_s < 1:
+            raise UsageError(f"--onset-s {self.onset_s}: expected at least 1 successive rise")
+        if self.onset_alpha is not None and not self.onset_alpha > 0:
+            raise UsageError(f"--onset-alpha {self.onset_alpha}: expected a threshold above 0 (percent)")
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the sweep's records go, and how long they may be away."""
+
+    store_dir: Path = Path("mlruns")
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else the embedded store
+    storage: str | None = None  # Optuna storage; None: the journal file beside the store
+    cache_dir: Path | None = None  # None: STORE_DIR/cache
+    experiment: str | None = None  # None: sweeplab-TASK
+    checkpoints: str = "best"
+    plots: bool = True
+    flush_seconds: float = 1.0  # how often a trial's buffered curve points are written
+    heartbeat: int = 60  # seconds between a running trial's heartbeats (see sweeps.recovery)
+    outage_limit: float = 300.0  # seconds a database or tracking server may be away before the sweep stops
+
+    def __post_init__(self) -> None:
+        _one_of("--checkpoints", self.checkpoints, CHECKPOINTS)
+        if self.heartbeat < 1:
+            raise UsageError(f"--heartbeat {self.heartbeat}: expected at least 1 second")
+        if not self.outage_limit >= 0:
+            raise UsageError(f"--outage-limit {self.outage_limit:g}: expected seconds >= 0")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the trials run."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 1  # processes on this machine sharing the study
+    gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES)
+
+    def __post_init__(self) -> None:
+        _one_of("--precision", self.precision, PRECISIONS)
+        if self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
+
+
+_GROUPS = {"search": Search, "tracking": Tracking, "runtime": Runtime}
+#: flat option name -> the group that holds it
+_HOME = {f.name: group for group, kind in _GROUPS.items() for f in fields(kind)}
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """A sweep as ``sweep run`` describes it: the task and its options by concern. ``deadline``
+    (the ``--timeout`` moment as ``time.time()``, handed by the main process to its workers) and
+    ``role`` (``"worker"`` in a ``--workers`` process: no recovery, no final summary) are set by
+    sweeplab itself."""
+
+    task: str
+    search: Search = field(default_factory=Search)
+    tracking: Tracking = field(default_factory=Tracking)
+    runtime: Runtime = field(default_factory=Runtime)
+    deadline: float | None = None
+    role: str = "main"
+
+    @classmethod
+    def of(cls, task: str, **options: Any) -> SweepOptions:
+        """Options from flat names (``trials=8, store_dir=..., workers=2``), as the command line
+        has them; an unknown name is a :class:`TypeError`."""
+        return cls(task).with_(**options)
+
+    def with_(self, **options: Any) -> SweepOptions:
+        """A copy with the named options changed (flat names, see :meth:`of`)."""
+        changes: dict[str, dict[str, Any]] = {}
+        top = {}
+        for name, value in options.items():
+            if name in ("deadline", "role"):
+                top[name] = value
+            elif name in _HOME:
+                changes.setdefault(_HOME[name], {})[name] = value
+            else:
+                raise TypeError(f"unknown sweep option {name!r}")
+        groups = {group: replace(getattr(self, group), **values) for group, values in changes.items()}
+        return replace(self, **groups, **top)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values (paths as strings, overrides as a dict), for a worker's options file."""
+        data = asdict(self)
+        for group in _GROUPS:
+            data[group] = {k: str(v) if isinstance(v, Path) else v for k, v in data[group].items()}
+        data["search"]["overrides"] = dict(self.search.overrides)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SweepOptions:
+        """The options :meth:`as_json` wrote."""
+        groups = {}
+        for group, kind in _GROUPS.items():
+            values = dict(data[group])
+            for f in fields(kind):
+                if f.name.endswith("_dir") and values.get(f.name) is not None:
+                    values[f.name] = Path(values[f.name])
+            if "gpus" in values:
+                values["gpus"] = tuple(values["gpus"])
+            groups[group] = kind(**values)
+        return cls(task=data["task"], deadline=data.get("deadline"), role=data.get("role", "main"), **groups)
