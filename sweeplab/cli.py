@@ -190,8 +190,10 @@ def ui(
     tracking_uri: TrackingUri = None,
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the newest sweep's experiment in a browser once the UI answers.")] = False,
 ) -> None:
-    """Open the MLflow UI on the same store (parent run = sweep, child runs = trials)."""
+    """Open the MLflow UI on the same store (parent run = sweep, child runs = trials), and print
+    where each sweep's experiment is: its training runs, to compare trials side by side."""
     from sweeplab.tracker.embedded import ensure_tracking_db
     from sweeplab.tracker.store import resolve_store
 
@@ -199,11 +201,52 @@ def ui(
         store = resolve_store(store_dir, tracking_uri)
         if store.is_default:  # the UI on a store no sweep made yet: a complete, empty one
             ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
+        rows = _sweeps_or_none(store_dir, tracking_uri)
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
+    root = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
-    console.print(f"MLflow UI on http://{host}:{port} for {store.tracking_uri}")
-    raise typer.Exit(subprocess.call(command, env={**os.environ}))
+    console.print(f"MLflow UI on {root} for {store.tracking_uri}", highlight=False)
+    from sweeplab.tracker.note import comparison_link
+
+    shown = {f"study {row.study} ({row.task})": root + comparison_link(row.experiment_id, row.study, row.metric, row.direction)
+             for row in reversed(rows)}  # the newest sweep of a study last, and kept
+    for name, url in reversed(shown.items()):
+        console.print(f"  {name}, trials side by side: {url}", highlight=False)
+    process = subprocess.Popen(command, env={**os.environ})
+    if open_browser:
+        _open_when_up(root, next(iter(shown.values()), root), process)
+    try:
+        raise typer.Exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        raise typer.Exit(130) from None
+
+
+def _sweeps_or_none(store_dir: Path, tracking_uri: str | None) -> list:
+    """The store's sweeps, newest first; none when no sweep has run yet."""
+    from sweeplab import api
+
+    try:
+        return api.status(store_dir=store_dir, tracking_uri=tracking_uri)
+    except UsageError:
+        return []
+
+
+def _open_when_up(root: str, url: str, process: subprocess.Popen) -> None:
+    """Open ``url`` in the default browser once the UI at ``root`` answers (up to a minute)."""
+    import time
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{root}health", timeout=2):
+                webbrowser.open(url)
+                return
+        except OSError:
+            time.sleep(0.5)
 
 
 @app.command()

@@ -93,8 +93,12 @@ def test_the_example_is_swept_from_its_folder_and_read_back(tmp_path: Path, work
     if workers == 2:
         assert len(list((tmp_path / "mlruns" / "workers").glob("worker-*.log"))) == 2
 
-    best = _sweep(["best", "--task", "my_trainer.py:fit", "--json"], tmp_path)
-    assert best.returncode == 0, best.stderr
+    # `sweep best` answers from the store without importing the trainer (or torch).
+    code = ("import sys; from sweeplab.cli import app; sys.argv = ['sweep', 'best', '--task', 'my_trainer.py:fit', '--json']\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "print('imported:', sorted(m for m in ('torch', 'my_trainer') if m in sys.modules), file=sys.stderr)")
+    best = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "imported: []" in best.stderr, best.stderr
     row = json.loads(best.stdout)[0]
     complete = [r for r in runs if r.data.tags["sweeplab.state"] == "complete"]
     assert row["metric"] == "best_val_accuracy"
@@ -105,6 +109,15 @@ def test_the_example_is_swept_from_its_folder_and_read_back(tmp_path: Path, work
     assert sweep["task"] == "my_trainer.py:fit" and sweep["status"] == "FINISHED"
     assert sweep["counts"]["complete"] + sweep["counts"]["pruned"] == 8
     assert sweep["best_value"] == pytest.approx(row["value"])
+    # The MLflow UI opens the experiment in its model-training view, and the parent run's
+    # description names the best trial with a link to its run.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweeplab-my_trainer.py:fit")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = client.get_run(sweep["run_id"]).data.tags["mlflow.note.content"]
+    assert f"| 1 | [trial {row['trial']}](#/experiments/{experiment.experiment_id}/runs/{row['run_id']})" in note
+    assert "compareRunsMode=CHART" in note
+    assert f"**trials**: {sweep['counts']['complete']} complete" in note
 
 
 def test_a_task_offered_by_an_installed_package_is_found_by_name(tmp_path: Path) -> None:

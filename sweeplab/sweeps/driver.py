@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import pickle
@@ -27,7 +28,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,8 @@ from sweeplab.tracker.embedded import ensure_tracking_db
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.reconnect import bound_http_retries
+from sweeplab.tracker.note import NOTE, comparison_link, sweep_note
+from sweeplab.tracker.query import best_trials
 from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder, metric_name_problem
 from sweeplab.tracker.store import Store, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
@@ -622,8 +625,10 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stopped_by: Unreachable | None) -> dict[str, int]:
-    """Log the sweep's counts and best trial on its parent run and close it with ``status``;
+def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stopped_by: Unreachable | None,
+                 describe: Callable[[Mapping[str, int]], str] | None = None) -> dict[str, int]:
+    """Log the sweep's counts and best trial on its parent run, with its description
+    (``describe(counts)``, see :mod:`sweeplab.tracker.note`), and close it with ``status``;
     FAILED when no trial finished and some failed. A store that stopped answering
     (``stopped_by``, or now) is skipped: the parent run keeps what it had, and the next start of
     the sweep writes it. Returns the counts (empty when the storage is away)."""
@@ -647,12 +652,50 @@ def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stop
     if stopped_by is not None:
         tags["sweeplab.stop_reason"] = str(stopped_by)
     try:
+        if describe is not None and counts:
+            tags[NOTE] = _described(describe, counts)
         recorder.log_summary(summary, tags)
         recorder.close(status)
     except Unreachable:
         if stopped_by is None:  # the sweep's end could not be recorded: say so (the same command records it)
             raise
     return counts
+
+
+def _described(describe: Callable[[Mapping[str, int]], str], counts: Mapping[str, int]) -> str:
+    """The sweep's description; a one-line apology when it cannot be made (the sweep's records
+    stand without it)."""
+    try:
+        return describe(counts)
+    except Unreachable:
+        raise
+    except Exception as exc:
+        logging.getLogger(__name__).warning("could not describe the sweep on its parent run: %s", exc)
+        return f"(the description could not be made: {type(exc).__name__})"
+
+
+def _describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | None, recorder: SweepRecorder,
+               tracking_uri: str, study_name: str) -> Callable[[Mapping[str, int]], str]:
+    """What the parent run's description says (see :func:`sweeplab.tracker.note.sweep_note`):
+    the sweep's settings, and its top 5 complete trials, read back from the store."""
+    rule = OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha)
+    settings = {
+        "task": f"{task.name} ({task.summary})",
+        "data": str(data_dir) if data_dir is not None else "read by the trainer",
+        "space": str(space.path),
+        "sampler": options.search.sampler,
+        "pruner": str(options.search.pruner),
+        "metric": f"{task.metric} ({task.direction})",
+        "seed": str(options.search.seed),
+        "overfitting onset": rule.name + ("; trials stop there" if options.search.early_stop else ""),
+    }
+
+    def describe(counts: Mapping[str, int]) -> str:
+        rows = best_trials(tracking_uri, task.name, task.best_metric, top=5, study=study_name, direction=task.direction)
+        compare = comparison_link(recorder.experiment_id, study_name, task.best_metric, task.direction)
+        return sweep_note(settings, counts, rows, recorder.experiment_id, task.x_axis, compare)
+
+    return describe
 
 
 def _start_up(study: optuna.Study, space: Space, options: SweepOptions, target: int, killed: KilledTrials,
@@ -739,13 +782,14 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
+    describe = _describer(task, space, options, data_dir, recorder, store.tracking_uri, study_name)
     worker = options.role == "worker"
     target = min(options.search.trials, len(space.grid_cells())) if options.search.sampler == "grid" else options.search.trials
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
         try:
             _start_up(study, space, options, target, killed, recorder, loaded)
         except Unreachable as exc:
-            _close_sweep(study, recorder, "FAILED", exc)
+            _close_sweep(study, recorder, "FAILED", exc, describe)
             raise
     report_lines = [line for r in loaded.reports for line in r.lines()]
 
@@ -786,7 +830,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         stopped_by = exc
         raise
     finally:
-        counts = _close_sweep(study, recorder, status, stopped_by)
+        counts = _close_sweep(study, recorder, status, stopped_by, describe)
     failures = [t.user_attrs.get("fail_reason", "unknown") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                 if outcome(t) == "failed"]
     if counts["complete"] + counts["pruned"] == 0 and failures:

@@ -138,6 +138,8 @@ class SweepRow:
     best_value: float | None
     best_trial: int | None
     start_time: int
+    experiment_id: str = ""
+    direction: str | None = None  # of ``metric``, when the sweep recorded it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +185,7 @@ def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | Non
             target=int(trials) if trials and trials.isdigit() else None, counts=counts, metric=metric,
             best_value=best[0].data.metrics[metric] if best else None,
             best_trial=int(best[0].data.tags.get("sweeplab.trial", -1)) if best else None,
-            start_time=int(parent.info.start_time or 0),
+            start_time=int(parent.info.start_time or 0), experiment_id=parent.info.experiment_id,
+            direction=parent.data.tags.get(DIRECTION) if recorded else None,
         ))
     return rows

@@ -26,9 +26,13 @@ from mlflow.exceptions import MlflowException
 from sweeplab.tracker.reconnect import Patience, reconnecting_client
 from sweeplab.tracker.store import redact
 
-__all__ = ["DIRECTION", "METRIC", "ROLE", "STATE", "SweepRecorder", "TrialRecorder", "metric_name_problem"]
+__all__ = ["DIRECTION", "EXPERIMENT_KIND", "METRIC", "MODEL_TRAINING", "ROLE", "STATE", "SweepRecorder", "TrialRecorder", "metric_name_problem"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
+#: The experiment tag MLflow's UI (3.x) reads to choose its view: model training (runs, metrics,
+#: comparison) rather than GenAI (traces), which it guesses for an experiment without the tag.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 METRIC = "sweeplab.metric"  # the validation metric that picks each trial's best evaluation and the best trial
 DIRECTION = "sweeplab.direction"  # maximize | minimize: how that metric is judged
 STATE = "sweeplab.state"  # running | complete | pruned | failed | killed
@@ -205,9 +209,11 @@ class SweepRecorder:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             location = f"{artifact_root.rstrip('/')}/{experiment}" if artifact_root else None
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+            experiment_id = client.create_experiment(experiment, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
         else:
             experiment_id = found.experiment_id
+            if EXPERIMENT_KIND not in found.tags:  # made by an older sweeplab, or by hand
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         existing = _active_run(client, known_run_id, experiment_id) or client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`sweeplab.study` = '{study_name}'",

@@ -1,0 +1,76 @@
+"""The sweep's description on its parent run: what the MLflow UI shows first when the run opens.
+
+MLflow renders a run's ``mlflow.note.content`` tag as markdown (the run page's description).
+:func:`sweep_note` writes there what a person wants to know before reading any curve: the task,
+data, space, sampler and pruner, the trials by outcome, and the top trials with their
+parameters, best epoch, overfitting onset and a link to each run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote, urlencode
+
+from sweeplab.tracker.query import TrialRow
+
+__all__ = ["NOTE", "comparison_link", "run_link", "sweep_note"]
+
+#: The tag MLflow's UI shows as a run's description (markdown).
+NOTE = "mlflow.note.content"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's address of a run, relative to the UI's root (``#/experiments/1/runs/abc``)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def comparison_link(experiment_id: str, study: str, metric: str, direction: str | None) -> str:
+    """The MLflow UI's address (relative to its root) of a sweep's trials side by side: its
+    model-training view (``workflowType``; the UI otherwise opens in its GenAI view), the
+    sweep's trial runs only, best first by ``metric``, as charts of every metric
+    (``compareRunsMode=CHART``)."""
+    query = urlencode({
+        "workflowType": "machine_learning",
+        "searchFilter": f"tags.`sweeplab.role` = 'trial' and tags.`sweeplab.study` = '{study}'",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": "true" if direction == "minimize" else "false",
+        "compareRunsMode": "CHART",
+    }, quote_via=quote)
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _params(params: Mapping[str, str]) -> str:
+    """A trial's own parameters; the onset rule and the seed are the sweep's (in its settings)."""
+    shown = [f"{k}={v}" for k, v in sorted(params.items()) if k != "seed" and not k.startswith("overfit_")]
+    return ", ".join(shown) or "-"
+
+
+def sweep_note(settings: Mapping[str, str], counts: Mapping[str, int], rows: Sequence[TrialRow],
+               experiment_id: str, x_axis: str = "epoch", compare: str | None = None) -> str:
+    """Markdown for the parent run: ``settings`` (task, data, space, sampler, pruner... as
+    ``name: value`` lines), ``counts`` (trials by outcome, in the order given), ``rows`` (the
+    best trials, best first) and a link to the trials side by side (``compare``, see
+    :func:`comparison_link`)."""
+    lines = ["### Sweep", ""]
+    lines += [f"- **{name}**: {value}" for name, value in settings.items()]
+    shown = [f"{n} {word}" for word, n in counts.items() if n]
+    lines += [f"- **trials**: {', '.join(shown) or 'none yet'}", ""]
+    if compare:
+        lines += [f"[Compare the trials side by side]({compare})", ""]
+    if not rows:
+        lines.append("No trial has completed yet.")
+        return "\n".join(lines) + "\n"
+    lines += [f"### Top {len(rows)} trials by {rows[0].metric}", "",
+              f"| # | trial | {rows[0].metric} | best {x_axis} | overfitting onset | parameters |",
+              "|---|---|---|---|---|---|"]
+    for rank, row in enumerate(rows, start=1):
+        onset = row.summary.get(f"overfit_{x_axis}")
+        lines.append(
+            f"| {rank} | [trial {row.trial}]({run_link(experiment_id, row.run_id)}) | {_value(row.value)} "
+            f"| {_value(row.summary.get(f'best_{x_axis}'))} | {_value(onset) if onset is not None else 'none'} "
+            f"| {_params(row.params)} |")
+    return "\n".join(lines) + "\n"
