@@ -342,11 +342,11 @@ def _drop_locals(exc: BaseException) -> None:
 class _Objective:
     """One call is one trial; see the module docstring for the path it takes."""
 
-    def __init__(self, task: Task, space: Space, loaded: Loaded, env: TrialEnv, recorder: SweepRecorder,
-                 options: SweepOptions, observer: SweepObserver, rule: OnsetRule, staging: Path, errors_log: Path) -> None:
-        self.task, self.space, self.loaded, self.env = task, space, loaded, env
-        self.recorder, self.options, self.observer, self.rule, self.staging = recorder, options, observer, rule, staging
-        self.errors_log = errors_log
+    def __init__(self, checked: _Checked, env: TrialEnv, recorder: SweepRecorder, observer: SweepObserver, staging: Path) -> None:
+        self.task, self.space, self.loaded, self.options, self.rule = (checked.task, checked.space, checked.loaded,
+                                                                        checked.options, checked.rule)
+        self.env, self.recorder, self.observer, self.staging = env, recorder, observer, staging
+        self.errors_log = checked.store.root / "logs" / "errors.log"  # tracebacks of sweeplab's own errors (InternalError)
         self.best: float | None = None
         self.stop_error: UsageError | InternalError | None = None
         self.calls = 0  # trials this process started
@@ -719,15 +719,29 @@ def _study_name(options: SweepOptions, space: Space) -> str:
     return options.search.study or f"{space.name}-{options.search.sampler}"
 
 
-def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
-    """Run (or resume) a sweep until the study holds ``options.search.trials`` finished trials."""
-    observer = observer or _Silent()
-    if options.search.timeout is not None and options.deadline is None:
-        options = options.with_(deadline=time.time() + options.search.timeout)
-    deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())
+@dataclass(frozen=True)
+class _Checked:
+    """A sweep after every check, before anything is written: its options (the split seed
+    resolved), task, store, space (overrides applied, widened to a grid's values), onset rule,
+    device, data folder (``None``: the trainer reads its own) and data as read."""
+
+    options: SweepOptions
+    task: Task
+    store: Store
+    space: Space
+    rule: OnsetRule
+    device: torch.device
+    data_dir: Path | None
+    loaded: Loaded
+
+
+def _check(options: SweepOptions) -> _Checked:
+    """Everything a user can get wrong, checked before the store is touched: the task, the
+    stores, the space against the task's limits, the sampler's arguments, the data. Nothing is
+    written."""
     task = _with_metric(get_task(options.task), options.search.metric)
     store: Store = resolve_store(options.tracking.store_dir, options.tracking.tracking_uri, options.tracking.storage)
-    check_store(store, options.tracking.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds, nothing written
+    check_store(store, options.tracking.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds
     overrides = {k: _parse_override(task, k, v) for k, v in options.search.overrides.items()}
     if not (options.search.space or task.default_space):
         raise UsageError(f"task {task.name} has no default space: pass --space FILE.toml ([search.NAME] tables, see the README)")
@@ -737,28 +751,36 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if options.search.sampler == "grid":
         space = space.widened_to_grid()
     _sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched
-    rule = OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha)
-    device = pick_device(options.runtime.device)
-    data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data  # None: the trainer reads its own data
     if options.search.split_seed is None:
         options = options.with_(split_seed=options.search.seed)
-    split_seed = options.search.split_seed
-    loaded = task.load(data_dir, split_seed, options.search.val_fraction, {**task.defaults, **space.fixed})
+    device = pick_device(options.runtime.device)
+    data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data
+    loaded = task.load(data_dir, options.search.split_seed, options.search.val_fraction, {**task.defaults, **space.fixed})
+    return _Checked(options, task, store, space, OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha),
+                    device, data_dir, loaded)
 
-    # Nothing above writes anything; from here on the store exists.
-    quiet_libraries()
-    bound_http_retries()
-    cache = PrepCache(options.tracking.cache_dir or store.root / "cache")
-    env = TrialEnv(device=device, precision=options.runtime.precision, cache=cache, seed=options.search.seed, trial_seed=options.search.seed,
-                   early_stop=rule if options.search.early_stop else None, keep_state=options.tracking.checkpoints != "none",
-                   metric=task.metric, direction=task.direction)
-    task.prepare(loaded, {**task.defaults, **space.fixed}, env)
 
+@dataclass(frozen=True)
+class _Opened:
+    """A sweep's study and parent run, made or found again; ``options`` carries the pruner the
+    study runs with."""
+
+    options: SweepOptions
+    study: optuna.Study
+    name: str
+    killed: KilledTrials
+    recorder: SweepRecorder
+    experiment: str
+
+
+def _open(checked: _Checked) -> _Opened:
+    """Create or resume the study (refusing one made with other settings) and its parent run."""
+    options, task, store, space = checked.options, checked.task, checked.store, checked.space
     study_name = _study_name(options, space)
     killed = KilledTrials(options.tracking.heartbeat)
     storage = open_optuna_storage(store.optuna_storage, options.tracking.heartbeat, killed, options.tracking.outage_limit)
     study, created = _open_study(storage, study_name, optuna.pruners.NopPruner(), task.direction)
-    _check_same_settings(study, _settings(task, space, options, data_dir))  # a refused resume changes nothing
+    _check_same_settings(study, _settings(task, space, options, checked.data_dir))  # a refused resume changes nothing
     # A resumed sweep's pruner is on its study; one made before sweeplab recorded it ran with
     # the median pruner, the default then.
     recorded = study.user_attrs.get(PRUNER) or (None if created or not study.get_trials(deepcopy=False) else "median")
@@ -769,9 +791,10 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if study.user_attrs.get(PRUNER) != pruner:
         study.set_user_attr(PRUNER, pruner)
     experiment = options.tracking.experiment or f"sweeplab-{task.name}"
-    sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.search.sampler, "pruner": options.search.pruner,
-                    "seed": options.search.seed, "split_seed": split_seed, "data_dir": str(data_dir or ""), "trials": options.search.trials,
-                    "device": str(device), "precision": options.runtime.precision, **rule.as_params()}
+    sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.search.sampler, "pruner": pruner,
+                    "seed": options.search.seed, "split_seed": options.search.split_seed, "data_dir": str(checked.data_dir or ""),
+                    "trials": options.search.trials, "device": str(checked.device), "precision": options.runtime.precision,
+                    **checked.rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, METRIC: task.metric, DIRECTION: task.direction,
                  **provenance_tags()}
     if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
@@ -782,7 +805,33 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if study.user_attrs.get(PARENT_RUN) != recorder.parent_run_id:
         study.set_user_attr(PARENT_RUN, recorder.parent_run_id)  # later workers join this run
     killed.recorder = recorder
-    describe = _describer(task, space, options, data_dir, recorder, store.tracking_uri, study_name)
+    return _Opened(options, study, study_name, killed, recorder, experiment)
+
+
+def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep until the study holds ``options.search.trials`` finished trials:
+    check everything (:func:`_check`), prepare the data, open the study and its parent run
+    (:func:`_open`), run this process's share of the trials (or start the workers), score the
+    best on the test split and close the parent run."""
+    observer = observer or _Silent()
+    if options.search.timeout is not None and options.deadline is None:
+        options = options.with_(deadline=time.time() + options.search.timeout)
+    deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())
+    checked = _check(options)
+
+    # Nothing above writes anything; from here on the store exists.
+    quiet_libraries()
+    bound_http_retries()
+    options, task, store, space, loaded = checked.options, checked.task, checked.store, checked.space, checked.loaded
+    env = TrialEnv(device=checked.device, precision=options.runtime.precision,
+                   cache=PrepCache(options.tracking.cache_dir or store.root / "cache"), seed=options.search.seed,
+                   trial_seed=options.search.seed, early_stop=checked.rule if options.search.early_stop else None,
+                   keep_state=options.tracking.checkpoints != "none", metric=task.metric, direction=task.direction)
+    task.prepare(loaded, {**task.defaults, **space.fixed}, env)
+    opened = _open(checked)
+    checked = replace(checked, options=opened.options)
+    options, study, recorder, killed = opened.options, opened.study, opened.recorder, opened.killed
+    describe = _describer(task, space, options, checked.data_dir, recorder, store.tracking_uri, opened.name)
     worker = options.role == "worker"
     target = min(options.search.trials, len(space.grid_cells())) if options.search.sampler == "grid" else options.search.trials
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
@@ -792,17 +841,16 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
             _close_sweep(study, recorder, "FAILED", exc, describe)
             raise
     report_lines = [line for r in loaded.reports for line in r.lines()]
+    grid = space if options.search.sampler == "grid" else None
 
     freeze_long_lived()
     staging_root = store.root / "staging"
-    errors_log = store.root / "logs" / "errors.log"  # tracebacks of sweeplab's own errors (InternalError)
     staging_root.mkdir(parents=True, exist_ok=True)
     if worker:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
-            objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
-            search(study, objective, observer, target, killed, options.tracking.heartbeat,
-                   space if options.search.sampler == "grid" else None, options.search.seed, deadline)
-        return SweepOutcome(study_name, experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
+            objective = _Objective(checked, env, recorder, observer, Path(staging))
+            search(study, objective, observer, target, killed, options.tracking.heartbeat, grid, options.search.seed, deadline)
+        return SweepOutcome(opened.name, opened.experiment, recorder.parent_run_id, store.tracking_uri, _counts(study), None, None,
                             report_lines, target)
     status, stopped_by = "FAILED", None
     try:
@@ -813,9 +861,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
                 close_runs_of_ended_trials(study, recorder)
             else:
                 worker_notes = []
-                objective = _Objective(task, space, loaded, env, recorder, options, observer, rule, Path(staging), errors_log)
-                search(study, objective, observer, target, killed, options.tracking.heartbeat,
-                       space if options.search.sampler == "grid" else None, options.search.seed, deadline)
+                objective = _Objective(checked, env, recorder, observer, Path(staging))
+                search(study, objective, observer, target, killed, options.tracking.heartbeat, grid, options.search.seed, deadline)
             try:
                 test, why_not = _score_best_on_test(study, task, loaded, env, recorder, Path(staging), options.tracking.plots)
             except Unreachable:
@@ -836,8 +883,8 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     if counts["complete"] + counts["pruned"] == 0 and failures:
         raise SweepFailed(f"every trial failed; last reason: {failures[-1]}")
     return SweepOutcome(
-        study=study_name,
-        experiment=experiment,
+        study=opened.name,
+        experiment=opened.experiment,
         parent_run_id=recorder.parent_run_id,
         tracking_uri=store.tracking_uri,
         counts=counts,
