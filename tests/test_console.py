@@ -21,3 +21,16 @@ def test_sweep_panels_keep_names_ids_and_counts_whole_in_80_columns() -> None:
     for whole in ("sentiment-refine-grid-long-name", "7be5f674c7a846919cff207a9c28744b", "13 of 24 trials",
                   "11 complete", "1 killed", "3 running", "best_val_accuracy 0.7375 (trial 7)", "running)"):
         assert whole in text, (whole, text)
+
+
+def test_a_resumed_sweep_says_so_and_a_new_one_does_not() -> None:
+    from sweeplab.console import RichObserver
+
+    console = Console(width=80, record=True)
+    with RichObserver(console, "val_accuracy") as observer:
+        observer.sweep_started("news-tpe", 8, 3)
+    with RichObserver(console, "val_accuracy") as observer:
+        observer.sweep_started("fresh-tpe", 8, 0)
+    text = console.export_text()
+    assert "resuming study news-tpe: 3 of 8 trials done" in text
+    assert "resuming study fresh-tpe" not in text
