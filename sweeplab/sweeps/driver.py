@@ -462,7 +462,7 @@ class _Objective:
         x_axis = self.task.x_axis
         run.log_dict({"task": self.task.name, "config": dict(config), "onset_rule": self.rule.as_params()}, "config.json")
         if self.options.tracking.plots:
-            fig = plots.curves_figure(result.history, summary, self.task.metric, x_axis)
+            fig = plots.curves_figure(result.history, summary, self.task.metric, x_axis, self.loaded.majority)
             run.log_figure(fig, "curves.png")
             plots.close(fig)
         if "y_true" in result.outputs:

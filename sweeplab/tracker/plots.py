@@ -27,10 +27,22 @@ def _panels(history: Sequence[Mapping[str, float]], metric: str) -> list[list[st
     return list(groups.values())
 
 
-def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary, metric: str, x_axis: str = "epoch") -> Figure:
+def _bounded(ax: plt.Axes, values: Sequence[float], floor: float) -> None:
+    """Scores between 0 and 1 (accuracy, F1, recall@K) on an axis from ``floor`` (0, or the
+    majority class's accuracy) to 1, so that 0.542 -> 0.556 looks as small as it is; other
+    values keep matplotlib's limits."""
+    finite = [v for v in values if np.isfinite(v)]
+    if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
+        ax.set_ylim(min(floor, min(finite)) - 0.02, 1.02)
+
+
+def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary, metric: str, x_axis: str = "epoch",
+                  majority: float | None = None) -> Figure:
     """One panel for the losses (training and validation) and one per family of other validation
     metrics (the task metric first: accuracy, macro F1, ROC-AUC, or recall@K... as the lab reports
-    plotted them), all against the step, with the best evaluation and the overfitting onset marked."""
+    plotted them), all against the step, with the best evaluation and the overfitting onset marked.
+    Losses start at 0; scores in [0, 1] span up to 1 from 0, or from ``majority`` (the validation
+    accuracy of always answering the most frequent class, drawn on the accuracy panel)."""
     steps = [p["step"] for p in history]
     panels = _panels(history, metric)
     fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 4), squeeze=False)
@@ -38,9 +50,16 @@ def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary,
     ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
     ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
     ax_loss.set_title("loss")
+    ax_loss.set_ylim(bottom=0)
     for ax, names in zip(metric_axes, panels):
+        values = []
         for name in names:
+            values += [p.get(name, np.nan) for p in history]
             ax.plot(steps, [p.get(name, np.nan) for p in history], "o-", label=name)
+        accuracy = majority is not None and "val_accuracy" in names
+        if accuracy:
+            ax.axhline(majority, color="grey", linestyle="-.", linewidth=1, label=f"majority class {majority:.3f}")
+        _bounded(ax, values, majority if accuracy else 0.0)
         ax.set_title(names[0] if len(names) == 1 else names[0].rsplit("_", 1)[0])
     for ax in axes[0]:
         if summary.best is not None:

@@ -33,3 +33,15 @@ def test_classification_panels_mark_the_best_step() -> None:
     labels = [line.get_label() for line in fig.axes[1].get_lines()]
     assert "best step 40" in labels
     plots.close(fig)
+
+
+def test_scores_span_from_the_majority_class_to_1_not_the_curves_own_range() -> None:
+    history = [{"step": float(i), "train_loss": 0.7, "val_loss": 0.69, "val_accuracy": v}
+               for i, v in enumerate([0.542, 0.549, 0.556], start=1)]
+    summary = summarise(history, "val_accuracy", "maximize", OnsetRule(), "epoch")
+    fig = plots.curves_figure(history, summary, "val_accuracy", "epoch", majority=0.5)
+    low, high = fig.axes[1].get_ylim()
+    assert low <= 0.5 and high >= 1.0  # a 1.4-point rise is drawn as one, not across the whole panel
+    assert "majority class 0.500" in [line.get_label() for line in fig.axes[1].get_lines()]
+    assert fig.axes[0].get_ylim()[0] == 0  # losses from 0
+    plots.close(fig)
