@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -190,33 +191,53 @@ def ui(
     tracking_uri: TrackingUri = None,
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    open_browser: Annotated[bool, typer.Option("--open", help="Open the newest sweep's experiment in a browser once the UI answers.")] = False,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the newest sweep's trials side by side in a browser once the UI answers.")] = False,
 ) -> None:
     """Open the MLflow UI on the same store (parent run = sweep, child runs = trials), and print
-    where each sweep's experiment is: its training runs, to compare trials side by side."""
+    the address of each sweep's trials side by side. On a tracking server, print the addresses
+    in the server's own UI."""
     from sweeplab.tracker.embedded import ensure_tracking_db
+    from sweeplab.tracker.preflight import check_store
+    from sweeplab.tracker.reconnect import bound_http_retries
     from sweeplab.tracker.store import resolve_store
 
     try:
         store = resolve_store(store_dir, tracking_uri)
+        check_store(store, None)  # a tracking server or database that does not answer: one line, now
+        bound_http_retries()
         if store.is_default:  # the UI on a store no sweep made yet: a complete, empty one
             ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
         rows = _sweeps_or_none(store_dir, tracking_uri)
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
-    root = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
-    console.print(f"MLflow UI on {root} for {store.tracking_uri}", highlight=False)
+    server = store.tracking_uri.startswith(("http:", "https:"))
+    shown_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
+    root = store.tracking_uri.rstrip("/") + "/" if server else f"http://{'[::1]' if host == '::' else shown_host}:{port}/"
     from sweeplab.tracker.note import comparison_link
 
-    shown = {f"study {row.study} ({row.task})": root + comparison_link(row.experiment_id, row.study, row.metric, row.direction)
-             for row in reversed(rows)}  # the newest sweep of a study last, and kept
-    for name, url in reversed(shown.items()):
-        console.print(f"  {name}, trials side by side: {url}", highlight=False)
+    links: dict[str, str] = {}
+    for row in rows:  # newest sweep first: its link is the one kept for its study
+        links.setdefault(f"study {row.study} ({row.task})",
+                         root + comparison_link(row.experiment_id, row.study, row.metric, row.direction))
+    console.print(f"MLflow UI {'of the tracking server' if server else 'on'} {root} for {store.tracking_uri}", highlight=False)
+    for name, url in links.items():
+        console.print(f"  {name}, trials side by side:", highlight=False)
+        console.print(f"    {url}", highlight=False, soft_wrap=True, markup=False)
+    newest = next(iter(links.values()), root)
+    if server:  # the server serves its own UI
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(newest)
+        return
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
+    sys.stdout.flush()
+    if not open_browser:
+        os.execv(sys.executable, command)  # the UI takes this process over: a kill or Ctrl-C reaches it
     process = subprocess.Popen(command, env={**os.environ})
-    if open_browser:
-        _open_when_up(root, next(iter(shown.values()), root), process)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # a kill of this process stops the UI too
     try:
+        _open_when_up(root, newest, process)
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
         process.terminate()

@@ -36,7 +36,7 @@ class RichObserver:
         self.progress.stop()
 
     def sweep_started(self, study: str, total: int, done: int) -> None:
-        if done:
+        if 0 < done < total:
             self.progress.console.print(f"resuming study {study}: {done} of {total} trials done", highlight=False)
         self.trials = self.progress.add_task(f"sweep {study}", total=total, completed=done)
         self.epochs = self.progress.add_task("trial", total=1, visible=False)

@@ -333,3 +333,20 @@ def test_a_script_that_sweeps_its_own_function_runs_once_and_workers_do_not_reru
     assert 'put the call under `if __name__ == "__main__":`' in done.stderr
     logs = list((tmp_path / "mlruns" / "workers").glob("worker-*.log"))
     assert logs and all(log.read_text(encoding="utf-8").count("module body as") == 1 for log in logs)  # no deeper workers
+
+
+def test_a_store_that_fails_the_description_does_not_keep_the_sweep_from_closing(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweeplab.errors import Unreachable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_trainer.py").write_text(MY_TRAINER, encoding="utf-8")
+    (tmp_path / "my_trainer.toml").write_text(MY_SPACE, encoding="utf-8")
+
+    def away(*args: Any, **kwargs: Any) -> Any:
+        raise Unreachable("the MLflow tracking store stayed unreachable (injected)")
+
+    monkeypatch.setattr("sweeplab.sweeps.driver.best_trials", away)
+    outcome = sweeplab.run("my_trainer.py:fit", space="my_trainer.toml", trials=2, plots=False)
+    parent = MlflowClient(tracking_uri=outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and "mlflow.note.content" not in parent.data.tags

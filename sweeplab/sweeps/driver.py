@@ -652,8 +652,9 @@ def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stop
     if stopped_by is not None:
         tags["sweeplab.stop_reason"] = str(stopped_by)
     try:
-        if describe is not None and counts:
-            tags[NOTE] = _described(describe, counts)
+        note = _described(describe, counts) if describe is not None and counts else None
+        if note is not None:
+            tags[NOTE] = note
         recorder.log_summary(summary, tags)
         recorder.close(status)
     except Unreachable:
@@ -662,16 +663,14 @@ def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stop
     return counts
 
 
-def _described(describe: Callable[[Mapping[str, int]], str], counts: Mapping[str, int]) -> str:
-    """The sweep's description; a one-line apology when it cannot be made (the sweep's records
-    stand without it)."""
+def _described(describe: Callable[[Mapping[str, int]], str], counts: Mapping[str, int]) -> str | None:
+    """The sweep's description, or ``None`` when it cannot be made now (the store is away, a
+    query failed): the sweep's records stand without it, and the parent run keeps the one it had."""
     try:
         return describe(counts)
-    except Unreachable:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # Unreachable included: closing the sweep must not wait on its description
         logging.getLogger(__name__).warning("could not describe the sweep on its parent run: %s", exc)
-        return f"(the description could not be made: {type(exc).__name__})"
+        return None
 
 
 def _describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | None, recorder: SweepRecorder,
@@ -691,7 +690,8 @@ def _describer(task: Task, space: Space, options: SweepOptions, data_dir: Path |
     }
 
     def describe(counts: Mapping[str, int]) -> str:
-        rows = best_trials(tracking_uri, task.name, task.best_metric, top=5, study=study_name, direction=task.direction)
+        rows = best_trials(tracking_uri, task.name, task.best_metric, top=5, study=study_name, direction=task.direction,
+                           parent_run_id=recorder.parent_run_id)
         compare = comparison_link(recorder.experiment_id, study_name, task.best_metric, task.direction)
         return sweep_note(settings, counts, rows, recorder.experiment_id, task.x_axis, compare)
 

@@ -8,6 +8,7 @@ parameters, best epoch, overfitting onset and a link to each run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
@@ -43,9 +44,16 @@ def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _text(value: object) -> str:
+    """``value`` as markdown text that stays in its table cell and list item: the characters
+    markdown gives a meaning (``|``, ``*``, ``_``, brackets...) escaped, line breaks as spaces."""
+    text = " ".join(str(value).split())
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~-])", r"\\\1", text)
+
+
 def _params(params: Mapping[str, str]) -> str:
     """A trial's own parameters; the onset rule and the seed are the sweep's (in its settings)."""
-    shown = [f"{k}={v}" for k, v in sorted(params.items()) if k != "seed" and not k.startswith("overfit_")]
+    shown = [f"{_text(k)}={_text(v)}" for k, v in sorted(params.items()) if k != "seed" and not k.startswith("overfit_")]
     return ", ".join(shown) or "-"
 
 
@@ -56,7 +64,7 @@ def sweep_note(settings: Mapping[str, str], counts: Mapping[str, int], rows: Seq
     best trials, best first) and a link to the trials side by side (``compare``, see
     :func:`comparison_link`)."""
     lines = ["### Sweep", ""]
-    lines += [f"- **{name}**: {value}" for name, value in settings.items()]
+    lines += [f"- **{_text(name)}**: {_text(value)}" for name, value in settings.items()]
     shown = [f"{n} {word}" for word, n in counts.items() if n]
     lines += [f"- **trials**: {', '.join(shown) or 'none yet'}", ""]
     if compare:
@@ -64,8 +72,9 @@ def sweep_note(settings: Mapping[str, str], counts: Mapping[str, int], rows: Seq
     if not rows:
         lines.append("No trial has completed yet.")
         return "\n".join(lines) + "\n"
-    lines += [f"### Top {len(rows)} trials by {rows[0].metric}", "",
-              f"| # | trial | {rows[0].metric} | best {x_axis} | overfitting onset | parameters |",
+    metric = _text(rows[0].metric)
+    lines += [f"### Top {len(rows)} trials by {metric}", "",
+              f"| # | trial | {metric} | best {x_axis} | overfitting onset | parameters |",
               "|---|---|---|---|---|---|"]
     for rank, row in enumerate(rows, start=1):
         onset = row.summary.get(f"overfit_{x_axis}")

@@ -50,7 +50,9 @@ def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary,
     ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
     ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
     ax_loss.set_title("loss")
-    ax_loss.set_ylim(bottom=0)
+    losses = [p.get(k, np.nan) for p in history for k in ("train_loss", "val_loss")]
+    if all(v >= 0 for v in losses if np.isfinite(v)):  # a negative loss (a log-likelihood) keeps matplotlib's limits
+        ax_loss.set_ylim(bottom=0)
     for ax, names in zip(metric_axes, panels):
         values = []
         for name in names:

@@ -76,10 +76,11 @@ def best_trials(
     study: str | None = None,
     states: tuple[str, ...] = ("complete",),
     direction: str | None = None,
+    parent_run_id: str | None = None,
 ) -> list[TrialRow]:
     """The ``top`` trials of ``task`` by summary metric ``metric`` (best first; ties go to the
     earlier trial, as in Optuna), over every experiment of the store, optionally limited to one
-    study."""
+    study, or to the trials of one sweep (its ``parent_run_id``)."""
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -89,6 +90,8 @@ def best_trials(
     filters = [f"tags.`{ROLE}` = 'trial'", f"tags.`sweeplab.task` = '{task}'"]
     if study:
         filters.append(f"tags.`sweeplab.study` = '{study}'")
+    if parent_run_id:
+        filters.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     runs = client.search_runs(
         list(experiments),
         filter_string=" and ".join(filters),
