@@ -1,14 +1,24 @@
-"""Figures logged with each trial: the learning curves and the confusion matrix."""
+"""Figures logged with each trial: the learning curves and the confusion matrix.
+
+Class names may be in any script (THUCNews's are Chinese). Text is drawn with DejaVu Sans, then
+Noto Sans CJK SC (the font file the ``mplfonts`` package installs from the package registry) for
+what DejaVu lacks; a class name with a character neither font has is shown as its class index,
+with the names in a legend beside the figure, instead of empty boxes and glyph warnings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import importlib.util
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import font_manager, ft2font  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
@@ -78,14 +88,60 @@ def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary,
     return fig
 
 
+#: The CJK font file inside the ``mplfonts`` package (SIL Open Font License).
+_CJK_FONT = Path("fonts") / "NotoSansCJKsc-Regular.otf"
+
+
+@functools.cache
+def _fonts() -> tuple[list[str], list[ft2font.FT2Font]]:
+    """The font families text is drawn with, in order of preference, and their font files (to
+    ask whether a character has a glyph). The CJK font is registered with matplotlib on first
+    use, found without importing ``mplfonts``; without it, DejaVu Sans alone."""
+    families, files = ["DejaVu Sans"], [ft2font.FT2Font(font_manager.findfont("DejaVu Sans"))]
+    spec = importlib.util.find_spec("mplfonts")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / _CJK_FONT
+        if path.is_file():
+            font_manager.fontManager.addfont(str(path))
+            font = ft2font.FT2Font(str(path))
+            families.append(font.family_name)
+            files.append(font)
+            break
+    return families, files
+
+
+def drawable(text: str) -> bool:
+    """Whether every character of ``text`` has a glyph in one of the fonts plots use."""
+    files = _fonts()[1]
+    return all(ch.isspace() or any(font.get_char_index(ord(ch)) for font in files) for ch in text)
+
+
+@contextmanager
+def _any_script() -> Iterator[None]:
+    """Draw with the fonts of :func:`_fonts`, each character from the first that has it."""
+    with plt.rc_context({"font.family": _fonts()[0]}):
+        yield
+
+
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
-    """Confusion matrix (scikit-learn's display) of the predictions at the best evaluation."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(range(len(class_names))), display_labels=list(class_names), ax=ax, colorbar=False
-    )
-    ax.set_title(title)
-    fig.tight_layout()
+    """Confusion matrix (scikit-learn's display) of the predictions at the best evaluation, its
+    axes labelled with the class names, or with class indices and a legend of the names when a
+    name has a character no font here can draw."""
+    with _any_script():
+        readable = all(drawable(name) for name in class_names)
+        labels = list(class_names) if readable else [str(i) for i in range(len(class_names))]
+        fig, ax = plt.subplots(figsize=(5 if readable else 7, 4.5))
+        ConfusionMatrixDisplay.from_predictions(
+            y_true, y_pred, labels=list(range(len(class_names))), display_labels=labels, ax=ax, colorbar=False
+        )
+        ax.set_title(title)
+        if not readable:
+            legend = "\n".join(f"{i}: {name if drawable(name) else name.encode('unicode_escape').decode()}"
+                               for i, name in enumerate(class_names))
+            fig.text(0.72, 0.5, legend, va="center", fontsize=8)
+            fig.subplots_adjust(right=0.7)
+        else:
+            fig.tight_layout()
     return fig
 
 

@@ -45,3 +45,37 @@ def test_scores_span_from_the_majority_class_to_1_not_the_curves_own_range() -> 
     assert "majority class 0.500" in [line.get_label() for line in fig.axes[1].get_lines()]
     assert fig.axes[0].get_ylim()[0] == 0  # losses from 0
     plots.close(fig)
+
+
+def _drawn_with_warnings(names: list[str]) -> tuple[list[str], list[str], str]:
+    """Tick labels, warnings and legend text of a confusion figure drawn to PNG."""
+    import io
+    import warnings
+
+    import numpy as np
+
+    y = np.arange(len(names)).repeat(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plots.confusion_figure(y, y[::-1], names, "validation")
+        fig.savefig(io.BytesIO(), format="png")  # drawing is when missing glyphs warn
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    legend = " ".join(t.get_text() for t in fig.texts)
+    plots.close(fig)
+    return ticks, [str(w.message) for w in caught], legend
+
+
+def test_chinese_class_names_are_drawn_without_missing_glyphs() -> None:
+    names = ["体育", "财经", "房产", "科技"]
+    ticks, caught, _ = _drawn_with_warnings(names)
+    assert ticks == names
+    assert not [w for w in caught if "missing from font" in w or "Glyph" in w], caught
+
+
+def test_a_script_no_font_has_falls_back_to_indices_and_a_legend() -> None:
+    names = ["sports", "\U00010000\U00010001"]  # Linear B: in neither DejaVu Sans nor Noto Sans CJK
+    assert not plots.drawable(names[1]) and plots.drawable("体育 sports")
+    ticks, caught, legend = _drawn_with_warnings(names)
+    assert ticks == ["0", "1"]
+    assert "0: sports" in legend and "1: \\U00010000\\U00010001" in legend
+    assert not [w for w in caught if "missing from font" in w or "Glyph" in w], caught
