@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sweeplab.errors import UsageError
 
 __all__ = ["autocast", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
-           "reset_peak_memory", "seed_everything"]
+           "reset_peak_memory"]
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -45,13 +43,6 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         raise UsageError(f"precision {precision!r}: expected auto, fp32, bf16 or fp16")
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 _MIB = 2**20

@@ -28,8 +28,6 @@ with :func:`trainer`; undeclared, the task is named after the file or module and
 from __future__ import annotations
 
 import inspect
-import random
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sweeplab.core import Direction, FitResult, Loaded, Reporter, Task, TrialEnv, direction_of
-from sweeplab.trainers.loop import Progress, TrialStopped
+from sweeplab.trainers.loop import Progress, TrialStopped, seed_everything
 
 __all__ = ["TRAINER_ATTRIBUTE", "TrainerInfo", "function_task", "trainer"]
 
@@ -88,16 +86,6 @@ def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None 
     return mark(fn) if fn is not None else mark
 
 
-def _seed_everything(seed: int) -> None:
-    """Seed Python, and NumPy and torch when the function's module loaded them (a plain function
-    need not pay for importing torch)."""
-    random.seed(seed)
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed(seed % 2**32)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
-
-
 def _planned_rounds(config: Mapping[str, Any]) -> int:
     """The evaluations a trial plans, when its config says (``epochs``); 0 when unknown."""
     epochs = config.get("epochs")
@@ -109,7 +97,7 @@ def _fit(function: Callable[..., Any], loaded: Loaded, config: Mapping[str, Any]
     """One trial: call the function with the config and a ``report`` bound to the trial."""
     progress = Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state)
     reporter.on_start(_planned_rounds(config))
-    _seed_everything(env.trial_seed)
+    seed_everything(env.trial_seed)
     try:
         function(dict(config), progress.report)
     except TrialStopped:

@@ -25,6 +25,8 @@ import copy
 import functools
 import inspect
 import math
+import random
+import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -32,7 +34,7 @@ from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer, TrialEnv
 from sweeplab.errors import UsageError
 from sweeplab.tracker.curves import OnsetRule, best_index, overfit_onset
 
-__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "fit_and_close", "keep_copy"]
+__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "fit_and_close", "keep_copy", "seed_everything"]
 
 
 class Diverged(RuntimeError):
@@ -159,6 +161,17 @@ def fit(
         if progress.report(step, metrics, trainer.snapshot, evaluation.outputs, trainer.predict_unlabelled):
             break
     return progress.result
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's generator, and NumPy's and torch's (all devices) when they are loaded: every
+    built-in trainer has both, and a user's training function that uses neither need not pay for
+    importing torch."""
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def fit_and_close(trainer: RoundTrainer, rounds: int, reporter: Reporter, env: TrialEnv) -> FitResult:

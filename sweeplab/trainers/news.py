@@ -48,8 +48,8 @@ from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
 from sweeplab.datasets.report import DataError
 from sweeplab.datasets.splits import majority_share
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
-from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import fit_and_close
+from sweeplab.trainers.device import autocast
+from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model

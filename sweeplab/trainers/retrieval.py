@@ -51,8 +51,8 @@ from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
 from sweeplab.datasets.report import DataError
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
-from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import fit_and_close
+from sweeplab.trainers.device import autocast
+from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import recall_at_k
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise

@@ -38,8 +38,8 @@ from sweeplab.datasets.report import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
-from sweeplab.trainers.device import autocast, seed_everything
-from sweeplab.trainers.loop import fit_and_close
+from sweeplab.trainers.device import autocast
+from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, adamw
 
