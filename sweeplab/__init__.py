@@ -29,6 +29,7 @@ _EXPORTS = {
     "run": "sweeplab.api",
     "best": "sweeplab.api",
     "status": "sweeplab.api",
+    "report": "sweeplab.api",
     "trainer": "sweeplab.trainers.function",
     "TrialStopped": "sweeplab.trainers.loop",
     "Task": "sweeplab.core",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from sweeplab.tracker.query import SweepRow, TrialRow
     from sweeplab.tracker.store import Store
 
-__all__ = ["best", "run", "status"]
+__all__ = ["best", "report", "run", "status"]
 
 TaskLike = str | Task | Callable[..., Any]
 
@@ -58,10 +59,10 @@ def _file_spec(function: Callable[..., Any]) -> str | None:
     return f"{path.resolve()}:{name}"
 
 
-def _task_name(task: TaskLike, workers: int = 1) -> str:
+def _task_name(task: TaskLike, in_workers: bool = False) -> str:
     """The name under which the sweep engine finds ``task`` (see the module docstring); a task
-    object or a function without a file is registered in this process, which ``workers > 1``
-    cannot reach."""
+    object or a function without a file is registered in this process, which worker processes
+    (``in_workers``: ``workers > 1``, or ``gpus``) cannot reach."""
     from sweeplab.tasks import get_task, register
 
     if isinstance(task, str):
@@ -78,7 +79,7 @@ def _task_name(task: TaskLike, workers: int = 1) -> str:
         name = obj.name
     else:
         raise UsageError(f"task {task!r}: expected a task name, a sweeplab Task or a training function")
-    if workers > 1:
+    if in_workers:
         raise UsageError(f"task {name}: worker processes cannot import a task defined here; define its function in a "
                          "Python file (or offer it through the sweeplab.tasks entry point) to use workers")
     try:
@@ -105,7 +106,7 @@ def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, met
     if os.environ.get(WORKER_ENV):
         raise UsageError("sweeplab.run was called while a worker process imported the trainer's file: "
                          "put the call under `if __name__ == \"__main__\":`")
-    name = _task_name(task, int(options.get("workers", 1)))
+    name = _task_name(task, int(options.get("workers", 1)) > 1 or bool(options.get("gpus")))
     if "overrides" in options:  # as the workers will read them back (a tuple becomes a list)
         try:
             options["overrides"] = json.loads(json.dumps(dict(options["overrides"])))
@@ -126,7 +127,7 @@ def open_store(store_dir: str | Path = "mlruns", tracking_uri: str | None = None
     store = resolve_store(Path(store_dir), tracking_uri)
     if store.is_default and not (store.root / "mlflow.db").is_file():
         raise UsageError(f"{store.root / 'mlflow.db'}: no tracking store here (run a sweep first, or pass --store-dir)")
-    quiet_libraries()
+    quiet_libraries(optuna_too=False)
     return store
 
 
@@ -154,7 +155,7 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
     itself when the store holds sweeps of it. An unknown name is the error, before a missing
     store."""
     from sweeplab.tasks import REGISTRY, get_task, spec_name
-    from sweeplab.tracker.query import recorded_metric
+    from sweeplab.tracker.query import recorded_metric, task_of_spec
 
     name = _task_name(task)
     if name in REGISTRY:  # a built-in's name is its runs' name: no need to import it (and torch)
@@ -165,6 +166,9 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
         store = None
     if ":" in name and store is not None:  # FILE.py:FUNCTION from any folder, without importing the file
         recorded = spec_name(name)
+        declared = task_of_spec(store.tracking_uri, recorded)  # the name its function declared
+        if declared is not None:
+            return declared
         if recorded_metric(store.tracking_uri, recorded) is not None:
             return recorded
     try:
@@ -187,6 +191,33 @@ def status(task: TaskLike | None = None, *, study: str | None = None, store_dir:
     # Sweeps made before sweeplab recorded their metric on the parent run: the built-in task's.
     fallback: Mapping[str, str] = _LazyBestMetrics(tuple(REGISTRY))
     return sweeps(store.tracking_uri, fallback, name, study)
+
+
+def report(task: TaskLike | None = None, *, study: str | None = None, out: str | Path | None = None,
+           fresh: bool = False, store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> Path | None:
+    """Write the newest sweep's page (of ``task``, of one ``study``) as one self-contained HTML file
+    (:mod:`sweeplab.tracker.report`) to ``out`` (default ``STUDY-report.html`` here); returns its
+    path, or ``None`` when the store holds no such sweep. ``fresh`` draws the pictures again rather
+    than reading the parent run's."""
+    from sweeplab.tracker.query import sweep_trials
+    from sweeplab.tracker.report import report_html, sweep_images
+    from sweeplab.tracker.store import redact
+
+    target = None if out is None else Path(out)
+    if target is not None and (target.is_dir() or not target.parent.is_dir()):
+        raise UsageError(f"--out {target}: expected a file in an existing folder")
+    name = None if task is None else _recorded_name(task, store_dir, tracking_uri)
+    store = open_store(store_dir, tracking_uri)
+    sweep = sweep_trials(store.tracking_uri, name, study)
+    if sweep is None:
+        return None
+    target = target or Path(re.sub(r"[^\w.-]+", "_", sweep.study or "sweep") + "-report.html")
+    page = report_html(sweep, sweep_images(sweep, fresh=fresh), redact(store.tracking_uri))
+    try:
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--out {target}: cannot write it ({exc.strerror})") from None
+    return target.resolve()
 
 
 class _LazyBestMetrics(Mapping[str, str]):

@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from sweeplab.errors import SweeplabError, UsageError
+
+T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
 console = Console()
@@ -32,6 +35,15 @@ TrackingUri = Annotated[
 def _fail(message: str, code: int = 2) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _answer(question: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``question(*args, **kwargs)``, a read command's call into the API; its error is one line
+    with its exit code."""
+    try:
+        return question(*args, **kwargs)
+    except SweeplabError as exc:
+        raise _fail(str(exc), code=exc.exit_code) from None
 
 
 def _parse_sets(values: list[str]) -> dict[str, str]:
@@ -78,8 +90,9 @@ def run(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).", rich_help_panel="Search")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.", rich_help_panel="Tracking")] = True,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.", rich_help_panel="Search")] = 0.2,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total).", rich_help_panel="Runtime")] = 1,
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, in turn: --gpus 0,1 (sets CUDA_VISIBLE_DEVICES).", rich_help_panel="Runtime")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total); default: one per entry of --gpus, else 1.", rich_help_panel="Runtime")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, round robin (sets CUDA_VISIBLE_DEVICES): --gpus 0,1; several workers on one card with --gpus 0 --workers 4 or --gpus 0,0,1,1 --workers 4 (a trial out of GPU memory there runs once more alone on the card).", rich_help_panel="Runtime")] = None,
+    compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each trial's model (its compile time counts in the trial; tag sweeplab.compile).", rich_help_panel="Runtime")] = False,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.", rich_help_panel="Tracking")] = 60,
     outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
 ) -> None:
@@ -96,8 +109,8 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction, workers=workers, heartbeat=heartbeat, outage_limit=outage_limit,
-            gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else (),
+            val_fraction=val_fraction, workers=workers if workers is not None else len(gpus.split(",")) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
+            gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), compile=compile_,
         )
         with RichObserver(console, metric) as observer:
             outcome = run_sweep(options, observer)
@@ -142,10 +155,7 @@ def best(
     """The best trial(s) of a task, from the tracking store alone: params, best epoch, onset, checkpoint."""
     from sweeplab import api
 
-    try:
-        rows = api.best(task, top=top, metric=metric, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
-    except SweeplabError as exc:
-        raise _fail(str(exc), code=exc.exit_code) from None
+    rows = _answer(api.best, task, top=top, metric=metric, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif rows:
@@ -169,10 +179,7 @@ def status(
     """Sweeps in the store, running or finished: trials complete, pruned, failed, killed and running, best so far."""
     from sweeplab import api
 
-    try:
-        rows = api.status(task, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
-    except SweeplabError as exc:
-        raise _fail(str(exc), code=exc.exit_code) from None
+    rows = _answer(api.status, task, study=study, store_dir=store_dir, tracking_uri=tracking_uri)
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif rows:
@@ -183,6 +190,24 @@ def status(
             console.print()
     if not rows:
         raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {_uri(store_dir, tracking_uri)}", code=1)
+
+
+@app.command()
+def report(
+    task: Annotated[Optional[str], typer.Option("--task", help="The newest sweep of this task (default: the newest sweep).")] = None,
+    study: OnlyStudy = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default: STUDY-report.html here).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Draw the pictures again rather than reading the parent run's.")] = False,
+    store_dir: StoreDir = Path("mlruns"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """One self-contained HTML page of a sweep, for sharing: its settings, best trials and pictures."""
+    from sweeplab import api
+
+    page = _answer(api.report, task, study=study, out=out, fresh=fresh, store_dir=store_dir, tracking_uri=tracking_uri)
+    if page is None:
+        raise _fail(f"no sweeps{f' of task {task}' if task else ''}{f' in study {study}' if study else ''} in {_uri(store_dir, tracking_uri)}", code=1)
+    console.print(f"wrote {escape(str(page))}", soft_wrap=True)
 
 
 @app.command()

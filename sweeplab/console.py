@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -35,6 +37,23 @@ class RichObserver:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def _task(self, task: TaskID | None) -> Any:
+        """A bar by its id (``progress.tasks`` is a list, whose positions shift when a bar is removed)."""
+        return next(t for t in self.progress.tasks if t.id == task)
+
+    @contextlib.contextmanager
+    def preparing(self, label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A bar "preparing data (LABEL)" while data is decoded, tokenised or run through a
+        frozen backbone; a line with the count and time when it is done."""
+        task = self.progress.add_task(f"preparing data ({label})", total=total)
+        start = time.monotonic()
+        try:
+            yield lambda n: self.progress.advance(task, n)
+        finally:
+            done = int(self._task(task).completed)
+            self.progress.remove_task(task)
+        self.progress.console.print(f"prepared data ({label}): {done:,} in {time.monotonic() - start:.1f} s", highlight=False)
+
     def sweep_started(self, study: str, total: int, done: int) -> None:
         if 0 < done < total:
             self.progress.console.print(f"resuming study {study}: {done} of {total} trials done", highlight=False)
@@ -52,7 +71,7 @@ class RichObserver:
         value_text = "" if value is None else f" {self.metric}={value:.4f}"
         self.progress.console.print(f"trial {number}: {state}{value_text}")
         best_text = "" if best is None else f" (best {self.metric} {best:.4f})"
-        description = self.progress.tasks[self.trials].description.split(" (best")[0]
+        description = self._task(self.trials).description.split(" (best")[0]
         if state in ("complete", "pruned"):
             self.progress.advance(self.trials)
         self.progress.update(self.trials, description=description + best_text)
@@ -119,7 +138,7 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str | None = None) -> list[Ta
 def sweep_panels(rows: Sequence[SweepRow]) -> list[Table]:
     """One key/value table per sweep, newest first: its task and MLflow status, finished trials
     against the target with the trials in each state, the best value so far with its trial, and
-    the parent run. Key/value rows keep names and run ids whole in an 80-column terminal, where
+    the parent run; each running trial with the device it runs on. Key/value rows keep names and run ids whole in an 80-column terminal, where
     a table with a column per state would cut them."""
     tables = []
     for row in rows:
@@ -131,6 +150,9 @@ def sweep_panels(rows: Sequence[SweepRow]) -> list[Table]:
         states = ", ".join(f"{row.counts.get(s, 0)} {s}" for s in TRIAL_STATES)
         table.add_row("finished", f"{finished} of {row.target if row.target else '?'} trials")
         table.add_row("trials", states)
+        if row.running:
+            table.add_row("running", ", ".join(f"trial {n}" + (f" on {device}" if device else "")
+                                                for n, device in sorted(row.running.items())))
         best = "-" if row.best_value is None else f"{row.metric} {row.best_value:.4f} (trial {row.best_trial})"
         table.add_row("best so far", best)
         table.add_row("parent run", f"{row.run_id}  ({row.experiment})")

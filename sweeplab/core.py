@@ -286,6 +286,7 @@ class TrialEnv:
     keep_state: bool = True
     metric: str = "val_accuracy"
     direction: Direction = "maximize"
+    compile: bool = False  # torch.compile the trial's model (``sweep run --compile``)
 
 
 @dataclass(frozen=True)

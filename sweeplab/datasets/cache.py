@@ -8,18 +8,35 @@ length of a sweep, and on disk (``torch.save``) so that a rerun or a resumed swe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["PrepCache", "fingerprint_files"]
+__all__ = ["Advance", "PrepCache", "Preparing", "fingerprint_files"]
 
 T = TypeVar("T")
+
+#: Counts ``n`` more items of the preparation under way (a progress bar's step).
+Advance = Callable[[int], None]
+#: ``preparing(label, total)``: a context for one preparation of ``total`` items (``None``: not
+#: known), giving the :data:`Advance` to call as items are done; the console draws it as a bar.
+Preparing = Callable[[str, "int | None"], AbstractContextManager[Advance]]
+
+
+def _ignore(n: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _unseen(label: str, total: int | None) -> Any:
+    yield _ignore
 
 
 def fingerprint_files(paths: Iterable[Path]) -> str:
@@ -32,10 +49,14 @@ def fingerprint_files(paths: Iterable[Path]) -> str:
 
 
 class PrepCache:
-    """Memoise ``build()`` by ``(kind, key)``; persist to ``folder`` when one is given."""
+    """Memoise ``build()`` by ``(kind, key)``; persist to ``folder`` when one is given. Each build
+    is shown through ``preparing`` (the console's "preparing data (...)" bar); a build counts its
+    items with :meth:`advance`."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, preparing: Preparing | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
+        self.preparing: Preparing = preparing or _unseen
+        self._advance: Advance = _ignore
         self._memory: dict[str, Any] = {}
         self.hits = 0
         self.builds = 0
@@ -45,8 +66,14 @@ class PrepCache:
         blob = json.dumps(dict(key), sort_keys=True, default=str).encode()
         return f"{kind}-{hashlib.sha1(blob).hexdigest()[:16]}"
 
-    def get(self, kind: str, key: Mapping[str, Any], build: Callable[[], T]) -> T:
-        """The object prepared for ``key``: from memory, else from disk, else built and stored."""
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more items of the build under way (nothing when none is)."""
+        self._advance(n)
+
+    def get(self, kind: str, key: Mapping[str, Any], build: Callable[[], T], label: str | None = None,
+            total: int | None = None) -> T:
+        """The object prepared for ``key``: from memory, else from disk, else built (shown as
+        ``label`` of ``total`` items) and stored."""
         name = self._name(kind, key)
         if name in self._memory:
             self.hits += 1
@@ -60,7 +87,13 @@ class PrepCache:
                 return value
             except Exception:  # a truncated file from a killed run: rebuild it
                 path.unlink(missing_ok=True)
-        value = build()
+        outer = self._advance
+        with self.preparing(label or kind, total) as advance:
+            self._advance = advance
+            try:
+                value = build()
+            finally:
+                self._advance = outer
         self.builds += 1
         self._memory[name] = value
         if path is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ def _open(source: Path | bytes) -> Image.Image:
     return Image.open(source)
 
 
-def decode_images(sources: Sequence[Path | bytes], size: int) -> tuple[torch.Tensor, list[int]]:
+def decode_images(sources: Sequence[Path | bytes], size: int,
+                  advance: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[int]]:
     """Decode each image (a path or encoded bytes), convert to RGB and resize to ``size`` x ``size``.
 
     Returns a ``uint8`` tensor ``[N, 3, size, size]`` (about 150 KB an image at 224 px, a quarter
     of float32) whose row ``i`` is source ``i``, and the indices of the sources that did not
     decode (their rows are zero), which the caller reports and leaves out. Normalisation and
-    augmentation happen per batch on these tensors.
+    augmentation happen per batch on these tensors. ``advance(1)`` is called after each image.
     """
     if size < 8:
         raise ValueError(f"image size must be >= 8 pixels, got {size}")
@@ -37,6 +38,8 @@ def decode_images(sources: Sequence[Path | bytes], size: int) -> tuple[torch.Ten
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             failed.append(i)
-            continue
-        out[i] = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+        else:
+            out[i] = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if advance is not None:
+            advance(1)
     return out, failed

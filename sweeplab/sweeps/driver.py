@@ -53,10 +53,11 @@ from sweeplab.sweeps.recovery import (
     requeue_killed_grid_cells,
     worker_attrs,
 )
+from sweeplab.sweeps.sharing import Card, device_label, out_of_gpu_memory
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.sweeps.storage import open_optuna_storage
 from sweeplab.sweeps.workers import run_workers
-from sweeplab.tasks import get_task
+from sweeplab.tasks import get_task, spec_name
 from sweeplab.tracker import plots
 from sweeplab.tracker.curves import OnsetRule
 from sweeplab.tracker.embedded import ensure_tracking_db
@@ -64,8 +65,9 @@ from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.reconnect import bound_http_retries
 from sweeplab.tracker.note import NOTE, comparison_link, sweep_note
-from sweeplab.tracker.query import best_trials
-from sweeplab.tracker.runs import DIRECTION, METRIC, SweepRecorder, TrialRecorder, metric_name_problem
+from sweeplab.tracker.query import best_trials, sweep_trials
+from sweeplab.tracker.runs import SweepRecorder, TrialRecorder, metric_name_problem
+from sweeplab.tracker.tags import DEVICE, DIRECTION, METRIC, RETRY_OF, SPEC, TARGET
 from sweeplab.tracker.store import Store, quiet_libraries, resolve_store
 from sweeplab.tracker.summary import TrialSummary, summarise
 from sweeplab.trainers.device import freeze_long_lived, memory_now, peak_memory, pick_device, release_memory, reset_peak_memory
@@ -94,6 +96,10 @@ class SweepObserver(Protocol):
     def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None: ...
 
     def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None: ...
+
+    # Optional: ``preparing(label, total)``, a context for one data preparation (decoding,
+    # tokenising, feature extraction) that gives the function counting its items
+    # (:data:`sweeplab.datasets.cache.Preparing`); an observer without it shows none.
 
 
 class _Silent:
@@ -267,6 +273,25 @@ class _TrainerFailed(Exception):
         self.error = error
 
 
+class _RetryAlone(Exception):
+    """A trial ran out of GPU memory on a card it shared with other workers: its run (``run_id``)
+    is closed as killed, and the trial runs once more alone on the card (see
+    :mod:`sweeplab.sweeps.sharing`)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def with_log_lr(metrics: Mapping[str, float]) -> Mapping[str, float]:
+    """``metrics`` with ``lr_log10`` beside a positive ``lr``: a learning rate of 5e-5 draws as a
+    flat 0 on the linear axis of MLflow's charts; its log10 (-4.3) reads at a glance."""
+    lr = metrics.get("lr")
+    if lr is None or not lr > 0 or "lr_log10" in metrics:
+        return metrics
+    return {**metrics, "lr_log10": math.log10(lr)}
+
+
 class _Reporter:
     """Bridges the trainer's evaluations to MLflow (curve points), Optuna (pruning) and the
     observer (progress)."""
@@ -297,7 +322,7 @@ class _Reporter:
             raise self.error from exc
 
     def _on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
-        self.run.log_point(step, metrics)
+        self.run.log_point(step, with_log_lr(metrics))
         self.observer.evaluated(self.trial.number, step, metrics)
         self.evaluations += 1
         value = metrics.get(self.metric, math.nan)
@@ -350,6 +375,7 @@ class _Objective:
         self.best: float | None = None
         self.stop_error: UsageError | InternalError | None = None
         self.calls = 0  # trials this process started
+        self.card = Card.of_this_worker(checked.store.root / "locks")  # several workers on one GPU (--gpus)
 
     def _majority(self) -> dict[str, float]:
         """``val_majority_accuracy`` (see :class:`~sweeplab.core.Loaded`) for classification tasks,
@@ -366,12 +392,29 @@ class _Objective:
         for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
             trial.set_user_attr(key, value)
         self.calls += 1
+        try:
+            with self.card.beside_others():
+                return self._attempt(trial, may_retry=self.card.shared)
+        except _RetryAlone as retry:
+            first_run = retry.run_id
+        # Out of the handler, the first attempt's frames and the memory they held are gone.
+        with self.card.alone(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored")  # the first run's evaluations, told again
+            return self._attempt(trial, may_retry=False, retry_of=first_run)
+
+    def _attempt(self, trial: optuna.Trial, may_retry: bool, retry_of: str | None = None) -> Finished:
+        """Run the trial once, in a child run of its own; ``may_retry``: an out-of-GPU-memory
+        error closes the run as killed and raises :class:`_RetryAlone` instead of failing the
+        trial; ``retry_of``: the run of the attempt this one repeats."""
         release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
         device = self.env.device
         at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
         reset_peak_memory(device)
         config = {**self.task.defaults, **self.space.suggest(trial)}
-        tags = {"sweeplab.sampler": self.options.search.sampler, "sweeplab.space": self.space.name}
+        tags = {"sweeplab.sampler": self.options.search.sampler, "sweeplab.space": self.space.name,
+                DEVICE: device_label(device), "sweeplab.compile": str(self.env.compile).lower()}
+        if retry_of is not None:
+            tags[RETRY_OF] = retry_of
         inactive = self.space.inactive(config)  # another family's settings: the trainer ignores them
         params = {**{k: v for k, v in config.items() if k not in inactive}, **self.rule.as_params(), "seed": self.options.search.seed}
         run = self.recorder.start_trial(trial.number, params, tags, self.options.tracking.flush_seconds)
@@ -415,13 +458,18 @@ class _Objective:
             else:  # sweeplab's own error: every later trial would meet it too
                 reason = f"{INTERNAL_ERROR}: {_failure_reason(exc)}"
                 self.stop_error = self._internal_error(trial, exc)
-            trial.set_user_attr("fail_reason", reason)
+            retry = may_retry and isinstance(caught, _TrainerFailed) and out_of_gpu_memory(exc)
+            if not retry:
+                trial.set_user_attr("fail_reason", reason)
             try:
                 run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
             except Unreachable:
                 raise
             except Exception:  # what failed may be the buffered points themselves: the run still closes
                 run.discard_points()
+            if retry:  # the card's other trials may have held the memory it lacked
+                run.close("killed", self.card.retry_note(reason))
+                raise _RetryAlone(run.run_id) from None
             run.close("failed", reason)
             self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise exc from None
@@ -626,9 +674,11 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 
 def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stopped_by: Unreachable | None,
-                 describe: Callable[[Mapping[str, int]], str] | None = None) -> dict[str, int]:
+                 describe: Callable[[Mapping[str, int]], str] | None = None,
+                 draw: Callable[[], None] | None = None) -> dict[str, int]:
     """Log the sweep's counts and best trial on its parent run, with its description
-    (``describe(counts)``, see :mod:`sweeplab.tracker.note`), and close it with ``status``;
+    (``describe(counts)``, see :mod:`sweeplab.tracker.note`) and its pictures (``draw()``, not
+    when interrupted: Ctrl-C should not wait on them), and close it with ``status``;
     FAILED when no trial finished and some failed. A store that stopped answering
     (``stopped_by``, or now) is skipped: the parent run keeps what it had, and the next start of
     the sweep writes it. Returns the counts (empty when the storage is away)."""
@@ -656,7 +706,11 @@ def _close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stop
         if note is not None:
             tags[NOTE] = note
         recorder.log_summary(summary, tags)
-        recorder.close(status)
+        try:
+            if draw is not None and counts and status != "KILLED":
+                _drawn(draw)
+        finally:  # a Ctrl-C while drawing still closes the parent run
+            recorder.close(status)
     except Unreachable:
         if stopped_by is None:  # the sweep's end could not be recorded: say so (the same command records it)
             raise
@@ -671,6 +725,38 @@ def _described(describe: Callable[[Mapping[str, int]], str], counts: Mapping[str
     except Exception as exc:  # Unreachable included: closing the sweep must not wait on its description
         logging.getLogger(__name__).warning("could not describe the sweep on its parent run: %s", exc)
         return None
+
+
+def _drawn(draw: Callable[[], None]) -> None:
+    """Draw the sweep's pictures; a failure is a warning: the sweep's records stand without them."""
+    try:
+        draw()
+    except Exception as exc:  # Unreachable included, as for the description
+        logging.getLogger(__name__).warning("could not draw the sweep's pictures on its parent run: %s", exc)
+
+
+def _drawer(recorder: SweepRecorder, tracking_uri: str) -> Callable[[], None]:
+    """What draws the sweep's pictures on its parent run (``sweep/*.png``, see
+    :mod:`sweeplab.tracker.sweep_plots`), from the store, as ``sweep report`` reads them."""
+
+    def draw() -> None:
+        from sweeplab.tracker.plots import close
+        from sweeplab.tracker.report import FOLDER, PICTURES, signature
+        from sweeplab.tracker.sweep_plots import sweep_figures
+
+        sweep = sweep_trials(tracking_uri, parent_run_id=recorder.parent_run_id)
+        if sweep is None:
+            return
+        figures = sweep_figures(sweep)
+        try:
+            for name, figure in figures.items():
+                recorder.log_figure(figure, f"{FOLDER}/{name}.png")
+        finally:
+            for figure in figures.values():
+                close(figure)
+        recorder.log_summary({}, {PICTURES: signature(sweep)})  # what they show: sweep report redraws others
+
+    return draw
 
 
 def _describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | None, recorder: SweepRecorder,
@@ -794,9 +880,12 @@ def _open(checked: _Checked) -> _Opened:
     sweep_params = {"task": task.name, "space": str(space.path), "sampler": options.search.sampler, "pruner": pruner,
                     "seed": options.search.seed, "split_seed": options.search.split_seed, "data_dir": str(checked.data_dir or ""),
                     "trials": options.search.trials, "device": str(checked.device), "precision": options.runtime.precision,
+                    "compile": options.runtime.compile,
                     **checked.rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": study_name, METRIC: task.metric, DIRECTION: task.direction,
-                 **provenance_tags()}
+                 TARGET: str(options.search.trials), **provenance_tags()}
+    if ":" in options.task:  # a trainer named by its file or module: the read commands find its runs by that name
+        base_tags[SPEC] = spec_name(options.task)
     if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
         ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
     known_parent = study.user_attrs.get(PARENT_RUN) or (None if created else _recorded_parent(study, _PARENT_WAIT_SECONDS))
@@ -824,14 +913,17 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     bound_http_retries()
     options, task, store, space, loaded = checked.options, checked.task, checked.store, checked.space, checked.loaded
     env = TrialEnv(device=checked.device, precision=options.runtime.precision,
-                   cache=PrepCache(options.tracking.cache_dir or store.root / "cache"), seed=options.search.seed,
+                   cache=PrepCache(options.tracking.cache_dir or store.root / "cache", getattr(observer, "preparing", None)),
+                   seed=options.search.seed,
                    trial_seed=options.search.seed, early_stop=checked.rule if options.search.early_stop else None,
-                   keep_state=options.tracking.checkpoints != "none", metric=task.metric, direction=task.direction)
+                   keep_state=options.tracking.checkpoints != "none", metric=task.metric, direction=task.direction,
+                   compile=options.runtime.compile)
     task.prepare(loaded, {**task.defaults, **space.fixed}, env)
     opened = _open(checked)
     checked = replace(checked, options=opened.options)
     options, study, recorder, killed = opened.options, opened.study, opened.recorder, opened.killed
     describe = _describer(task, space, options, checked.data_dir, recorder, store.tracking_uri, opened.name)
+    draw = _drawer(recorder, store.tracking_uri) if options.tracking.plots else None
     worker = options.role == "worker"
     target = min(options.search.trials, len(space.grid_cells())) if options.search.sampler == "grid" else options.search.trials
     if not worker:  # start-up recovery and the grid's queue are the main process's; workers find dead trials as they go
@@ -855,7 +947,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     status, stopped_by = "FAILED", None
     try:
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
-            if options.runtime.workers > 1:
+            if options.runtime.workers > 1 or options.runtime.gpus:  # --gpus: each worker on its card
                 worker_notes = run_workers(options, study, target, observer, store.root / "workers")
                 recover(study, killed)  # the last worker killed mid-trial: its trial and its run
                 close_runs_of_ended_trials(study, recorder)
@@ -877,7 +969,7 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
         stopped_by = exc
         raise
     finally:
-        counts = _close_sweep(study, recorder, status, stopped_by, describe)
+        counts = _close_sweep(study, recorder, status, stopped_by, describe, draw)
     failures = [t.user_attrs.get("fail_reason", "unknown") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                 if outcome(t) == "failed"]
     if counts["complete"] + counts["pruned"] == 0 and failures:

@@ -100,12 +100,15 @@ class Runtime:
     device: str = "auto"
     precision: str = "auto"
     workers: int = 1  # processes on this machine sharing the study
-    gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES)
+    gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES); repeated: workers share a card
+    compile: bool = False  # torch.compile each trial's model (its compile time counted in the trial)
 
     def __post_init__(self) -> None:
         _one_of("--precision", self.precision, PRECISIONS)
         if self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
+        if any(not gpu for gpu in self.gpus):
+            raise UsageError(f"--gpus {','.join(self.gpus)}: expected GPU numbers separated by commas, such as 0 or 0,0,1,1")
 
 
 _GROUPS = {"search": Search, "tracking": Tracking, "runtime": Runtime}

@@ -48,7 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.space import cell_key
 from sweeplab.sweeps.storage import ReconnectingStorage
-from sweeplab.tracker.runs import STATE, SweepRecorder
+from sweeplab.tracker.runs import SweepRecorder
+from sweeplab.tracker.tags import STATE
 
 __all__ = ["DUPLICATE", "INTERNAL_ERROR", "OUTCOMES", "UNTOLD", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "process_ended",
            "fail_stale_trials", "is_duplicate_cell", "outcome", "requeue_killed_grid_cells", "trial_heartbeat", "worker_attrs"]

@@ -11,7 +11,8 @@ runs exactly once.
 
 Each worker gets ``cores // K`` torch threads (two processes with two threads each on two cores
 slow down several times) and, with ``--gpus 0,1``, one GPU in turn through
-``CUDA_VISIBLE_DEVICES``. Their output goes to ``STORE/workers/worker-N.log``; the main process
+``CUDA_VISIBLE_DEVICES``; ``--gpus 0`` with ``--workers 4`` (or ``--gpus 0,0,1,1``) puts
+several workers on one card (:mod:`sweeplab.sweeps.sharing`). Their output goes to ``STORE/workers/worker-N.log``; the main process
 shows progress from the study, then scores the test split and closes the parent run. A worker
 killed mid-trial is found by the others (``sweeps.recovery``), which run its parameters again;
 Ctrl-C in the main process, or its death by any signal, interrupts every worker.
@@ -36,6 +37,7 @@ from optuna.trial import TrialState
 
 from sweeplab.errors import InternalError, SweepFailed, SweeplabError, Unreachable, UsageError
 from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.sharing import worker_environment
 
 __all__ = ["MAIN_PID", "WORKER_ENV", "run_workers"]
 
@@ -74,8 +76,7 @@ def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subpr
     env = {**os.environ, "SWEEPLAB_THREADS": threads, MAIN_PID: str(os.getpid()), WORKER_ENV: str(i)}
     for pool in _THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
         env.setdefault(pool, threads)
-    if options.runtime.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = options.runtime.gpus[i % len(options.runtime.gpus)]
+    env.update(worker_environment(options.runtime.gpus, options.runtime.workers, i))  # its card, round robin
     with log.open("a", encoding="utf-8") as out:
         return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.worker", str(spec)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -24,7 +24,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from sweeplab.tracker.summary import TrialSummary  # noqa: E402
 
-__all__ = ["confusion_figure", "curves_figure"]
+__all__ = ["any_script", "close", "confusion_figure", "curves_figure", "drawable"]
 
 
 def _panels(history: Sequence[Mapping[str, float]], metric: str) -> list[list[str]]:
@@ -117,7 +117,7 @@ def drawable(text: str) -> bool:
 
 
 @contextmanager
-def _any_script() -> Iterator[None]:
+def any_script() -> Iterator[None]:
     """Draw with the fonts of :func:`_fonts`, each character from the first that has it."""
     with plt.rc_context({"font.family": _fonts()[0]}):
         yield
@@ -127,7 +127,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequen
     """Confusion matrix (scikit-learn's display) of the predictions at the best evaluation, its
     axes labelled with the class names, or with class indices and a legend of the names when a
     name has a character no font here can draw."""
-    with _any_script():
+    with any_script():
         readable = all(drawable(name) for name in class_names)
         labels = list(class_names) if readable else [str(i) for i in range(len(class_names))]
         fig, ax = plt.subplots(figsize=(5 if readable else 7, 4.5))

@@ -16,6 +16,7 @@ import posixpath
 import re
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,11 @@ from mlflow.exceptions import MlflowException
 
 from sweeplab.tracker.reconnect import Patience, reconnecting_client
 from sweeplab.tracker.store import redact
+from sweeplab.tracker.tags import EXPERIMENT_KIND, MODEL_TRAINING, ROLE, STATE
+from sweeplab.tracker.writer import OrderedWriter
 
-__all__ = ["DIRECTION", "EXPERIMENT_KIND", "METRIC", "MODEL_TRAINING", "ROLE", "STATE", "SweepRecorder", "TrialRecorder", "metric_name_problem"]
+__all__ = ["SweepRecorder", "TrialRecorder", "metric_name_problem"]
 
-ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
-#: The experiment tag MLflow's UI (3.x) reads to choose its view: model training (runs, metrics,
-#: comparison) rather than GenAI (traces), which it guesses for an experiment without the tag.
-EXPERIMENT_KIND = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-METRIC = "sweeplab.metric"  # the validation metric that picks each trial's best evaluation and the best trial
-DIRECTION = "sweeplab.direction"  # maximize | minimize: how that metric is judged
-STATE = "sweeplab.state"  # running | complete | pruned | failed | killed
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 
 
@@ -48,7 +43,15 @@ def _params(values: Mapping[str, Any]) -> list[Param]:
 
 
 class TrialRecorder:
-    """One trial's child run: buffered curve points, summary, state and artifacts."""
+    """One trial's child run: buffered curve points, summary, state and artifacts.
+
+    Curve points are written off the training thread: :meth:`log_point` only buffers them and,
+    when due, hands the buffer to the run's :class:`~sweeplab.tracker.writer.OrderedWriter`,
+    which writes it in order on a thread of its own. A write that fails there is raised by the
+    next :meth:`log_point`, :meth:`flush`, :meth:`log_summary` or :meth:`close`, as the write
+    itself would have raised it on the training thread. :meth:`flush`, :meth:`log_summary` and
+    :meth:`close` return once everything handed over is written; :meth:`close` writes every
+    point before the final state."""
 
     def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str, flush_seconds: float = 1.0) -> None:
         self.client = client
@@ -56,38 +59,51 @@ class TrialRecorder:
         self.artifact_uri = artifact_uri
         self.flush_seconds = flush_seconds
         self._buffer: list[Metric] = []
-        self._last_flush = -math.inf  # the first point is written at once
+        self._last_flush = -math.inf  # the first point is handed over at once
+        self._writer = OrderedWriter(f"sweeplab-writer-{run_id[:8]}")
         self.closed = False
 
     def log_point(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Buffer one evaluation's metrics (``step`` is the x axis); flush when due."""
+        """Buffer one evaluation's metrics (``step`` is the x axis); returns without waiting for
+        the store. The buffer is handed to the writer when ``flush_seconds`` have passed since
+        the last hand-over and the writer is idle: points that come while a write is under way
+        join the next one (one call instead of a queue of calls when the store is slower than the
+        evaluations). Raises the error of a background write that failed since the last call."""
         stamp = _now_ms()
         for key, value in metrics.items():
             if key != "step" and value is not None:
                 self._buffer.append(Metric(key, float(value), stamp, int(step)))
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        self._writer.raise_error()
+        if time.monotonic() - self._last_flush >= self.flush_seconds and self._writer.idle:
+            self._hand_over()
 
-    def flush(self) -> None:
-        """Write buffered points in batches of up to 1,000 (MLflow's limit per call)."""
+    def _hand_over(self) -> None:
+        """Queue the buffered points for the writer, in batches of up to 1,000 (MLflow's limit per call)."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            self._writer.submit(partial(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True))
         self._last_flush = time.monotonic()
 
+    def flush(self) -> None:
+        """Write buffered points and wait until every point handed over is written."""
+        self._hand_over()
+        self._writer.drain()
+
     def discard_points(self) -> None:
-        """Drop the buffered points unwritten (what a failed write could not store)."""
+        """Drop the points not written yet, buffered or queued (what a failed write could not store)."""
         self._buffer = []
+        self._writer.discard()
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
-        """Summary metrics (no step) and tags, in one call with whatever is still buffered."""
-        if not metrics and not tags and not self._buffer:
-            return
+        """Summary metrics (no step) and tags, in one call with whatever is still buffered, after
+        the points handed over before; returns once all of it is written."""
+        self._writer.raise_error()
         stamp = _now_ms()
         self._buffer += [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(v)]
         batch_tags = [RunTag(k, str(v)) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, metrics=self._buffer[:1000], tags=batch_tags, synchronous=True)
-        self._buffer = self._buffer[1000:]
+        if self._buffer or batch_tags:
+            first, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self._writer.submit(partial(self.client.log_batch, self.run_id, metrics=first, tags=batch_tags, synchronous=True))
         self.flush()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -143,10 +159,15 @@ class TrialRecorder:
         try:
             self.flush()
         finally:
-            self.set_tags(tags)
-            status = {"complete": "FINISHED", "pruned": "FINISHED", "killed": "KILLED"}.get(state, "FAILED")
-            self.client.set_terminated(self.run_id, status=status)
-            self.closed = True
+            try:
+                # What a failed or interrupted flush left is dropped, and a write still under way
+                # ends first: nothing of the trial's points lands after its final state.
+                self._writer.discard()
+            finally:
+                self.set_tags(tags)
+                status = {"complete": "FINISHED", "pruned": "FINISHED", "killed": "KILLED"}.get(state, "FAILED")
+                self.client.set_terminated(self.run_id, status=status)
+                self.closed = True
 
 
 #: The characters MLflow accepts in a metric name (on POSIX systems: letters, digits, ``_``,
@@ -278,6 +299,9 @@ class SweepRecorder:
 
     def log_file(self, path: Path) -> None:
         self.client.log_artifact(self.parent_run_id, str(path))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.parent_run_id, figure, artifact_file)
 
     def close(self, status: str = RunStatus.to_string(RunStatus.FINISHED)) -> None:
         self.client.set_terminated(self.parent_run_id, status=status)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import optuna
-
 from sweeplab.errors import UsageError
 
 __all__ = ["RDB_SCHEMES", "Store", "redact", "resolve_store", "with_postgres_driver"]
@@ -41,14 +39,18 @@ class Store:
         return self.tracking_uri == f"sqlite:///{self.root / 'mlflow.db'}"
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(*, optuna_too: bool = True) -> None:
     """Keep MLflow's and Alembic's start-up chatter and Optuna's per-trial lines off the screen;
-    sweeplab shows progress itself."""
+    sweeplab shows progress itself. ``optuna_too=False`` leaves Optuna unimported (the read
+    commands never use it)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per run on a server
     for name in ("alembic", "mlflow", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if optuna_too:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = None, storage: str | None = None) -> Store:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sweeplab.errors import UsageError
+from sweeplab.trainers.transfer import normalise_channels
 
 __all__ = [
     "CHINESE_VOCAB_SIZE",
@@ -88,9 +89,7 @@ class ImageBackbone:
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0..1 float) pixels to the backbone's normalised input."""
         x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return normalise_channels(x, self.mean, self.std)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import torch
 
 from sweeplab.errors import UsageError
 
-__all__ = ["autocast", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
+__all__ = ["autocast", "compile_in_place", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
            "reset_peak_memory"]
 
 
@@ -43,6 +43,18 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         raise UsageError(f"precision {precision!r}: expected auto, fp32, bf16 or fp16")
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def compile_in_place(modules: list[torch.nn.Module], enabled: bool) -> None:
+    """``torch.compile`` each module in place (``Module.compile``) when ``enabled``
+    (``sweep run --compile``): calling the module then runs the compiled forward, while its
+    parameters, ``state_dict`` keys and ``save_pretrained`` stay those of the module, so
+    checkpoints do not change. Compilation is lazy: it happens at the first forward pass, inside
+    the trial's first round, so its cost counts in the trial's time. Shapes that change between
+    batches (texts padded to each batch's longest) make one recompilation with dynamic shapes."""
+    if enabled:
+        for module in modules:
+            module.compile()
 
 
 _MIB = 2**20

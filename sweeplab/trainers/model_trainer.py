@@ -22,6 +22,7 @@ from torch import nn
 
 from sweeplab.core import TrialEnv
 from sweeplab.trainers.backbones import quiet_loaders
+from sweeplab.trainers.device import compile_in_place
 
 __all__ = ["LossTally", "ModelTrainer", "adamw", "decay_groups", "save_with_tokenizer"]
 
@@ -77,7 +78,10 @@ class LossTally:
 
 class ModelTrainer:
     """Optimizer, schedule, clipping, precision and memory of one model's trial (see the module
-    docstring). ``schedule`` is a transformers scheduler name (``linear``, ``cosine``...)."""
+    docstring). ``schedule`` is a transformers scheduler name (``linear``, ``cosine``...). The
+    model is compiled in place when the sweep asks (``env.compile``); a step reads nothing back
+    from the device (:meth:`optimise`; clipping and a bf16 or fp32 step queue kernels only, an
+    fp16 ``GradScaler`` alone reads its inf check every step)."""
 
     def __init__(self, model: nn.Module, config: Mapping[str, Any], env: TrialEnv, total_steps: int, warmup_steps: int,
                  schedule: str) -> None:
@@ -85,6 +89,7 @@ class ModelTrainer:
 
         self.config, self.env, self.device = config, env, env.device
         self.model = model.to(self.device)
+        compile_in_place([self.model], env.compile)
         self.optimizer = adamw(decay_groups(self.model, float(config["weight_decay"])), float(config["lr"]))
         self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=min(warmup_steps, total_steps),
                                        num_training_steps=total_steps)

@@ -54,6 +54,7 @@ from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
+from sweeplab.trainers.transfer import to_device, to_device_all
 
 __all__ = ["TASK"]
 
@@ -126,13 +127,16 @@ def _tokens(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str
     """Every split tokenised, once per sweep and tokenizer (cached on disk for reruns)."""
     data: NewsData = loaded.payload
 
+    splits = {name: split for name in SPLITS if (split := getattr(data, name)) is not None}
+
     def build() -> dict[str, dict[str, torch.Tensor]]:
-        return {name: {**tokenise(tokenizer, split.texts), "labels": torch.tensor(split.labels, dtype=torch.long)}
-                for name in SPLITS if (split := getattr(data, name)) is not None}
+        return {name: {**tokenise(tokenizer, split.texts, env.cache.advance), "labels": torch.tensor(split.labels, dtype=torch.long)}
+                for name, split in splits.items()}
 
     # The files' fingerprint alone does not fix the rows of a split held out with a seed.
     rows = hashlib.sha1("\n".join(o for n in SPLITS if getattr(data, n) for o in getattr(data, n).origin).encode()).hexdigest()
-    raw = env.cache.get("news-tokens", {"data": loaded.fingerprint, "rows": rows[:16], "tokenizer": key, "cap": TOKEN_CAP}, build)
+    raw = env.cache.get("news-tokens", {"data": loaded.fingerprint, "rows": rows[:16], "tokenizer": key, "cap": TOKEN_CAP}, build,
+                        label="tokenising titles", total=sum(len(s.texts) for s in splits.values()))
     return {name: _Split(TokenisedTexts(parts["ids"], parts["lengths"]), parts["labels"]) for name, parts in raw.items()}
 
 
@@ -172,18 +176,19 @@ def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int, pa
 @torch.no_grad()
 def _probabilities(model: nn.Module, split: _Split, frame: tuple[int, int, int], max_length: int,
                    batch_size: int, device: torch.device, precision: str) -> np.ndarray:
-    """Class probabilities of every row, batched by length (short texts together) for speed."""
+    """Class probabilities of every row, batched by length (short texts together) for speed; read
+    back from the device once, at the end, not once a batch."""
     model.eval()
     order = torch.argsort(split.texts.lengths.long(), stable=True)
     parts = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = batch_inputs(split.texts, rows, max_length, *frame)
+        inputs = to_device_all(batch_inputs(split.texts, rows, max_length, *frame), device)
         with autocast(device, precision):
-            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-        parts.append(torch.softmax(logits.float(), dim=-1).cpu())
+            logits = model(**inputs).logits
+        parts.append(torch.softmax(logits.float(), dim=-1))
     out = torch.empty(len(split), parts[0].shape[1])
-    out[order] = torch.cat(parts)
+    out[order] = torch.cat(parts).cpu()
     return out.numpy()
 
 
@@ -254,11 +259,12 @@ class _NewsTrainer(ModelTrainer):
         tally = LossTally()
         for _ in range(min(self.every, self.total_steps - self.step)):
             rows = next(self.batches)
-            inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
+            inputs = to_device_all(batch_inputs(self.train.texts, rows, max_length, *self.frame), self.device)
+            labels = to_device(self.train.labels[rows], self.device)
             with autocast(self.device, self.env.precision):
                 logits = self.model(**inputs).logits
             self.step += 1
-            if tally.add(self.optimise(nn.functional.cross_entropy(logits.float(), self.train.labels[rows].to(self.device)))):
+            if tally.add(self.optimise(nn.functional.cross_entropy(logits.float(), labels))):
                 break
         return self.step, tally.mean()
 

@@ -56,6 +56,7 @@ from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import recall_at_k
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
+from sweeplab.trainers.transfer import normalise_channels, to_device, to_device_all
 
 __all__ = ["TASK", "retrieval_metrics"]
 
@@ -140,11 +141,12 @@ def _decoded(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, dict[str, to
     def build() -> dict[str, dict[str, torch.Tensor]]:
         out = {}
         for split in data.splits():
-            pixels, failed = decode_images(split.images, size)
+            pixels, failed = decode_images(split.images, size, env.cache.advance)
             out[split.name] = {"pixels": pixels, "failed": torch.tensor(failed, dtype=torch.long)}
         return out
 
-    return env.cache.get("muge-pixels", {"data": loaded.fingerprint, "size": size}, build)
+    return env.cache.get("muge-pixels", {"data": loaded.fingerprint, "size": size}, build,
+                         label=f"decoding images at {size} px", total=sum(len(s.images) for s in data.splits()))
 
 
 def _tokenised(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -152,9 +154,10 @@ def _tokenised(loaded: Loaded, env: TrialEnv, tokenizer: Any, key: str) -> dict[
     data: MugeData = loaded.payload
 
     def build() -> dict[str, dict[str, torch.Tensor]]:
-        return {split.name: tokenise(tokenizer, split.texts) for split in data.splits()}
+        return {split.name: tokenise(tokenizer, split.texts, env.cache.advance) for split in data.splits()}
 
-    return env.cache.get("muge-tokens", {"data": loaded.fingerprint, "tokenizer": key}, build)
+    return env.cache.get("muge-tokens", {"data": loaded.fingerprint, "tokenizer": key}, build, label="tokenising texts",
+                         total=sum(len(s.texts) for s in data.splits()))
 
 
 def _prepare_split(split: MugeSplit, pixels: dict[str, torch.Tensor], tokens: dict[str, torch.Tensor]) -> _Prepared:
@@ -209,10 +212,8 @@ def _build_model(config: Mapping[str, Any], vocab_size: int) -> nn.Module:
 
 
 def _normalise(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = pixels.to(device).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """uint8 pixels to CLIP's normalised input on ``device``."""
+    return normalise_channels(to_device(pixels, device).float() / 255.0, CLIP_MEAN, CLIP_STD)
 
 
 def retrieval_metrics(similarity: np.ndarray, targets: list[list[int]], texts_of: list[list[int]], prefix: str) -> dict[str, float]:
@@ -238,7 +239,7 @@ def _evaluate(model: nn.Module, split: _Prepared, frame: tuple[int, int, int], c
     text_parts, image_parts = [], []
     for start in range(0, len(split.texts), size):
         rows = torch.arange(start, min(start + size, len(split.texts)))
-        inputs = {k: v.to(env.device) for k, v in batch_inputs(split.texts, rows, max_length, *frame).items()}
+        inputs = to_device_all(batch_inputs(split.texts, rows, max_length, *frame), env.device)
         with autocast(env.device, env.precision):
             text_parts.append(model.get_text_features(**inputs).pooler_output.float())
     for start in range(0, len(split.pixels), size):
@@ -249,9 +250,10 @@ def _evaluate(model: nn.Module, split: _Prepared, frame: tuple[int, int, int], c
     image = nn.functional.normalize(torch.cat(image_parts), dim=-1)
     similarity = (text @ image.T).cpu().numpy()
     scale = model.logit_scale.exp().float()
-    first = torch.tensor([t[0] for t in split.targets], device=text.device)
+    first = to_device(torch.tensor([t[0] for t in split.targets]), text.device)
     starts = range(0, len(text), size)
-    losses = [float(image_text_contrastive_loss(scale * text[s : s + size] @ image[first[s : s + size]].T)) for s in starts]
+    losses = torch.stack([image_text_contrastive_loss(scale * text[s : s + size] @ image[first[s : s + size]].T)
+                          for s in starts]).float().cpu().tolist()  # read back once
     weights = [min(size, len(text) - s) for s in starts]
     metrics = {f"{prefix}loss": float(np.average(losses, weights=weights)), **retrieval_metrics(similarity, split.targets, split.texts_of, prefix)}
     return Evaluation(metrics=metrics, outputs={})
@@ -300,7 +302,7 @@ class _RetrievalTrainer(ModelTrainer):
                 continue  # a contrastive batch needs negatives
             picks = torch.randint(0, 1 << 30, (len(rows),), generator=self.generator)
             images = torch.tensor([self.train.targets[r][int(p) % len(self.train.targets[r])] for r, p in zip(rows.tolist(), picks)])
-            inputs = {k: v.to(self.device) for k, v in batch_inputs(self.train.texts, rows, max_length, *self.frame).items()}
+            inputs = to_device_all(batch_inputs(self.train.texts, rows, max_length, *self.frame), self.device)
             with autocast(self.device, self.env.precision):
                 loss = self.model(**inputs, pixel_values=_normalise(self.train.pixels[images], self.device), return_loss=True).loss
             diverged = tally.add(self.optimise(loss))

@@ -19,7 +19,7 @@ Two ways to train, chosen by ``freeze_backbones``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,10 +38,11 @@ from sweeplab.datasets.report import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
-from sweeplab.trainers.device import autocast
+from sweeplab.trainers.device import autocast, compile_in_place
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, adamw
+from sweeplab.trainers.transfer import to_device
 
 __all__ = ["TASK", "FusionClassifier", "widths"]
 
@@ -161,25 +162,29 @@ def _prepare_pixels(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, Any]:
     """Decoded, resized images of every row (labelled then unlabelled), once per sweep."""
     data: SentimentData = loaded.payload.data
 
+    paths = [e.image for e in data.labelled + data.unlabelled]
+
     def build() -> dict[str, Any]:
-        paths = [e.image for e in data.labelled + data.unlabelled]
-        pixels, failed = decode_images(paths, size)
+        pixels, failed = decode_images(paths, size, env.cache.advance)
         return {"pixels": pixels, "failed": torch.tensor(failed, dtype=torch.long)}
 
-    return env.cache.get("sentiment-pixels", {"data": loaded.fingerprint, "size": size}, build)
+    return env.cache.get("sentiment-pixels", {"data": loaded.fingerprint, "size": size}, build,
+                         label=f"decoding images at {size} px", total=len(paths))
 
 
 def _prepare_tokens(loaded: Loaded, env: TrialEnv, backbone: TextBackbone, max_length: int) -> dict[str, Any]:
     """Token ids of every text, padded to ``max_length`` (trimmed per batch), once per sweep."""
     data: SentimentData = loaded.payload.data
 
+    texts = [e.text for e in data.labelled + data.unlabelled]
+
     def build() -> dict[str, Any]:
-        texts = [e.text for e in data.labelled + data.unlabelled]
         enc = backbone.tokenizer(texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="pt")
+        env.cache.advance(len(texts))
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     key = {"data": loaded.fingerprint, "tokenizer": backbone.name, "max_length": max_length}
-    return env.cache.get("sentiment-tokens", key, build)
+    return env.cache.get("sentiment-tokens", key, build, label="tokenising texts", total=len(texts))
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -187,7 +192,8 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 @torch.no_grad()
-def _text_features(backbone: TextBackbone, tokens: dict[str, Any], device: torch.device, precision: str) -> torch.Tensor:
+def _text_features(backbone: TextBackbone, tokens: dict[str, Any], device: torch.device, precision: str,
+                   advance: Callable[[int], None]) -> torch.Tensor:
     backbone.model.to(device).eval()
     out = []
     for part in _batches(len(tokens["input_ids"]), 64):
@@ -196,17 +202,20 @@ def _text_features(backbone: TextBackbone, tokens: dict[str, Any], device: torch
         with autocast(device, precision):
             vec = backbone.encode(tokens["input_ids"][part, :width].to(device), mask[:, :width].to(device))
         out.append(vec.float().cpu())
+        advance(len(mask))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def _image_features(backbone: ImageBackbone, pixels: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+def _image_features(backbone: ImageBackbone, pixels: torch.Tensor, device: torch.device, precision: str,
+                    advance: Callable[[int], None]) -> torch.Tensor:
     backbone.model.to(device).eval()
     out = []
     for part in _batches(len(pixels), 32):
         with autocast(device, precision):
             vec = backbone.model(backbone.normalise(pixels[part].to(device)))
         out.append(vec.float().cpu())
+        advance(len(vec))
     return torch.cat(out)
 
 
@@ -220,9 +229,10 @@ def _frozen_text_features(loaded: Loaded, config: Mapping[str, Any], env: TrialE
         seed_everything(env.seed)
         backbone = load_text_backbone(config["text_model"], config["text_pooling"])
         tokens = _prepare_tokens(loaded, env, backbone, int(config["max_length"]))
-        return _text_features(backbone, tokens, env.device, env.precision)
+        return _text_features(backbone, tokens, env.device, env.precision, env.cache.advance)
 
-    return env.cache.get("sentiment-text-features", key, build)
+    rows = len(loaded.payload.data.labelled) + len(loaded.payload.data.unlabelled)
+    return env.cache.get("sentiment-text-features", key, build, label=f"text features of {config['text_model']}", total=rows)
 
 
 def _frozen_image_features(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, pixels: torch.Tensor) -> torch.Tensor:
@@ -233,9 +243,10 @@ def _frozen_image_features(loaded: Loaded, config: Mapping[str, Any], env: Trial
     def build() -> torch.Tensor:
         seed_everything(env.seed)
         backbone = load_image_backbone(config["image_model"], config["image_weights"] or None)
-        return _image_features(backbone, pixels, env.device, env.precision)
+        return _image_features(backbone, pixels, env.device, env.precision, env.cache.advance)
 
-    return env.cache.get("sentiment-image-features", key, build)
+    return env.cache.get("sentiment-image-features", key, build, label=f"image features of {config['image_model']}",
+                         total=len(pixels))
 
 
 class _SentimentTrainer:
@@ -293,6 +304,7 @@ class _SentimentTrainer:
                 image_bb.model.to(self.device)
                 params += list(image_bb.model.parameters())
         self.optimizer = adamw(params, float(config["lr"]), float(config["weight_decay"]))
+        compile_in_place(self._modules(), env.compile)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=float(config["plateau_factor"]), patience=int(config["plateau_patience"])
         )
@@ -339,21 +351,21 @@ class _SentimentTrainer:
         text = image = None
         if self.use_text:
             if self.frozen:
-                text = self.inputs["text"][rows].to(self.device)
+                text = to_device(self.inputs["text"][rows], self.device)
             else:
-                mask = self.inputs["attention_mask"][rows]
+                mask = self.inputs["attention_mask"][rows]  # on the host: its width is read without a wait
                 width = int(mask.sum(1).max())
                 text = self.text_bb.encode(
-                    self.inputs["input_ids"][rows, :width].to(self.device), mask[:, :width].to(self.device)
+                    to_device(self.inputs["input_ids"][rows, :width], self.device), to_device(mask[:, :width], self.device)
                 )
         if self.use_image:
             if self.frozen:
-                image = self.inputs["image"][rows].to(self.device)
+                image = to_device(self.inputs["image"][rows], self.device)
             else:
                 pixels = self.inputs["pixels"][rows]
                 if training and self.augment is not None:
                     pixels = torch.stack([self.augment(p) for p in pixels])
-                image = self.image_bb.model(self.image_bb.normalise(pixels.to(self.device)))
+                image = self.image_bb.model(self.image_bb.normalise(to_device(pixels, self.device)))
         return self.head(text, image)
 
     def train_round(self) -> tuple[int, float]:
@@ -364,7 +376,7 @@ class _SentimentTrainer:
         for part in _batches(len(order), self.batch_size):
             idx = order[part]
             rows = self.train.rows[idx]
-            labels = self.train.labels[idx].to(self.device)
+            labels = to_device(self.train.labels[idx], self.device)
             with autocast(self.device, self.env.precision):
                 loss = nn.functional.cross_entropy(self._forward(rows, training=True), labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -384,8 +396,8 @@ class _SentimentTrainer:
         for part in _batches(len(split.rows), max(self.batch_size, 256 if self.frozen else 64)):
             with autocast(self.device, self.env.precision):
                 logits = self._forward(split.rows[part], training=False)
-            out.append(torch.softmax(logits.float(), dim=-1).cpu())
-        return torch.cat(out).numpy()
+            out.append(torch.softmax(logits.float(), dim=-1))
+        return torch.cat(out).cpu().numpy()  # read back once, not once a batch
 
     def evaluate(self) -> Evaluation:
         prob = self._probabilities(self.val)

@@ -8,7 +8,7 @@ so ``max_length`` can be searched without tokenising again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,20 @@ def load_tokenizer_for(model: str) -> tuple[Any, str]:
     return tokenizer, f"{source}:{len(tokenizer)}"
 
 
-def tokenise(tokenizer: Any, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """``ids`` and ``lengths`` of every text (plain tensors, so the cache can store them)."""
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=TOKEN_CAP)["input_ids"]
+#: Texts tokenised per call: large enough for a fast tokenizer's batching, small enough for the
+#: progress bar to move.
+_CHUNK = 4096
+
+
+def tokenise(tokenizer: Any, texts: Sequence[str], advance: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """``ids`` and ``lengths`` of every text (plain tensors, so the cache can store them);
+    ``advance(n)`` is called after each chunk of ``n`` texts."""
+    encoded: list[list[int]] = []
+    for start in range(0, len(texts), _CHUNK):
+        chunk = list(texts[start:start + _CHUNK])
+        encoded += tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=TOKEN_CAP)["input_ids"]
+        if advance is not None:
+            advance(len(chunk))
     width = max(1, max((len(ids) for ids in encoded), default=1))
     ids = torch.full((len(encoded), width), int(tokenizer.pad_token_id or 0), dtype=torch.int32)
     for row, seq in enumerate(encoded):

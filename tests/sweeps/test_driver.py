@@ -114,3 +114,13 @@ def test_a_creator_that_died_on_this_machine_is_not_waited_for() -> None:
     start = time.monotonic()
     assert _recorded_parent(study, 60) is None
     assert time.monotonic() - start < 30  # not the whole wait
+
+
+def test_a_learning_rate_is_logged_beside_its_log10_for_a_readable_chart() -> None:
+    import math
+
+    from sweeplab.sweeps.driver import with_log_lr
+
+    assert with_log_lr({"lr": 5e-5, "val_loss": 1.0}) == {"lr": 5e-5, "val_loss": 1.0, "lr_log10": math.log10(5e-5)}
+    assert with_log_lr({"val_loss": 1.0}) == {"val_loss": 1.0}
+    assert with_log_lr({"lr": 0.0}) == {"lr": 0.0}  # no log of zero

@@ -1,0 +1,25 @@
+"""The names of the tags sweeplab puts on MLflow runs and experiments: what the recorder writes and
+the read commands filter on. Plain strings, so that reading a store needs no MLflow import."""
+
+from __future__ import annotations
+
+__all__ = ["DEVICE", "DIRECTION", "EXPERIMENT_KIND", "METRIC", "MODEL_TRAINING", "OVERFIT", "PARENT", "RETRY_OF", "ROLE",
+           "SPEC", "STATE", "STUDY", "TARGET", "TASK", "TRIAL"]
+
+ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
+#: The experiment tag MLflow's UI (3.x) reads to choose its view: model training (runs, metrics,
+#: comparison) rather than GenAI (traces), which it guesses for an experiment without the tag.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+METRIC = "sweeplab.metric"  # the validation metric that picks each trial's best evaluation and the best trial
+DIRECTION = "sweeplab.direction"  # maximize | minimize: how that metric is judged
+STATE = "sweeplab.state"  # running | complete | pruned | failed | killed
+TASK = "sweeplab.task"
+STUDY = "sweeplab.study"
+TRIAL = "sweeplab.trial"  # the Optuna trial number of a child run
+OVERFIT = "sweeplab.overfit"  # none, or the half of the onset criterion that fired
+PARENT = "mlflow.parentRunId"  # MLflow's own tag: a child run's parent
+DEVICE = "sweeplab.device"  # where a trial runs: cpu, cuda:0...
+SPEC = "sweeplab.spec"  # FILE.py:FUNCTION or package.module:FUNCTION a sweep was started with (see tasks.spec_name)
+RETRY_OF = "sweeplab.retry_of"  # on the run of a trial retried alone on a shared GPU: the run of its first attempt
+TARGET = "sweeplab.target"  # the --trials of the sweep's latest start (a param cannot change when a resume asks for more)

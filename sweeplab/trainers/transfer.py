@@ -1,0 +1,50 @@
+"""Host-to-device copies of a batch that do not make the host wait for the GPU.
+
+A copy from ordinary (pageable) host memory to a GPU blocks the host until the copy is done,
+and the copy waits behind the kernels already queued: each step would wait for the previous
+one. A copy from page-locked (pinned) memory with ``non_blocking=True`` is queued like a kernel
+and the host goes on building the next batch, as a ``DataLoader(pin_memory=True)`` would do.
+The trainers' batches are cut from tensors prepared once per sweep (token ids, decoded images,
+frozen features), so they are pinned here, batch by batch, rather than through a ``DataLoader``,
+which would only add a collation per row; torch's pinned-memory cache reuses the buffers, and
+keeps each one until the copy that reads it has run. On the CPU the tensors are returned as
+they are (``Tensor.to`` of a tensor already there is free).
+
+Constants a step needs on the device (an image model's per-channel mean and standard deviation)
+are made there once per device (:func:`channel_constant`): ``torch.tensor(values, device=cuda)``
+in a step is a copy from pageable memory, which waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["channel_constant", "normalise_channels", "to_device", "to_device_all"]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; to a CUDA device from pinned memory, without waiting."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def to_device_all(tensors: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch (``input_ids``, ``attention_mask``...) on ``device`` (:func:`to_device`)."""
+    return {name: to_device(tensor, device) for name, tensor in tensors.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a ``[1, C, 1, 1]`` float tensor on ``device``, made once per device and values."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+
+
+def normalise_channels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of a ``[B, C, H, W]`` batch, the constants on ``x``'s device."""
+    return (x - channel_constant(tuple(mean), x.device)) / channel_constant(tuple(std), x.device)
