@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,8 @@ class Card:
     def _path(self, kind: str) -> Path:
         assert self.locks is not None
         self.locks.mkdir(parents=True, exist_ok=True)
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(self.name))
+        # The machine's name too: machines sharing a store folder (a network drive) have their own card 0.
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{socket.gethostname()}-{self.name}")
         return self.locks / f"card-{safe}.{kind}"
 
     def beside_others(self) -> contextlib.AbstractContextManager[None]:

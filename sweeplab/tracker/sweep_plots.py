@@ -150,9 +150,9 @@ def _curves_figure(sweep: SweepTrials) -> Figure:
         if trial.onset_step is not None and int(trial.onset_step) in at:
             onset.append((trial.onset_step, at[int(trial.onset_step)]))
     if best:
-        ax.scatter(*zip(*best), s=6, color="0.35", zorder=2, label=f"best {sweep.x_axis}")
+        ax.scatter(*zip(*best), s=8, color="0.25", zorder=4, label=f"best {sweep.x_axis}")
     if onset:
-        ax.scatter(*zip(*onset), s=12, marker="x", color="C3", linewidths=0.8, zorder=2, label="overfitting onset")
+        ax.scatter(*zip(*onset), s=12, marker="x", color="C3", linewidths=1.0, zorder=4, label="overfitting onset")
     by_number = {t.number: t for t in sweep.trials}
     for number, colour in zip(top, plt.get_cmap("tab10").colors):
         steps, values = zip(*by_number[number].curve) if by_number[number].curve else ((), ())

@@ -115,14 +115,20 @@ class OrderedWriter:
         the queue itself."""
         if self._thread is not None or not self._jobs or self._held:
             return True
-        # Set before it starts: an interruption between the two cannot leave a thread unaccounted
-        # for (a second one would write out of order).
-        self._thread = threading.Thread(target=self._work, name=self.name, daemon=False)
+        # Set before it starts: an interruption after the start cannot leave a running thread
+        # unaccounted for (a second one would write out of order); one before it (Ctrl-C inside
+        # start()) leaves no thread, and then none is recorded (a drain would wait for it forever).
+        thread = threading.Thread(target=self._work, name=self.name, daemon=False)
+        self._thread = thread
         try:
-            self._thread.start()
+            thread.start()
         except RuntimeError:  # "can't create new thread at interpreter shutdown"
             self._thread = None
             return False
+        except BaseException:
+            if thread.ident is None:  # interrupted before the thread existed
+                self._thread = None
+            raise
         return True
 
     def _work(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -53,7 +54,8 @@ def _try_lock(path: Path, mode: int) -> bool:
 
 def test_a_retry_runs_alone_on_the_card_and_no_trial_starts_beside_it(tmp_path: Path) -> None:
     card = Card("0", 2, tmp_path / "locks")
-    lock, gate = tmp_path / "locks" / "card-0.lock", tmp_path / "locks" / "card-0.gate"
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{socket.gethostname()}-0")  # this machine's card 0
+    lock, gate = tmp_path / "locks" / f"card-{name}.lock", tmp_path / "locks" / f"card-{name}.gate"
     with card.beside_others():  # a trial running: a retry cannot have the card, a second trial can
         assert not _try_lock(lock, fcntl.LOCK_EX) and _try_lock(lock, fcntl.LOCK_SH)
         assert _try_lock(gate, fcntl.LOCK_SH)  # the gate is held only while passing through
