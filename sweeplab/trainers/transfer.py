@@ -41,8 +41,11 @@ def to_device_all(tensors: Mapping[str, torch.Tensor], device: torch.device) -> 
 
 @functools.lru_cache(maxsize=64)
 def channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """``values`` as a ``[1, C, 1, 1]`` float tensor on ``device``, made once per device and values."""
-    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    """``values`` as a ``[1, C, 1, 1]`` float tensor on ``device``, made once per device and values
+    (an ordinary tensor even when first asked for under ``torch.inference_mode``, so that training
+    may use it later)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
 
 
 def normalise_channels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -14,18 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeplab.tracker.report import CAPTIONS
+from tests.test_own_trainer import MY_TRAINER
 
-TRAINER = '''\
-import sweeplab
-
-@sweeplab.trainer(name="report-demo", metric="val_accuracy")
-def fit(config, report):
-    w = 0.0
-    for epoch in range(1, config["epochs"] + 1):
-        w += config["lr"] * (1 - w)
-        val_loss = (1 - w) ** 2 + config["batch_size"] * 0.0004 * epoch
-        report(epoch, {"train_loss": (1 - w) ** 2, "val_loss": val_loss, "val_accuracy": 1 - val_loss})
-'''
+#: The README's example trainer, with a declared name (read back by that name and by its file).
+TRAINER = "import sweeplab\n\n" + MY_TRAINER.replace(
+    "def fit(", '@sweeplab.trainer(name="report-demo", metric="val_accuracy")\ndef fit(')
 SPACE = '''\
 [search.lr]
 low = 0.01
@@ -33,7 +26,7 @@ high = 0.9
 log = true
 
 [search.batch_size]
-choices = [8, 32, 128]
+choices = [8, 32, 128]  # not used by the trainer: a parameter that does not matter
 
 [fixed]
 epochs = 12
