@@ -161,7 +161,7 @@ def peer(trials: int, epochs: int, folder: Path, tracking_uri: str | None = None
 def _sweeplab_task(epochs: int) -> Any:
     """A registered task whose fit replays :func:`curve` through sweeplab's real fit loop."""
     from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
-    from sweeplab.datasets.report import ReadReport
+    from sweeplab.core.data_report import ReadReport
     from sweeplab.trainers.loop import fit
 
     class Replay:

@@ -20,15 +20,21 @@ A task is a name (``"sentiment"``, an entry point's name, ``"my_trainer.py:fit"`
 :class:`~sweeplab.core.Task`, or a training function. A function defined in a file is swept as
 ``FILE.py:FUNCTION``, so that ``workers=K`` processes import it the same way; one defined
 where there is no file (a notebook cell) runs in this process only.
+
+Each function leaves the process as it found it when it returns or raises (:func:`_as_it_was`):
+library loggers' levels, environment variables, the garbage collector, the store readers'
+connections; pictures are drawn without touching matplotlib's backend or pyplot's figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +100,46 @@ def _task_name(task: TaskLike, in_workers: bool = False) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _as_it_was(sweeping: bool = False) -> Iterator[None]:
+    """Put back, when the block ends however it ends, what sweeplab changes in this process for
+    a call's sake, so that a notebook goes on as before: the levels of MLflow's, Alembic's and
+    Optuna's loggers and the environment variables sweeplab sets (set here first, so that the
+    same settings made inside find them made and add nothing), and the connections the store
+    readers pooled; for a sweep (``sweeping``) also MLflow's HTTP retries and Optuna's logger
+    (the driver gives back the Optuna storage's connections and what it froze out of the garbage
+    collector's view). (Pictures are drawn without changing
+    matplotlib's backend or leaving figures in pyplot: :mod:`sweeplab.tracker.sweep_plots`.)"""
+    from sweeplab.tracker.store import quiet_libraries
+
+    with contextlib.ExitStack() as undo:
+        if sweeping:
+            from sweeplab.sweeps.optuna_logs import quiet_optuna
+            from sweeplab.tracker.reconnect import bound_http_retries
+
+            undo.enter_context(bound_http_retries())
+            undo.enter_context(quiet_optuna())
+        undo.enter_context(quiet_libraries(importing=sweeping))
+        undo.callback(_close_readers)
+        yield
+
+
+def _close_readers() -> None:
+    """Close the connections the SQL reader pooled, when it was used at all."""
+    if "sweeplab.tracker.sql_reader" in sys.modules:
+        from sweeplab.tracker.sql_reader import dispose_engines
+
+        dispose_engines()
+
+
+@_as_it_was(sweeping=True)
 def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, metric: str | None = None,
         store_dir: str | Path = "mlruns", observer: SweepObserver | None = None, **options: Any) -> SweepOutcome:
     """Run (or resume) a sweep of ``task`` until its study holds ``trials`` finished trials, as
     ``sweep run`` does; ``options`` are its other options by name (:mod:`sweeplab.sweeps.options`:
-    ``sampler="random"``, ``workers=2``, ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`."""
+    ``sampler="random"``, ``workers=2``, ``overrides={"epochs": 5}``...). Returns the :class:`~sweeplab.sweeps.driver.SweepOutcome`.
+
+    The process is left as it was found (see :func:`_as_it_was`)."""
     from sweeplab.sweeps.driver import run_sweep
     from sweeplab.sweeps.options import SweepOptions
     from sweeplab.sweeps.workers import WORKER_ENV
@@ -127,10 +168,11 @@ def open_store(store_dir: str | Path = "mlruns", tracking_uri: str | None = None
     store = resolve_store(Path(store_dir), tracking_uri)
     if store.is_default and not (store.root / "mlflow.db").is_file():
         raise UsageError(f"{store.root / 'mlflow.db'}: no tracking store here (run a sweep first, or pass --store-dir)")
-    quiet_libraries(optuna_too=False)
+    quiet_libraries()
     return store
 
 
+@_as_it_was()
 def best(task: TaskLike, *, top: int = 1, metric: str | None = None, study: str | None = None,
          store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> list[TrialRow]:
     """The ``top`` complete trials of ``task`` by ``metric`` (default: the summary metric its
@@ -179,6 +221,7 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
         return name
 
 
+@_as_it_was()
 def status(task: TaskLike | None = None, *, study: str | None = None, store_dir: str | Path = "mlruns",
            tracking_uri: str | None = None) -> list[SweepRow]:
     """Every sweep in the store (newest first), optionally of one task or study: trials by
@@ -193,6 +236,7 @@ def status(task: TaskLike | None = None, *, study: str | None = None, store_dir:
     return sweeps(store.tracking_uri, fallback, name, study)
 
 
+@_as_it_was()
 def report(task: TaskLike | None = None, *, study: str | None = None, out: str | Path | None = None,
            fresh: bool = False, store_dir: str | Path = "mlruns", tracking_uri: str | None = None) -> Path | None:
     """Write the newest sweep's page (of ``task``, of one ``study``) as one self-contained HTML file

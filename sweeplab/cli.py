@@ -362,5 +362,7 @@ def shapes(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Optuna's plots draw through pyplot: a command draws into
+    files, so pyplot needs no window system (a user's own ``MPLBACKEND`` is kept)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
     app()

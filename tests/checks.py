@@ -1,19 +1,27 @@
 """Assertions several tests make about a finished sweep's records, and waiting for a sweep in
-another process to reach a moment."""
+another process to reach a moment (a trial running, and its process stopped there)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-from mlflow import MlflowClient
+if TYPE_CHECKING:  # tests/conftest.py imports this module in every session: no MLflow or Optuna for it
+    import optuna
+    from mlflow import MlflowClient
+
+    from tests.storages import SweepStorage
 
 
 def assert_grid_ran_every_cell_once(study: optuna.Study, client: MlflowClient, experiment: str, cells: int) -> None:
     """``cells`` distinct complete trials and nothing else in Optuna; one parent run with exactly
     one FINISHED complete child run per trial in MLflow."""
+    import optuna
+
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * cells  # no errors, none left over
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == cells  # every cell, none twice
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the work was shared
@@ -27,13 +35,62 @@ def assert_grid_ran_every_cell_once(study: optuna.Study, client: MlflowClient, e
     assert all(c.info.status == "FINISHED" and c.data.tags["sweeplab.state"] == "complete" for c in children)
 
 
-def wait_for(what: str, probe: Callable[[], Any], seconds: float = 180) -> Any:
-    """The first value of ``probe()`` that is not None, polled every 0.2 s (a moment in another
-    process: a trial running, a server answering); an AssertionError naming ``what`` after
-    ``seconds``."""
+def wait_for(what: str, probe: Callable[[], Any], seconds: float = 180, every: float = 0.2,
+             alive: subprocess.Popen | None = None, detail: Callable[[], str] | None = None) -> Any:
+    """The first value of ``probe()`` that is not None, polled every ``every`` seconds (a moment
+    in another process: a trial running, a server answering); an AssertionError naming ``what``
+    after ``seconds``, or as soon as the process ``alive`` has ended without the moment coming
+    (a sweep that crashed is not waited on for minutes). ``detail()`` (a log's tail) is added to
+    the error."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while True:
         if (found := probe()) is not None:
             return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        if alive is not None and alive.poll() is not None:
+            why = f"the process ended (exit {alive.returncode}) before {what}"
+        elif time.monotonic() >= deadline:
+            why = f"timed out waiting for {what}"
+        else:
+            time.sleep(every)
+            continue
+        raise AssertionError(f"{why}\n{detail()}" if detail else why)
+
+
+def running_trials(storage: SweepStorage, study: str) -> list[optuna.trial.FrozenTrial]:
+    """The RUNNING trials of ``study`` whose process has opened their MLflow run (the trial is
+    under way, not just asked for); none before the sweep has made the study."""
+    from optuna.trial import TrialState
+
+    if not storage.has_study(study):
+        return []
+    return [t for t in storage.study(study).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if "mlflow_run_id" in t.user_attrs]
+
+
+def has_completed(storage: SweepStorage, study: str) -> bool:
+    """Whether a trial of ``study`` has completed (false before the sweep has made the study)."""
+    from optuna.trial import TrialState
+
+    return storage.has_study(study) and bool(storage.study(study).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    """The pid of the process that runs ``trial`` (its ``worker`` attribute is ``host:pid``)."""
+    return int(str(trial.user_attrs["worker"]).rpartition(":")[2])
+
+
+def frozen_in_a_trial(storage: SweepStorage, study: str, pid: int | None = None) -> optuna.trial.FrozenTrial | None:
+    """Stop (SIGSTOP) the process of a running trial of ``study`` (of process ``pid``, or any) and
+    return that trial, which then cannot end before the test is done with it; None, every process
+    resumed, when none runs one or each finished its trial just before it was stopped (for
+    :func:`wait_for`)."""
+    from optuna.trial import TrialState
+
+    for trial in running_trials(storage, study):
+        if pid is not None and worker_pid(trial) != pid:
+            continue
+        os.kill(worker_pid(trial), signal.SIGSTOP)
+        if storage.study(study).trials[trial.number].state == TrialState.RUNNING:
+            return trial
+        os.kill(worker_pid(trial), signal.SIGCONT)
+    return None

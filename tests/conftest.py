@@ -1,4 +1,5 @@
-"""Shared fixtures: offline Hugging Face, one torch thread, small sentiment data sets."""
+"""Shared fixtures: offline Hugging Face, one torch thread, small sentiment data sets, fresh
+PostgreSQL databases, an MLflow tracking server, and each Optuna storage a sweep can use."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +22,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sweeplab.trainers.sentiment import TASK  # noqa: E402
+from tests.checks import wait_for  # noqa: E402
+from tests.storages import STORAGE_KINDS, SweepStorage, make_storage  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -85,7 +87,17 @@ def postgres_db() -> Iterator[Callable[[], str]]:
                 again.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _free_port() -> int:
+def answers(uri: str) -> bool:
+    """Whether the MLflow tracking server at ``uri`` answers its health check now."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -98,23 +110,15 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
     processes: list[subprocess.Popen] = []
 
     def start(backend: str | None = None) -> str:
-        port = _free_port()
+        port = free_port()
         command = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port)]
         log = (tmp_path / f"server-{port}.log").open("w")
         processes.append(subprocess.Popen([*command, *(["--backend-store-uri", backend] if backend else [])],
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         uri = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return uri
-            except OSError:
-                if processes[-1].poll() is not None:
-                    break
-                time.sleep(0.5)
-        pytest.fail(f"the MLflow server did not start: {(tmp_path / f'server-{port}.log').read_text()[-2000:]}")
+        wait_for("the MLflow server to answer", lambda: uri if answers(uri) else None, 120, every=0.5,
+                 alive=processes[-1], detail=lambda: (tmp_path / f"server-{port}.log").read_text()[-2000:])
+        return uri
 
     try:
         yield start
@@ -125,3 +129,16 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=STORAGE_KINDS)
+def sweep_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SweepStorage]:
+    """A fresh Optuna storage of each kind a sweep can use, the test run once per kind (narrow it
+    with ``tests.storages.storages(...)``): the journal at ``tmp_path/store/optuna.journal``,
+    SQLite, and PostgreSQL (skipping, saying why, without a server). Its database connections are
+    closed, and a PostgreSQL database dropped, after the test."""
+    storage = make_storage(request.param, tmp_path, lambda: request.getfixturevalue("postgres_db"))
+    try:
+        yield storage
+    finally:
+        storage.close()

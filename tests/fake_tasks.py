@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab.core import Evaluation, Loaded, Task
-from sweeplab.datasets.report import ReadReport
+from sweeplab.core.data_report import ReadReport
 from sweeplab.sweeps.driver import run_sweep
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.tasks import register, task_names

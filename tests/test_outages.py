@@ -29,8 +29,9 @@ from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import Unreachable
 from sweeplab.trainers.loop import fit
 from tests.checks import wait_for
-from tests.conftest import TINY, _free_port
+from tests.conftest import TINY, answers, free_port
 from tests.fake_tasks import Replay, make_task, sweep_task
+from tests.storages import SweepStorage, storages
 
 CTL_ENV = "SWEEPLAB_TEST_POSTGRES_CTL"
 
@@ -72,12 +73,12 @@ def _no_running_runs(tracking_uri: str, experiment: str) -> None:
     assert not client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
 
 
+@storages("postgresql")
 def test_a_database_outage_mid_trial_is_ridden_out_and_the_trial_completes(
-        postgres_db: Callable[[], str], pg_ctl: Callable[[str], None], tmp_path: Path) -> None:
+        sweep_storage: SweepStorage, pg_ctl: Callable[[str], None], tmp_path: Path) -> None:
     """One process. While trial 1 trains, PostgreSQL stops; the trial's next report to Optuna
     waits (the test hears sweeplab say so), the server starts again, and the sweep goes on: all
     three trials COMPLETE, none failed or run twice, no run left RUNNING."""
-    storage = postgres_db()
     paused, resume = threading.Event(), threading.Event()
 
     def fit_with_outage(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
@@ -94,7 +95,7 @@ def test_a_database_outage_mid_trial_is_ridden_out_and_the_trial_completes(
     logging.getLogger("sweeplab").addHandler(heard)
     outcome: dict[str, Any] = {}
     sweep = threading.Thread(target=lambda: outcome.update(result=sweep_task(
-        make_task("db-outage", fit_with_outage), tmp_path, 3, storage=storage, pruner="median", heartbeat=60)))
+        make_task("db-outage", fit_with_outage), tmp_path, 3, storage=sweep_storage.spec, pruner="median", heartbeat=60)))
     try:
         sweep.start()
         assert paused.wait(120), "trial 1 never reached its second epoch"
@@ -108,7 +109,7 @@ def test_a_database_outage_mid_trial_is_ridden_out_and_the_trial_completes(
         logging.getLogger("sweeplab").removeHandler(heard)
     assert not sweep.is_alive() and "result" in outcome
     assert outcome["result"].counts["complete"] == 3 and outcome["result"].counts["failed"] == 0
-    study = optuna.load_study(study_name=outcome["result"].study, storage=storage.replace("postgresql://", "postgresql+psycopg://"))
+    study = sweep_storage.study(outcome["result"].study)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert len(study.trials[1].intermediate_values) == 4  # every report but the last evaluation's (see _Reporter)
     _no_running_runs(outcome["result"].tracking_uri, "db-outage")
@@ -120,65 +121,61 @@ def _sentiment(store: Path, storage: str | None, data: Path, trials: int, *extra
             *(["--storage", storage] if storage else []), "--set", "epochs=12", *TINY, *extra]
 
 
-def _running_trials(storage: str) -> list[optuna.trial.FrozenTrial] | None:
-    try:
-        study = optuna.load_study(study_name="sentiment-random", storage=storage)
-    except KeyError:
-        return None
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def _running_trials(storage: SweepStorage) -> list[optuna.trial.FrozenTrial] | None:
+    """The sweep's running trials once there are some and every one has opened its MLflow run."""
+    study = storage.study("sentiment-random") if storage.has_study("sentiment-random") else None
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []
     return running if running and all("mlflow_run_id" in t.user_attrs for t in running) else None
 
 
+@storages("postgresql")
 def test_a_database_restart_under_two_workers_is_ridden_out(
-        postgres_db: Callable[[], str], pg_ctl: Callable[[str], None], tmp_path: Path, sentiment_dir: Path) -> None:
+        sweep_storage: SweepStorage, pg_ctl: Callable[[str], None], tmp_path: Path, sentiment_dir: Path) -> None:
     """`--workers 2` on PostgreSQL; the server restarts (``pg_ctl restart -m fast``) while trials
     run. The main process's progress loop and both workers reconnect: exit 0 with no rerun, the
     trials that were running are COMPLETE, nothing failed, no run RUNNING."""
-    storage = postgres_db()
-    optuna_uri = storage.replace("postgresql://", "postgresql+psycopg://")
     store = tmp_path / "store"
-    process = subprocess.Popen(_sentiment(store, storage, sentiment_dir, 4, "--workers", "2"),
+    process = subprocess.Popen(_sentiment(store, sweep_storage.spec, sentiment_dir, 4, "--workers", "2"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        running = wait_for("trials running with their runs", lambda: _running_trials(optuna_uri))
+        running = wait_for("trials running with their runs", lambda: _running_trials(sweep_storage), alive=process)
         pg_ctl("-m fast restart")
         _, err = process.communicate(timeout=400)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err.decode()[-3000:]
-    study = optuna.load_study(study_name="sentiment-random", storage=optuna_uri)
+    study = sweep_storage.study("sentiment-random")
     states = {t.number: t.state for t in study.trials}
     assert all(states[t.number] == TrialState.COMPLETE for t in running)
     assert TrialState.FAIL not in states.values() and TrialState.RUNNING not in states.values()
     _no_running_runs(f"sqlite:///{store / 'mlflow.db'}", "sweeplab-sentiment")
 
 
+@storages("postgresql")
 def test_an_outage_longer_than_the_limit_stops_with_one_line_and_the_same_command_resumes(
-        postgres_db: Callable[[], str], pg_ctl: Callable[[str], None], tmp_path: Path, sentiment_dir: Path) -> None:
+        sweep_storage: SweepStorage, pg_ctl: Callable[[str], None], tmp_path: Path, sentiment_dir: Path) -> None:
     """PostgreSQL stops mid-trial and stays away past ``--outage-limit 3``: the sweep exits 75 with
     one line naming the Optuna storage and leaves no run RUNNING; once the server is back the same
     command completes the sweep."""
-    storage = postgres_db()
-    optuna_uri = storage.replace("postgresql://", "postgresql+psycopg://")
     store = tmp_path / "store"
-    command = _sentiment(store, storage, sentiment_dir, 3, "--outage-limit", "3")
+    command = _sentiment(store, sweep_storage.spec, sentiment_dir, 3, "--outage-limit", "3")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for("a running trial", lambda: _running_trials(optuna_uri))
+        wait_for("a running trial", lambda: _running_trials(sweep_storage), alive=process)
         pg_ctl("-m fast stop")
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-        pg_ctl("start")
+    pg_ctl("start")  # not in the finally: after a failure the pg_ctl fixture starts it, and a second start would hide why
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("sweeplab:")]
     assert process.returncode == 75, err[-3000:]
     assert len(lines) == 1 and "Optuna storage" in lines[0] and "stayed unreachable" in lines[0], err[-3000:]
     _no_running_runs(f"sqlite:///{store / 'mlflow.db'}", "sweeplab-sentiment")
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    study = optuna.load_study(study_name="sentiment-random", storage=optuna_uri)
+    study = sweep_storage.study("sentiment-random")
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     _no_running_runs(f"sqlite:///{store / 'mlflow.db'}", "sweeplab-sentiment")
@@ -187,13 +184,13 @@ def test_an_outage_longer_than_the_limit_stops_with_one_line_and_the_same_comman
 def test_a_tracking_server_killed_for_20_seconds_mid_sweep_is_ridden_out(tmp_path: Path, sentiment_dir: Path) -> None:
     """The MLflow tracking server is killed while a trial runs and started again on the same port
     20 s later: the sweep exits 0 without a rerun, every trial is COMPLETE and no run is RUNNING."""
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server_cmd = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port)]
 
     def start_server() -> subprocess.Popen:
         server = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for("the tracking server", lambda: True if _answers(uri) else None, 120)
+        wait_for("the tracking server", lambda: True if answers(uri) else None, 120, alive=server)
         return server
 
     server = start_server()
@@ -202,7 +199,7 @@ def test_a_tracking_server_killed_for_20_seconds_mid_sweep_is_ridden_out(tmp_pat
         process = subprocess.Popen(_sentiment(tmp_path / "local", None, sentiment_dir, 3, "--tracking-uri", uri),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         client = MlflowClient(uri)
-        wait_for("a running trial's run", lambda: _a_running_child(client))
+        wait_for("a running trial's run", lambda: _a_running_child(client), alive=process)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(30)
         time.sleep(20)  # the outage itself: its length is what the test is about
@@ -219,16 +216,6 @@ def test_a_tracking_server_killed_for_20_seconds_mid_sweep_is_ridden_out(tmp_pat
         os.killpg(server.pid, signal.SIGKILL)
 
 
-def _answers(uri: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _a_running_child(client: MlflowClient) -> bool | None:
     experiment = client.get_experiment_by_name("sweeplab-sentiment")
     if experiment is None:
@@ -237,13 +224,12 @@ def _a_running_child(client: MlflowClient) -> bool | None:
     return True if runs else None
 
 
+@storages("postgresql")
 def test_a_trial_that_finished_training_during_a_long_outage_is_kept_not_run_again(
-        postgres_db: Callable[[], str], pg_ctl: Callable[[str], None], tmp_path: Path) -> None:
+        sweep_storage: SweepStorage, pg_ctl: Callable[[str], None], tmp_path: Path) -> None:
     """PostgreSQL stops just as trial 0 finishes training and stays away past ``--outage-limit``:
     the sweep stops with Unreachable, the trial's run is closed complete with the value Optuna
     could not take, and the rerun tells Optuna that value instead of training the trial again."""
-    storage = postgres_db()
-
     def fit_then_outage(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
         result = fit(Replay(3), 3, reporter, "val_accuracy")
         if env.trial_seed == 0 and not stopped:
@@ -254,7 +240,7 @@ def test_a_trial_that_finished_training_during_a_long_outage_is_kept_not_run_aga
     stopped: list[bool] = []
     task = make_task("untold", fit_then_outage)
     with pytest.raises(Unreachable, match="the Optuna storage .* stayed unreachable"):
-        sweep_task(task, tmp_path, 2, storage=storage, pruner="none", outage_limit=2)
+        sweep_task(task, tmp_path, 2, storage=sweep_storage.spec, pruner="none", outage_limit=2)
     pg_ctl("start")
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("untold").experiment_id
@@ -262,8 +248,8 @@ def test_a_trial_that_finished_training_during_a_long_outage_is_kept_not_run_aga
     assert run.info.status == "FINISHED" and run.data.tags["sweeplab.state"] == "complete"
     assert float(run.data.tags["sweeplab.untold_value"]) == run.data.metrics["best_val_accuracy"]
 
-    outcome = sweep_task(task, tmp_path, 2, storage=storage, pruner="none")
-    study = optuna.load_study(study_name=outcome.study, storage=storage.replace("postgresql://", "postgresql+psycopg://"))
+    outcome = sweep_task(task, tmp_path, 2, storage=sweep_storage.spec, pruner="none")
+    study = sweep_storage.study(outcome.study)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # trial 0 told from its run, not failed and rerun
     assert study.trials[0].value == run.data.metrics["best_val_accuracy"]
     assert len(client.search_runs([experiment], "tags.`sweeplab.role` = 'trial'")) == 2

@@ -206,8 +206,8 @@ def test_a_bug_in_sweeplabs_summary_code_stops_the_sweep_instead_of_failing_tria
     def broken_summary(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("injected into the summary")
 
-    monkeypatch.setattr("sweeplab.sweeps.driver.summarise", broken_summary)
-    with pytest.raises(InternalError, match=r"trial 0: sweeplab failed while recording it .*ZeroDivisionError") as caught:
+    monkeypatch.setattr("sweeplab.sweeps.trial.summarise", broken_summary)
+    with pytest.raises(InternalError, match=r"trial 0: sweeplab failed \(ZeroDivisionError") as caught:
         sweeplab.run("my_trainer.py:fit", space="my_trainer.toml", trials=4, plots=False)
     log = tmp_path / "mlruns" / "logs" / "errors.log"
     assert str(log) in str(caught.value)
@@ -287,16 +287,16 @@ def test_a_grid_cell_failed_by_sweeplabs_own_error_runs_again_on_resume(tmp_path
     (tmp_path / "grid.py").write_text("def fit(config, report):\n    report(1, {'val_loss': 1 - config['lr']})\n",
                                       encoding="utf-8")
     (tmp_path / "grid.toml").write_text("[search.lr]\nchoices = [0.1, 0.3, 0.2]\n", encoding="utf-8")
-    from sweeplab.sweeps import driver
+    from sweeplab.sweeps import trial
 
-    real = driver.summarise
+    real = trial.summarise
 
     def breaks_on_the_best_cell(history: Any, *args: Any, **kwargs: Any) -> Any:
         if history[0]["val_loss"] == pytest.approx(0.7):
             raise ZeroDivisionError("injected")
         return real(history, *args, **kwargs)
 
-    monkeypatch.setattr(driver, "summarise", breaks_on_the_best_cell)
+    monkeypatch.setattr(trial, "summarise", breaks_on_the_best_cell)
     with pytest.raises(InternalError):
         sweeplab.run("grid.py:fit", space="grid.toml", trials=3, sampler="grid", plots=False, seed=1)
     monkeypatch.undo()
@@ -346,7 +346,7 @@ def test_a_store_that_fails_the_description_does_not_keep_the_sweep_from_closing
     def away(*args: Any, **kwargs: Any) -> Any:
         raise Unreachable("the MLflow tracking store stayed unreachable (injected)")
 
-    monkeypatch.setattr("sweeplab.sweeps.driver.best_trials", away)
+    monkeypatch.setattr("sweeplab.sweeps.closing.best_trials", away)
     outcome = sweeplab.run("my_trainer.py:fit", space="my_trainer.toml", trials=2, plots=False)
     parent = MlflowClient(tracking_uri=outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and "mlflow.note.content" not in parent.data.tags

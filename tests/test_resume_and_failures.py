@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ from sweeplab.cli import app
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
 from sweeplab.sweeps import optuna_private
 from sweeplab.trainers.loop import fit
+from tests.checks import wait_for
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
+from tests.storages import SweepStorage
 
 runner = CliRunner()
 
@@ -53,20 +54,15 @@ def _progress(db: Path) -> tuple[int, int]:
 
 def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path, sentiment_dir: Path) -> None:
     store = tmp_path / "store"
+    # Trials of 100 epochs (about 3 s on a CPU): the second and third give the kill a window of seconds.
     command = [sys.executable, "-m", "sweeplab", "run", "sentiment", "--trials", "3", "--data-dir", str(sentiment_dir),
-               "--store-dir", str(store), "--pruner", "none", "--no-early-stop", "--set", "epochs=600", *TINY]
+               "--store-dir", str(store), "--pruner", "none", "--no-early-stop", "--set", "epochs=100", *TINY]
     log = tmp_path / "first-run.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            finished, running = _progress(store / "mlflow.db")
-            if finished >= 1 and running >= 1:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the sweep never had a finished and a running trial at once:\n{log.read_text()[-3000:]}")
+        wait_for("a finished and a running trial at once", lambda: True if min(_progress(store / "mlflow.db")) >= 1
+                 else None, 240, alive=process, detail=lambda: log.read_text()[-3000:])
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -87,8 +83,7 @@ def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path
     killed = next(r for r in runs if r.data.tags["sweeplab.state"] == "killed")
     assert killed.info.status == "KILLED" and len(MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_metric_history(
         killed.info.run_id, "val_accuracy")) >= 1  # its partial curve is kept
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
-    study = optuna.load_study(study_name="sentiment-tpe", storage=storage)
+    study = SweepStorage.of_store(store).study("sentiment-tpe")
     counts = {s: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
     assert counts[optuna.trial.TrialState.COMPLETE] == 3 and counts[optuna.trial.TrialState.FAIL] == 1
     assert counts[optuna.trial.TrialState.RUNNING] == 0
@@ -272,17 +267,10 @@ def test_sigkill_during_the_first_start_leaves_a_store_the_same_command_complete
     (tmp_path / "quick.toml").write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
     command = [sys.executable, "-m", "sweeplab", "run", f"{tmp_path / 'quick.py'}:fit", "--space", str(tmp_path / "quick.toml"),
                "--trials", "1", "--store-dir", str(store), "--no-plots"]
-    moment = "the database is being built"
-
-    def reached() -> bool:
-        return any(store.glob("mlflow.db.building-*"))
-
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not reached() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert process.poll() is None, f"the first run ended before {moment}"
+        wait_for("the database being built", lambda: True if any(store.glob("mlflow.db.building-*")) else None, 120,
+                 every=0.005, alive=process)
         process.kill()
         process.wait(30)
     finally:

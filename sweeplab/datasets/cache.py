@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from sweeplab.boundary import engine_code, task_code
+
 __all__ = ["Advance", "PrepCache", "Preparing", "fingerprint_files"]
 
 T = TypeVar("T")
@@ -51,7 +53,11 @@ def fingerprint_files(paths: Iterable[Path]) -> str:
 class PrepCache:
     """Memoise ``build()`` by ``(kind, key)``; persist to ``folder`` when one is given. Each build
     is shown through ``preparing`` (the console's "preparing data (...)" bar); a build counts its
-    items with :meth:`advance`."""
+    items with :meth:`advance`.
+
+    It runs inside the task's code: its reads, writes and bar are sweeplab's own
+    (:func:`~sweeplab.boundary.engine_code`), ``build`` is the task's again
+    (:func:`~sweeplab.boundary.task_code`)."""
 
     def __init__(self, folder: Path | None = None, preparing: Preparing | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -79,26 +85,27 @@ class PrepCache:
             self.hits += 1
             return self._memory[name]
         path = self.folder / f"{name}.pt" if self.folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                value = torch.load(path, weights_only=True)
-                self.hits += 1
-                self._memory[name] = value
-                return value
-            except Exception:  # a truncated file from a killed run: rebuild it
-                path.unlink(missing_ok=True)
-        outer = self._advance
-        with self.preparing(label or kind, total) as advance:
-            self._advance = advance
-            try:
-                value = build()
-            finally:
-                self._advance = outer
-        self.builds += 1
-        self._memory[name] = value
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.partial")  # workers may build the same entry
-            torch.save(value, partial)
-            partial.replace(path)
+        with engine_code():
+            if path is not None and path.is_file():
+                try:
+                    value = torch.load(path, weights_only=True)
+                    self.hits += 1
+                    self._memory[name] = value
+                    return value
+                except Exception:  # a truncated file from a killed run: rebuild it
+                    path.unlink(missing_ok=True)
+            outer = self._advance
+            with self.preparing(label or kind, total) as advance:
+                self._advance = advance
+                try:
+                    value = task_code(build)
+                finally:
+                    self._advance = outer
+            self.builds += 1
+            self._memory[name] = value
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.partial")  # workers may build the same entry
+                torch.save(value, partial)
+                partial.replace(path)
         return value

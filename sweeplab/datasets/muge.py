@@ -26,7 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeplab.datasets.report import DataError, ReadReport
+from sweeplab.core.data_report import ReadReport
+from sweeplab.datasets.errors import DataError
 
 __all__ = ["SPLITS", "MugeData", "MugeSplit", "read_muge", "read_split"]
 

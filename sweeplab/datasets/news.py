@@ -40,7 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeplab.datasets.report import DataError, ReadReport
+from sweeplab.core.data_report import ReadReport
+from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.splits import stratified_split
 
 __all__ = ["LAYOUTS", "NewsData", "NewsSplit", "detect_layout", "read_news"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeplab.datasets.report import DataError, ReadReport
+from sweeplab.core.data_report import ReadReport
+from sweeplab.datasets.errors import DataError
 
 __all__ = [
     "LABELS",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sklearn.model_selection import train_test_split
 
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 
 __all__ = ["majority_share", "stratified_split"]
 

@@ -3,75 +3,56 @@
 Sampled trials (TPE, random): :func:`search` asks the sampler for one trial at a time until the
 study holds ``--trials`` finished ones, waiting rather than starting one more when the trials
 still needed are running elsewhere, so that ``--trials`` is a total across workers and machines.
-A grid: the cells are queued once (:func:`enqueue_grid_cells`) and every process takes queued
-cells one at a time, so every cell runs exactly once. Before each trial the trials of dead
+A grid: the cells are queued once (:mod:`sweeplab.sweeps.grid_cells`) and every process takes
+queued cells one at a time, so every cell runs exactly once. Before each trial the trials of dead
 processes are failed (:mod:`sweeplab.sweeps.recovery`), and each trial runs with its heartbeat.
+
+:func:`_run_one` is where Optuna hears how a trial ended, and the one place that decides what
+stops the sweep, as ``catch`` does in Optuna's ``study.optimize``: a trial its trainer failed
+(:class:`~sweeplab.sweeps.trial.Failed`) is told FAIL and the search goes on; sweeplab's own
+error, anywhere in the trial (suggesting its configuration, opening its run, taking its card,
+inside the trainer's call, logging its artifacts, telling Optuna), is told FAIL with its reason,
+its traceback goes to ``STORE/logs/errors.log`` and the sweep stops with
+:class:`~sweeplab.errors.InternalError` (exit 70).
 """
 
 from __future__ import annotations
 
-import collections
-import random
+import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import Protocol
 
 import optuna
 from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
 from sweeplab.sweeps import optuna_private
-from sweeplab.sweeps.recovery import (
-    DUPLICATE,
-    UNTOLD,
-    KilledTrials,
-    fail_dead_trials,
-    fail_stale_trials,
-    is_duplicate_cell,
-    trial_heartbeat,
-)
-from sweeplab.sweeps.space import Space, cell_key
+from sweeplab.sweeps.failures import internal_error, internal_reason
+from sweeplab.sweeps.grid_cells import enqueue_grid_cells, is_duplicate_cell
+from sweeplab.sweeps.heartbeats import trial_heartbeat
+from sweeplab.sweeps.observer import SweepObserver
+from sweeplab.sweeps.outcomes import DUPLICATE, UNTOLD
+from sweeplab.sweeps.recovery import KilledTrials, recover
+from sweeplab.sweeps.space import Space
+from sweeplab.sweeps.trial import Abandoned, Failed, Finished, still_running
 from sweeplab.tracker.runs import TrialRecorder
 
-if TYPE_CHECKING:
-    from sweeplab.sweeps.driver import SweepObserver
-
-__all__ = ["FINISHED", "Abandoned", "Finished", "Objective", "enqueue_grid_cells", "finished_trials", "recover", "search",
-           "still_ours"]
+__all__ = ["FINISHED", "Objective", "finished_trials", "search"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-
-@dataclass(frozen=True)
-class Finished:
-    """A trial that ran to its end, complete or pruned, with every summary and artifact on its
-    run: :func:`_run_one` tells Optuna first and closes the run after, with the same state, so
-    that the run never says complete for a trial another process failed meanwhile."""
-
-    value: float
-    pruned: bool
-    run: TrialRecorder
-
-
 class Objective(Protocol):
-    """One call runs one trial (``driver._Objective``); what the loops read of it."""
+    """One call runs one trial (:class:`sweeplab.sweeps.trial.Objective`); what the loops read
+    of it."""
 
     best: float | None
     calls: int
-    stop_error: Exception | None  # raised by the loop once the trial that met it is recorded
+    errors_log: Path
 
-    def __call__(self, trial: optuna.Trial) -> Finished: ...
-
-
-class Abandoned(Exception):
-    """Another process failed this process's trial while it ran (its heartbeats looked stopped):
-    that process closed the trial's run and queued its retry, so this one drops the trial."""
-
-    def __init__(self, run: TrialRecorder | None = None) -> None:
-        super().__init__()
-        self.run = run
+    def __call__(self, trial: optuna.Trial) -> Finished | Failed: ...
 
 
 def _let_go(study: optuna.Study, trial: optuna.Trial, run: TrialRecorder | None) -> None:
@@ -82,61 +63,77 @@ def _let_go(study: optuna.Study, trial: optuna.Trial, run: TrialRecorder | None)
         run.close("killed", str(reason or "killed: failed by another process (no heartbeat seen)"))
 
 
-def still_ours(trial: optuna.Trial) -> bool:
-    """Whether the trial is still RUNNING, so that no other process has failed it meanwhile."""
-    return optuna_private.storage_of(trial.study).get_trial(optuna_private.trial_id(trial)).state == TrialState.RUNNING
-
-
 def finished_trials(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
 
 
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Tell Optuna the trial failed, with ``reason`` unless it already has one (recorded where
+    it failed); a trial another process ended meanwhile is left as it is."""
+    stored = optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial))
+    if stored.state.is_finished():
+        return
+    if "fail_reason" not in stored.user_attrs:
+        trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int) -> None:
     """Run one trial (asked from the sampler or taken from the queue) with its heartbeat, then tell
-    Optuna how it ended: complete with its value, pruned, or failed (the reason is on the trial
-    and its run; Ctrl-C is told FAIL before the interruption goes on). A trial that ran to its end
-    is told first and its run closed after (:class:`Finished`); one another process failed
+    Optuna how it ended (see the module docstring). A trial that ran to its end is told first and
+    its run closed after (:class:`~sweeplab.sweeps.trial.Finished`); one another process failed
     meanwhile is left as that process recorded it."""
     with trial_heartbeat(study, optuna_private.trial_id(trial), heartbeat):
         try:
-            finished = objective(trial)
+            ended = objective(trial)
+            if isinstance(ended, Failed):
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            elif not _tell(study, trial, ended):
+                return
         except Abandoned as exc:
             _let_go(study, trial, exc.run)
             return
         except Unreachable:
             raise  # the storage or the tracking store is away: the trial stays RUNNING, a rerun handles it
-        except (Exception, KeyboardInterrupt) as exc:
-            if "fail_reason" not in optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)).user_attrs:  # raised before its run began
-                text = str(exc).strip().splitlines()
-                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {text[0] if text else ''}"
-                trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return
-        try:
-            if finished.pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, finished.value)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": failed meanwhile
-            _let_go(study, trial, finished.run)
-            return
-        except Unreachable:
-            # The trial trained to its end: its run keeps the value, which the next start of the
-            # sweep tells Optuna (recovery.fail_dead_trials), so that it is not run again.
-            finished.run.set_tags({UNTOLD: repr(finished.value)})
-            finished.run.close("pruned" if finished.pruned else "complete")
+        except KeyboardInterrupt:
+            _fail(study, trial, "interrupted")
             raise
-    finished.run.close("pruned" if finished.pruned else "complete")
+        except Exception as exc:
+            reason = internal_reason(exc)
+            _fail(study, trial, reason)
+            if isinstance(locals().get("ended"), Finished) and ended.run.is_running():  # trained, then not told
+                ended.run.close("failed", reason)
+            raise internal_error(exc, study.study_name, trial.number, objective.errors_log) from None
+    if isinstance(ended, Finished):
+        ended.run.close("pruned" if ended.pruned else "complete")
+    elif ended.stop is not None:  # the user's bad input: every later trial would fail alike
+        raise ended.stop
 
 
-def recover(study: optuna.Study, killed: KilledTrials) -> collections.Counter:
-    """Fail the trials of dead processes (see :mod:`sweeplab.sweeps.recovery`); returns the
-    trials by state afterwards."""
-    fail_dead_trials(study, killed)
-    fail_stale_trials(study, killed.recorder)
-    return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished) -> bool:
+    """Tell Optuna the trial's value (or that it was pruned); False when another process failed
+    the trial meanwhile (it is let go). A value the storage cannot take now is kept on the run
+    (:data:`~sweeplab.sweeps.outcomes.UNTOLD`), which the next start of the sweep tells Optuna, so
+    that the trial is not run again."""
+    if not finished.pruned and not math.isfinite(finished.value):
+        raise ValueError(f"the trial's value {finished.value!r} is not a finite number")
+    try:
+        if finished.pruned:
+            told = study.tell(trial, state=TrialState.PRUNED)
+        else:
+            told = study.tell(trial, finished.value)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if still_running(trial):
+            raise
+        _let_go(study, trial, finished.run)  # "Cannot tell a FAIL trial": another process failed it meanwhile
+        return False
+    except Unreachable:
+        finished.run.set_tags({UNTOLD: repr(finished.value)})
+        finished.run.close("pruned" if finished.pruned else "complete")
+        raise
+    if told.state == TrialState.FAIL:  # Optuna fails a trial whose value it cannot take (NaN...), with a warning
+        raise ValueError(f"Optuna refused the trial's value {finished.value!r}")
+    return True
 
 
 def _out_of_time(deadline: float | None) -> bool:
@@ -171,27 +168,10 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
         _run_one(study, trial, objective, heartbeat)
-        if objective.stop_error is not None:
-            raise objective.stop_error
 
 
 #: How often a process whose remaining trials are all running elsewhere looks again.
 _WAIT_SECONDS = 1.0
-
-
-def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> int:
-    """Queue the grid cells no trial has tried yet (in a seeded order), so that the study holds
-    ``target`` trials finished, running or queued. Every process of the sweep takes queued trials
-    one at a time (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does
-    not ensure under parallel workers. Returns how many it queued."""
-    trials = study.get_trials(deepcopy=False)
-    tried = {cell_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}
-    fresh = [cell for cell in space.grid_cells() if cell_key(cell) not in tried]
-    random.Random(seed).shuffle(fresh)
-    taken = sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
-    for cell in fresh[:max(0, target - taken)]:
-        study.enqueue_trial(cell, skip_if_exists=False)
-    return len(fresh[:max(0, target - taken)])
 
 
 def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int,
@@ -223,8 +203,6 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
             optuna_private.storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
             continue
         _run_one(study, optuna_private.trial_by_id(study, trial_id), objective, heartbeat)
-        if objective.stop_error is not None:
-            raise objective.stop_error
 
 
 def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,

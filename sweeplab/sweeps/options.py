@@ -41,8 +41,8 @@ class Search:
     trials: int = 6  # finished trials the study should hold (a total across processes)
     timeout: float | None = None  # seconds from the start after which no trial starts
     space: str | None = None  # a space file or a built-in space's name; None: the task's
-    sampler: str = "tpe"
-    pruner: str | None = None  # None: the one the study was started with (see driver._pruner_name)
+    sampler: Any = "tpe"  # a name of SAMPLERS, or an Optuna sampler object (from Python)
+    pruner: Any = None  # a name of PRUNERS, or an Optuna pruner object; None: the study's own (see pruners.pruner_name)
     seed: int = 0
     split_seed: int | None = None  # seeds the validation split; None: ``seed`` (compare samplers on one split)
     study: str | None = None  # None: SPACE-SAMPLER
@@ -59,8 +59,9 @@ class Search:
             raise UsageError(f"--trials {self.trials}: expected a positive number of trials")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout:g}: expected a positive number of seconds")
-        _one_of("--sampler", self.sampler, SAMPLERS)
-        if self.pruner is not None:
+        if isinstance(self.sampler, str):
+            _one_of("--sampler", self.sampler, SAMPLERS)
+        if isinstance(self.pruner, str):
             _one_of("--pruner", self.pruner, PRUNERS)
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"--val-fraction {self.val_fraction}: expected a number between 0 and 1")
@@ -129,6 +130,13 @@ class SweepOptions:
     runtime: Runtime = field(default_factory=Runtime)
     deadline: float | None = None
     role: str = "main"
+
+    def __post_init__(self) -> None:
+        given = [kind for kind, value in (("sampler", self.search.sampler), ("pruner", self.search.pruner))
+                 if value is not None and not isinstance(value, str)]
+        if given and (self.runtime.workers > 1 or self.runtime.gpus):
+            raise UsageError(f"--workers {self.runtime.workers}: a {' and '.join(given)} given as an object cannot be "
+                             f"handed to worker processes; name one ({', '.join(SAMPLERS)}; {', '.join(PRUNERS)})")
 
     @classmethod
     def of(cls, task: str, **options: Any) -> SweepOptions:

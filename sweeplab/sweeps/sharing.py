@@ -6,7 +6,7 @@ Worker ``i`` of ``K`` runs on the ``i mod n``-th card named by ``--gpus`` (throu
 at batch 64 peaks at a few GB of an H200's 139 and leaves its cores waiting on the host between
 kernels). This module says which card a worker is on (:func:`worker_environment`,
 :meth:`Card.of_this_worker`), which device a trial ran on, as its run records it
-(:func:`device_label`), and gives the one retry of a trial that ran out of GPU memory beside
+(:func:`sweeplab.trainers.device.device_label`), and gives the one retry of a trial that ran out of GPU memory beside
 others.
 
 The retry: a trial that ran out of memory while its card was shared may have failed only for
@@ -38,17 +38,14 @@ import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+from typing import IO
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no locks, the retry runs at once
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CARD_ENV", "CARD_WORKERS_ENV", "Card", "device_label", "out_of_gpu_memory", "worker_environment"]
+__all__ = ["CARD_ENV", "CARD_WORKERS_ENV", "Card", "worker_environment"]
 
 #: The card a worker's trials run on (an entry of ``--gpus``), and how many workers share it.
 CARD_ENV = "SWEEPLAB_CARD"
@@ -64,28 +61,6 @@ def worker_environment(gpus: Sequence[str], workers: int, index: int) -> dict[st
     card = gpus[index % len(gpus)]
     sharing = sum(1 for i in range(workers) if gpus[i % len(gpus)] == card)
     return {"CUDA_VISIBLE_DEVICES": card, CARD_ENV: card, CARD_WORKERS_ENV: str(sharing)}
-
-
-def device_label(device: torch.device) -> str:
-    """The device a trial runs on, as its run's ``sweeplab.device`` tag says it: ``cpu``, or
-    ``cuda:N`` with N the card as the machine numbers it (the entry of ``CUDA_VISIBLE_DEVICES``
-    that the process sees as its device), so that the trials of workers on different cards,
-    each of which sees its card as ``cuda:0``, are told apart."""
-    if device.type != "cuda":
-        return str(device)
-    import torch
-
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
-    return f"cuda:{visible[index]}" if index < len(visible) else f"cuda:{index}"
-
-
-def out_of_gpu_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a GPU allocation that failed (``torch.OutOfMemoryError``, or the
-    CUDA runtime's own words in a plain RuntimeError); the host's ``MemoryError`` is not."""
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in str(error)
 
 
 def _release_memory() -> None:

@@ -6,7 +6,8 @@ An RDB URL gives Optuna's RDBStorage with heartbeats (a running trial records on
 behind Optuna's own trial cache and :class:`ReconnectingStorage`, whose calls are retried through
 an outage of up to ``--outage-limit`` seconds (:class:`~sweeplab.tracker.reconnect.Patience`).
 Anything else is a journal file path (one machine; :mod:`sweeplab.sweeps.recovery` keeps
-heartbeats there itself).
+heartbeats there itself). :func:`close_storage` gives back the database connections an RDB
+storage pooled, once a sweep is done with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sweeplab.sweeps import optuna_private
 from sweeplab.tracker.reconnect import Patience, is_connection_error
 from sweeplab.tracker.store import RDB_SCHEMES, redact, with_postgres_driver
 
-__all__ = ["ReconnectingStorage", "open_optuna_storage", "reconnecting_rdb"]
+__all__ = ["ReconnectingStorage", "close_storage", "open_optuna_storage", "reconnecting_rdb"]
 
 # Optuna 4.9 renamed RDBStorage's failed_trial_callback to heartbeat_stale_trial_callback.
 _OPTUNA_5 = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
@@ -112,10 +113,14 @@ class ReconnectingStorage(BaseStorage, optuna_private.BaseHeartbeat):
 
     Writes that are tried again may already have been committed when the connection dropped
     before the answer came: :meth:`set_trial_state_values` then finds the trial in the state it
-    asked for and counts that as done, so that a trial that finished is never failed for it."""
+    asked for and counts that as done, so that a trial that finished is never failed for it.
 
-    def __init__(self, inner: BaseStorage, patience: Patience) -> None:
-        self.inner, self.patience = inner, patience
+    ``rdb`` is the RDB storage at the bottom of ``inner``, whose connections
+    :func:`close_storage` closes. It pickles (the wrapped storages and :class:`Patience` do), so
+    that it can be handed to another process."""
+
+    def __init__(self, inner: BaseStorage, patience: Patience, rdb: optuna.storages.RDBStorage | None = None) -> None:
+        self.inner, self.patience, self.rdb = inner, patience, rdb
 
     for _name in (
         "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
@@ -163,6 +168,8 @@ class ReconnectingStorage(BaseStorage, optuna_private.BaseHeartbeat):
         return self.patience.call(once)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (an instance being unpickled): no inner storage to ask
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
@@ -173,4 +180,13 @@ def reconnecting_rdb(rdb: optuna.storages.RDBStorage, patience: Patience) -> Rec
     """``rdb`` behind Optuna's own trial cache (what ``optuna.load_study`` puts in front of an
     RDB storage; private to Optuna: :mod:`sweeplab.sweeps.optuna_private`), behind
     :class:`ReconnectingStorage`."""
-    return ReconnectingStorage(optuna_private.cached(rdb), patience)
+    return ReconnectingStorage(optuna_private.cached(rdb), patience, rdb)
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """Close the database connections an RDB storage (alone, or behind
+    :class:`ReconnectingStorage`) keeps in its engine's pool; nothing for a journal file, which
+    keeps none. The storage stays usable: a later call connects again."""
+    rdb = storage.rdb if isinstance(storage, ReconnectingStorage) else storage
+    if isinstance(rdb, optuna.storages.RDBStorage):
+        rdb.engine.dispose()

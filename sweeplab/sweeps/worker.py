@@ -63,11 +63,10 @@ def main() -> None:
     # interruption that stops a worker (Ctrl-C, its main process's death) would be lost. Set
     # first, so that an interruption during the imports below is not lost either.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    import torch
-
     from sweeplab.sweeps.driver import run_sweep  # after the handler: importing it takes seconds
+    from sweeplab.trainers.device import set_threads
 
-    torch.set_num_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
+    set_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
     try:
         _stop_with_main()
         run_sweep(_load(Path(sys.argv[1])))

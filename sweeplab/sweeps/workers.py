@@ -53,7 +53,7 @@ def _threads(workers: int) -> int:
 
 def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[float | None], maximise: bool) -> None:
     """Tell the observer about trials that finished since the last look."""
-    from sweeplab.sweeps.recovery import outcome  # here: a worker sets its SIGINT handler before importing MLflow
+    from sweeplab.sweeps.outcomes import outcome  # here: a worker sets its SIGINT handler before importing MLflow
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if trial.number in seen:

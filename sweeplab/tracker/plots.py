@@ -3,7 +3,11 @@
 Class names may be in any script (THUCNews's are Chinese). Text is drawn with DejaVu Sans, then
 Noto Sans CJK SC (the font file the ``mplfonts`` package installs from the package registry) for
 what DejaVu lacks; a class name with a character neither font has is shown as its class index,
-with the names in a legend beside the figure, instead of empty boxes and glyph warnings."""
+with the names in a legend beside the figure, instead of empty boxes and glyph warnings.
+
+Figures are :class:`~matplotlib.figure.Figure` objects made directly, not through pyplot: drawing
+them neither chooses nor switches matplotlib's backend, nor adds figures to pyplot's, so a
+notebook that sweeps keeps its own plotting as it was."""
 
 from __future__ import annotations
 
@@ -14,15 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib import font_manager, ft2font
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import font_manager, ft2font  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from sweeplab.tracker.summary import TrialSummary  # noqa: E402
+from sweeplab.tracker.summary import TrialSummary
 
 __all__ = ["any_script", "close", "confusion_figure", "curves_figure", "drawable"]
 
@@ -37,7 +39,7 @@ def _panels(history: Sequence[Mapping[str, float]], metric: str) -> list[list[st
     return list(groups.values())
 
 
-def _bounded(ax: plt.Axes, values: Sequence[float], floor: float) -> None:
+def _bounded(ax: Axes, values: Sequence[float], floor: float) -> None:
     """Scores between 0 and 1 (accuracy, F1, recall@K) on an axis from ``floor`` (0, or the
     majority class's accuracy) to 1, so that 0.542 -> 0.556 looks as small as it is; other
     values keep matplotlib's limits."""
@@ -55,7 +57,8 @@ def curves_figure(history: Sequence[Mapping[str, float]], summary: TrialSummary,
     accuracy of always answering the most frequent class, drawn on the accuracy panel)."""
     steps = [p["step"] for p in history]
     panels = _panels(history, metric)
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 4), squeeze=False)
+    fig = Figure(figsize=(4.2 * (1 + len(panels)), 4))
+    axes = fig.subplots(1, 1 + len(panels), squeeze=False)
     ax_loss, metric_axes = axes[0][0], axes[0][1:]
     ax_loss.plot(steps, [p.get("train_loss", np.nan) for p in history], "o-", label="train_loss")
     ax_loss.plot(steps, [p.get("val_loss", np.nan) for p in history], "o-", label="val_loss")
@@ -119,7 +122,7 @@ def drawable(text: str) -> bool:
 @contextmanager
 def any_script() -> Iterator[None]:
     """Draw with the fonts of :func:`_fonts`, each character from the first that has it."""
-    with plt.rc_context({"font.family": _fonts()[0]}):
+    with matplotlib.rc_context({"font.family": _fonts()[0]}):
         yield
 
 
@@ -130,7 +133,8 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequen
     with any_script():
         readable = all(drawable(name) for name in class_names)
         labels = list(class_names) if readable else [str(i) for i in range(len(class_names))]
-        fig, ax = plt.subplots(figsize=(5 if readable else 7, 4.5))
+        fig = Figure(figsize=(5 if readable else 7, 4.5))
+        ax = fig.subplots()
         ConfusionMatrixDisplay.from_predictions(
             y_true, y_pred, labels=list(range(len(class_names))), display_labels=labels, ax=ax, colorbar=False
         )
@@ -146,5 +150,6 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequen
 
 
 def close(fig: Figure) -> None:
-    """Free a figure's memory (pyplot keeps every open figure)."""
-    plt.close(fig)
+    """Free what a figure drew now rather than when its last reference goes (it is in no
+    registry: pyplot never saw it)."""
+    fig.clear()

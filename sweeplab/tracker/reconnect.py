@@ -15,16 +15,17 @@ failing the first call after the restart.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy
 
 from sweeplab.errors import Unreachable
+from sweeplab.tracker.store import set_env_default
 
 __all__ = ["Patience", "bound_http_retries", "is_connection_error", "reconnecting_client", "stop_retrying"]
 
@@ -100,7 +101,10 @@ class Patience:
     ``most`` seconds between tries.
 
     Once a call has given up, the store counts as gone: later calls try once (see
-    :meth:`call`) until one succeeds again."""
+    :meth:`call`) until one succeeds again.
+
+    It pickles without its lock (a new one is made on loading), so that a storage holding it
+    can be handed to another process."""
 
     what: str
     limit: float = 300.0
@@ -115,9 +119,19 @@ class Patience:
         if not self.limit >= 0:
             raise ValueError(f"outage limit {self.limit!r}: expected seconds >= 0")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock cannot be pickled; only this process's threads share it
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, tried again while it fails for want of a connection, for up to
-        ``limit`` seconds from the first failure; then :class:`Unreachable`."""
+        ``limit`` seconds from the first failure; then :class:`Unreachable`. The wait between
+        tries ends early when :func:`stop_retrying` is called, and the next failure is final."""
         started: float | None = None
         delay = self.first
         while True:
@@ -132,9 +146,9 @@ class Patience:
                     waited = "" if self.gone or _stopping.is_set() else f" for {now - started:.0f} s"
                     self.gone = True
                     raise Unreachable(f"{self.what} stayed unreachable{waited} ({_first_line(exc)}); "
-                                      "run the same command again once it is back") from exc
+                                      "run the same command again once it is back", store=self.what) from exc
                 self._warn(exc)
-                time.sleep(min(delay, max(0.0, self.limit - (now - started))))
+                _stopping.wait(min(delay, max(0.0, self.limit - (now - started))))
                 delay = min(2 * delay, self.most)
                 continue
             if started is not None or self.gone:
@@ -159,12 +173,18 @@ class Patience:
         return float("inf") if self.recovered_at is None else time.monotonic() - self.recovered_at
 
 
-def bound_http_retries() -> None:
+def bound_http_retries() -> ExitStack:
     """Let MLflow's REST client retry a refused connection a few times within seconds (its default
     backs off for about four minutes per call), so that :class:`Patience` bounds the whole
-    outage. Values a user set in the environment are kept."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    outage. Values a user set in the environment are kept.
+
+    The variables are set at once, for the process's lifetime (the ``sweep`` command); closing
+    the returned stack, or leaving ``with bound_http_retries():``, removes those it set (a
+    notebook's environment is left as it was)."""
+    undo = ExitStack()
+    set_env_default(undo, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    set_env_default(undo, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    return undo
 
 
 class _Reconnecting:

@@ -69,10 +69,8 @@ def sweep_images(sweep: SweepTrials, *, fresh: bool = False) -> dict[str, bytes]
     if stored is not None:
         return stored
     from sweeplab.tracker.plots import close
-    from sweeplab.tracker.store import quiet_libraries
     from sweeplab.tracker.sweep_plots import sweep_figures
 
-    quiet_libraries()  # Optuna announces each in-memory study it makes
     images = {}
     figures = sweep_figures(sweep)
     try:

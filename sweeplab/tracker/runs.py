@@ -281,6 +281,16 @@ class SweepRecorder:
         return {int(run.data.tags.get("sweeplab.trial", -1)): TrialRecorder(self.client, run.info.run_id, run.info.artifact_uri)
                 for run in runs}
 
+    def trial_tags(self, run_id: str) -> dict[str, str] | None:
+        """The tags of child run ``run_id`` as the store holds them now; ``None`` when the store
+        has no such run (it is in another store, or was deleted)."""
+        try:
+            return dict(self.client.get_run(run_id).data.tags)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
     def trial(self, run_id: str) -> TrialRecorder:
         """A recorder for an existing child run (to add to a finished trial, e.g. its test score)."""
         return TrialRecorder(self.client, run_id, self.client.get_run(run_id).info.artifact_uri)

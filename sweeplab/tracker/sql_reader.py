@@ -9,32 +9,41 @@ counted by state, the points of two metrics. The tables and columns used (``expe
 MLflow client's.
 
 A SQLite store is opened read-only: a read never creates, locks for writing or migrates it.
+Engines are kept per store between reads (a PostgreSQL engine pools its connections) until
+:func:`dispose_engines` closes them: :mod:`sweeplab.api` does after each call, so that a
+notebook holds no connection between calls.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from sweeplab.errors import Unreachable, UsageError
+from sweeplab.errors import InternalError, Unreachable, UsageError
 from sweeplab.tracker.reading import Curve, StoredRun
+from sweeplab.tracker.reconnect import is_connection_error
 from sweeplab.tracker.store import redact
 from sweeplab.tracker.tags import PARENT, STATE, TRIAL
 
-__all__ = ["SqlReader"]
+__all__ = ["SqlReader", "dispose_engines", "held_engines"]
 
 _RUN_COLUMNS = "r.run_uuid, r.name, r.experiment_id, e.name, r.status, r.start_time, r.artifact_uri"
 _ACTIVE = "r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
 
 
-@functools.lru_cache(maxsize=8)
-def _engine(uri: str) -> sa.Engine:
+#: The engines readers use, by store URI, the most recently used last.
+_engines: dict[str, sa.Engine] = {}
+_engines_lock = threading.Lock()
+_MOST_ENGINES = 8
+
+
+def _new_engine(uri: str) -> sa.Engine:
     """An engine on the store; a SQLite file is opened read-only, a connection per query (a file
     replaced since is read anew), so that a read never creates or writes it."""
     url = sa.engine.make_url(uri)
@@ -43,6 +52,33 @@ def _engine(uri: str) -> sa.Engine:
         return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
                                 poolclass=sa.pool.NullPool)
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _engine(uri: str) -> sa.Engine:
+    """The engine on the store at ``uri``, made on first use; the least recently used beyond
+    :data:`_MOST_ENGINES` is disposed."""
+    with _engines_lock:
+        engine = _engines[uri] = _engines.pop(uri, None) or _new_engine(uri)  # the most recently used last
+        evicted = [_engines.pop(old) for old in list(_engines)[:-_MOST_ENGINES]]
+    for old in evicted:
+        old.dispose()
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close the connections every reader's engine pooled and forget the engines. A reader used
+    afterwards makes a new one."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def held_engines() -> int:
+    """How many engines the readers keep now (each may pool connections)."""
+    with _engines_lock:
+        return len(_engines)
 
 
 #: What the databases say when the tables are not there (SQLite, PostgreSQL).
@@ -55,7 +91,6 @@ class SqlReader:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.engine = _engine(uri)
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         statement = sa.text(sql)
@@ -63,7 +98,7 @@ class SqlReader:
             if isinstance(value, (list, tuple)):
                 statement = statement.bindparams(sa.bindparam(name, expanding=True))
         try:
-            with self.engine.connect() as connection:
+            with _engine(self.uri).connect() as connection:
                 return list(connection.execute(statement, params))
         except sa.exc.DBAPIError as exc:
             first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
@@ -71,7 +106,11 @@ class SqlReader:
                 raise UsageError(f"{redact(self.uri)}: not an MLflow tracking store (it has no MLflow tables)") from None
             if "unable to open database" in str(exc):
                 raise UsageError(f"{redact(self.uri)}: no tracking store here") from None
-            raise Unreachable(f"the MLflow tracking store {redact(self.uri)} did not answer: {first}") from None
+            if is_connection_error(exc):
+                raise Unreachable(f"the MLflow tracking store {redact(self.uri)} did not answer: {first}",
+                                  store=redact(self.uri)) from None
+            raise InternalError(f"reading {redact(self.uri)} failed ({first}): a query sweeplab made, or MLflow tables of a "
+                                "layout it does not know", error=exc) from exc
 
     def runs(self, tags: Mapping[str, str], *, states: Sequence[str] | None = None, metric: str | None = None,
              descending: bool = True, limit: int | None = None) -> list[StoredRun]:

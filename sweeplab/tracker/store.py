@@ -13,13 +13,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from sweeplab.errors import UsageError
 
-__all__ = ["RDB_SCHEMES", "Store", "redact", "resolve_store", "with_postgres_driver"]
+__all__ = ["RDB_SCHEMES", "Store", "quiet_libraries", "redact", "resolve_store", "set_env_default", "set_level",
+           "with_postgres_driver"]
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
 
@@ -39,18 +41,48 @@ class Store:
         return self.tracking_uri == f"sqlite:///{self.root / 'mlflow.db'}"
 
 
-def quiet_libraries(*, optuna_too: bool = True) -> None:
-    """Keep MLflow's and Alembic's start-up chatter and Optuna's per-trial lines off the screen;
-    sweeplab shows progress itself. ``optuna_too=False`` leaves Optuna unimported (the read
-    commands never use it)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per run on a server
-    for name in ("alembic", "mlflow", "optuna"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if optuna_too:
-        import optuna
+def quiet_libraries(*, importing: bool = False) -> ExitStack:
+    """Keep MLflow's and Alembic's start-up chatter off the screen; sweeplab shows progress
+    itself (Optuna's per-trial lines: :func:`sweeplab.sweeps.optuna_logs.quiet_optuna`).
+    ``importing`` imports MLflow first, as a sweep will: importing it sets its logger's level,
+    which would undo ours if it came later; the read commands never import it.
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    The settings apply at once, for the process's lifetime (the ``sweep`` command); closing the
+    returned stack, or leaving ``with quiet_libraries():``, puts back the loggers' levels and the
+    environment variables found, so that a host process (a notebook) is left as it was."""
+    undo = ExitStack()
+    set_env_default(undo, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    set_env_default(undo, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per run on a server
+    if importing:
+        import mlflow  # noqa: F401
+    for name in ("alembic", "mlflow"):
+        set_level(undo, logging.getLogger(name), logging.WARNING)
+    return undo
+
+
+def set_env_default(undo: ExitStack, name: str, value: str) -> None:
+    """``os.environ.setdefault(name, value)``; when it set the variable, ``undo`` removes it again
+    (unless something else has changed it since)."""
+    if name not in os.environ:
+        os.environ[name] = value
+        undo.callback(_unset_env, name, value)
+
+
+def _unset_env(name: str, value: str) -> None:
+    if os.environ.get(name) == value:
+        del os.environ[name]
+
+
+def set_level(undo: ExitStack, logger: logging.Logger, level: int) -> None:
+    """Set ``logger``'s level; ``undo`` sets back the one it had (unless something else, such as
+    a library configuring its logger when imported, has set another since)."""
+    undo.callback(_reset_level, logger, logger.level, level)
+    logger.setLevel(level)
+
+
+def _reset_level(logger: logging.Logger, previous: int, ours: int) -> None:
+    if logger.level == ours:
+        logger.setLevel(previous)
 
 
 def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = None, storage: str | None = None) -> Store:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sweeplab.core import Direction
-from sweeplab.tracker.curves import Onset, OnsetRule, best_index, generalization_loss, overfit_onset
+from sweeplab.core.curves import Onset, OnsetRule, best_index, generalization_loss, overfit_onset
 
 __all__ = ["TrialSummary", "summarise"]
 
@@ -15,7 +15,7 @@ __all__ = ["TrialSummary", "summarise"]
 @dataclass(frozen=True)
 class TrialSummary:
     """Best evaluation and overfitting onset of one trial (definitions in
-    :mod:`sweeplab.tracker.curves`). ``value`` is the metric at the best evaluation: the trial's
+    :mod:`sweeplab.core.curves`). ``value`` is the metric at the best evaluation: the trial's
     value for Optuna, not the last evaluation's."""
 
     value: float | None

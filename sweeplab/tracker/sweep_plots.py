@@ -9,25 +9,32 @@ when the space has neither).
 
 The parent run gets these at the end of a sweep (``sweep/*.png``); ``sweep report`` puts them on
 one HTML page.
+
+The host process's plotting is left as it was (a notebook that sweeps): this module's own
+pictures are :class:`~matplotlib.figure.Figure` objects made without pyplot, and Optuna's,
+which draw through pyplot's current figure, get an Agg canvas of their own and are taken out of
+pyplot as soon as they are drawn (:func:`_detached`); the style Optuna sets stays inside the
+drawing. Matplotlib's backend is never switched.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 
 import matplotlib
+import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-import optuna  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
-
-from sweeplab.tracker.plots import any_script  # noqa: E402
-from sweeplab.tracker.query import SweepTrials, TrialCurve  # noqa: E402
+from sweeplab.tracker.plots import any_script, close
+from sweeplab.tracker.query import SweepTrials, TrialCurve
+from sweeplab.tracker.store import set_level
 
 __all__ = ["FIGURES", "searched_params", "study_of", "sweep_figures"]
 
@@ -114,17 +121,44 @@ def _figure_of(axes: object) -> Figure:
 
 
 def _optuna_figure(draw: Callable[..., object], study: optuna.Study, **kwargs: object) -> Figure:
-    """One of Optuna's plots, at this module's size; the style it sets (``ggplot``) stays inside."""
-    with warnings.catch_warnings(), plt.rc_context():
+    """One of Optuna's plots, at this module's size, out of pyplot (:func:`_detached`); the style
+    it sets (``ggplot``) stays inside."""
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # experimental-feature notices; importances of trials that all scored alike
-        figure = _figure_of(draw(study, **kwargs))
+        figure = _detached(draw, study, **kwargs)
         figure.set_size_inches(9, 5)
         figure.tight_layout()
     return figure
 
 
+def _detached(draw: Callable[..., object], *args: object, **kwargs: object) -> Figure:
+    """The figure ``draw`` made through pyplot (Optuna's plots do: ``plt.subplots``, then the
+    current axes), on a plain Agg canvas whatever pyplot's backend (:func:`_agg_canvas`; Optuna's
+    importances plot needs one), taken out of pyplot as soon as it is drawn, also when drawing
+    fails. Pyplot's interactive mode is off meanwhile, so that no window or notebook widget opens
+    for it. The host's figures, its current figure and its backend are untouched (pyplot only
+    picks its default backend here if nothing has used it yet)."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        with plt.ioff(), matplotlib.rc_context({"figure.hooks": [f"{__name__}:_agg_canvas"]}):
+            figure = _figure_of(draw(*args, **kwargs))
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+    return figure
+
+
+def _agg_canvas(figure: Figure) -> None:
+    """Give a figure pyplot has just made a plain Agg canvas of its own (a ``figure.hooks`` hook):
+    it is drawn and saved the same under any backend, and never through the host's."""
+    FigureCanvasAgg(figure)
+
+
 def _note(title: str, text: str) -> Figure:
-    figure, ax = plt.subplots(figsize=(9, 2.5))
+    figure = Figure(figsize=(9, 2.5))
+    ax = figure.subplots()
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
@@ -135,7 +169,8 @@ def _curves_figure(sweep: SweepTrials) -> Figure:
     """Every trial's curve of the metric by step; a dot at its best step, a cross at its onset.
     The five best complete trials are drawn in colour with their numbers, the rest in grey (dotted
     when pruned, failed or stopped). One collection per kind of line, so that 1,000 trials draw fast."""
-    figure, ax = plt.subplots(figsize=(9, 5))
+    figure = Figure(figsize=(9, 5))
+    ax = figure.subplots()
     complete = [t for t in sweep.trials if t.state == "complete" and t.value is not None]
     sign = -1.0 if sweep.direction == "maximize" else 1.0
     top = [t.number for t in sorted(complete, key=lambda t: (sign * t.value, t.number))[:5]]  # type: ignore[operator]
@@ -154,7 +189,7 @@ def _curves_figure(sweep: SweepTrials) -> Figure:
     if onset:
         ax.scatter(*zip(*onset), s=12, marker="x", color="C3", linewidths=1.0, zorder=4, label="overfitting onset")
     by_number = {t.number: t for t in sweep.trials}
-    for number, colour in zip(top, plt.get_cmap("tab10").colors):
+    for number, colour in zip(top, matplotlib.colormaps["tab10"].colors):
         steps, values = zip(*by_number[number].curve) if by_number[number].curve else ((), ())
         ax.plot(steps, values, "-", color=colour, lw=1.8, label=f"trial {number}", zorder=3)
     ax.plot([], [], ":", color="0.5", label="pruned, failed or stopped")
@@ -185,7 +220,8 @@ def _onset_params(sweep: SweepTrials, study: optuna.Study) -> list[str]:
 def _onset_figure(sweep: SweepTrials, names: Sequence[str]) -> Figure:
     """Each trial's onset step against each parameter of ``names``; complete trials with no onset
     are drawn as hollow triangles at the last step they ran, so that "never overfitted" is visible."""
-    figure, axes = plt.subplots(1, len(names), figsize=(9, 4.5), squeeze=False)
+    figure = Figure(figsize=(9, 4.5))
+    axes = figure.subplots(1, len(names), squeeze=False)
     distributions = searched_params(sweep.trials)
     for ax, name in zip(axes.flat, names):
         dist = distributions[name]
@@ -216,15 +252,17 @@ def _onset_figure(sweep: SweepTrials, names: Sequence[str]) -> Figure:
 
 def sweep_figures(sweep: SweepTrials) -> Mapping[str, Figure]:
     """The sweep's pictures by name (:data:`FIGURES`). A picture that needs more than the sweep has
-    (two complete trials, a varied parameter, a logged validation loss) says so in words instead."""
-    study = study_of(sweep)
+    (two complete trials, a varied parameter, a logged validation loss) says so in words instead.
+    Optuna's announcement of the in-memory study it draws from is kept off the screen."""
     figures: dict[str, Figure] = {}
-    try:
-        _draw_all(sweep, study, figures)
-    except BaseException:  # the figures drawn so far are not handed back: free them here
-        for figure in figures.values():
-            plt.close(figure)
-        raise
+    with ExitStack() as undo:
+        set_level(undo, logging.getLogger("optuna"), logging.WARNING)
+        try:
+            _draw_all(sweep, study_of(sweep), figures)
+        except BaseException:  # the figures drawn so far are not handed back: free them here
+            for figure in figures.values():
+                close(figure)
+            raise
     return figures
 
 

@@ -12,8 +12,8 @@ import torch
 
 from sweeplab.errors import UsageError
 
-__all__ = ["autocast", "compile_in_place", "freeze_long_lived", "memory_now", "peak_memory", "pick_device", "release_memory",
-           "reset_peak_memory"]
+__all__ = ["autocast", "compile_in_place", "device_label", "set_threads", "frozen_long_lived", "memory_now", "peak_memory", "pick_device",
+           "release_memory", "reset_peak_memory"]
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -87,13 +87,24 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return {"memory_gpu_peak_mb": torch.cuda.max_memory_allocated(device) / _MIB} if device.type == "cuda" else {}
 
 
-def freeze_long_lived() -> None:
+@contextlib.contextmanager
+def frozen_long_lived() -> Iterator[None]:
     """Move every object alive now (imported libraries, the sweep's prepared data) out of the
-    garbage collector's view. Called once before the first trial, so that the collection in
-    :func:`release_memory` scans only what a trial created: a full collection over torch's and
-    transformers' heap costs about 0.3 s, per trial."""
+    garbage collector's view for the length of the block, so that the collection in
+    :func:`release_memory` scans only what a trial created (a full collection over torch's and
+    transformers' heap costs about 0.3 s, per trial); they are back in its view when the block
+    ends, however it ends, as a process that goes on after the sweep (a notebook) needs. When
+    the process had already frozen objects itself (``gc.get_freeze_count()``), nothing is
+    frozen: unfreezing at the end would take the process's own objects too."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def release_memory() -> None:
@@ -102,3 +113,21 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def device_label(device: torch.device) -> str:
+    """The device a trial runs on, as its run's ``sweeplab.device`` tag says it: ``cpu``, or
+    ``cuda:N`` with N the card as the machine numbers it (the entry of ``CUDA_VISIBLE_DEVICES``
+    that the process sees as its device), so that the trials of workers on different cards,
+    each of which sees its card as ``cuda:0``, are told apart."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    return f"cuda:{visible[index]}" if index < len(visible) else f"cuda:{index}"
+
+
+def set_threads(count: int) -> None:
+    """Let torch use ``count`` CPU threads in this process (a ``--workers`` worker gets its share
+    of the cores: several processes with every core each slow each other down)."""
+    torch.set_num_threads(count)

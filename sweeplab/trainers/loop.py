@@ -5,12 +5,12 @@ its model and data); :func:`fit` runs it for a number of rounds (epochs, or bloc
 steps) and owns what must be the same for every task:
 
 * the best evaluation is the best value of the task's metric, ties to the earliest
-  (:func:`sweeplab.tracker.curves.best_index`), and the model state and outputs are kept from
+  (:func:`sweeplab.core.curves.best_index`), and the model state and outputs are kept from
   that evaluation, not the last;
 * after each evaluation the :class:`~sweeplab.core.Reporter` hears the point (it logs the curve and may say
   "prune": the trial is far behind others);
 * the trial stops early once the validation loss shows an overfitting onset
-  (:func:`sweeplab.tracker.curves.overfit_onset`), when an ``early_stop`` rule is given;
+  (:func:`sweeplab.core.curves.overfit_onset`), when an ``early_stop`` rule is given;
 * a non-finite training or validation loss ends the trial: with :class:`Diverged` when no
   evaluation was finite yet, else as a stopped trial (``stopped = "diverged"``) that keeps its
   best evaluation, since a trial's value is its best epoch, not its last.
@@ -30,9 +30,10 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from sweeplab.boundary import engine_code, task_code
 from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer, TrialEnv
+from sweeplab.core.curves import OnsetRule, best_index, overfit_onset
 from sweeplab.errors import UsageError
-from sweeplab.tracker.curves import OnsetRule, best_index, overfit_onset
 
 __all__ = ["Diverged", "Progress", "TrialStopped", "fit", "fit_and_close", "keep_copy", "seed_everything"]
 
@@ -54,9 +55,9 @@ def keep_copy(state: Any) -> Any:
     A function or method is called first, so that the state is built only when it is kept; an
     object with a ``state_dict()`` (a model, an optimizer) gives that."""
     if inspect.isfunction(state) or inspect.ismethod(state) or isinstance(state, functools.partial):
-        state = state()
+        state = task_code(state)
     elif not isinstance(state, Mapping) and callable(getattr(state, "state_dict", None)):
-        state = state.state_dict()
+        state = task_code(state.state_dict)
     return _copied(state)
 
 
@@ -119,19 +120,23 @@ class Progress:
                              "every evaluation must report the metric that --metric names")
         point = {"step": float(step), **values}
         history = self.result.history
-        history.append(point)
-        best = best_index([p[self.metric] for p in history], self.direction)
-        if best == len(history) - 1 and best != self.result.best:
+        with engine_code():
+            history.append(point)
+            best = best_index([p[self.metric] for p in history], self.direction)
+            new_best = best == len(history) - 1 and best != self.result.best
+        if new_best:
             self.result.best = best
             self.result.outputs = dict(outputs or {})
-            self.result.predictions = predictions() if callable(predictions) else predictions
+            self.result.predictions = task_code(predictions) if callable(predictions) else predictions
             if self.keep_state and state is not None:
-                self.result.state = keep_copy(state)
+                with engine_code():
+                    self.result.state = keep_copy(state)
         if self.reporter.on_eval(int(step), point):
             self.result.stopped = "pruned"
         elif self.early_stop is not None and "val_loss" in values:
-            if overfit_onset([p["val_loss"] for p in history], self.early_stop) is not None:
-                self.result.stopped = "overfit"
+            with engine_code():
+                if overfit_onset([p["val_loss"] for p in history], self.early_stop) is not None:
+                    self.result.stopped = "overfit"
         return self.stopped
 
 

@@ -1,30 +1,39 @@
-"""What the trainers of one transformers model, trained end to end, share (news, retrieval).
+"""What the built-in trainers share (news, retrieval, sentiment).
 
 :class:`ModelTrainer` is the common half of a :class:`~sweeplab.core.RoundTrainer`:
-AdamW with weight decay on weight matrices only (not on biases or LayerNorm weights, the usual
-BERT / CLIP practice), a transformers warm-up schedule stepped once per optimizer step, gradient
-clipping, mixed precision (a ``GradScaler`` for fp16), the best state kept on the CPU, and the
-trial's memory given back at the end. A task's trainer subclasses it, builds its model and data,
-and writes ``train_round`` (calling :meth:`ModelTrainer.optimise` once per batch, its losses
-summed by a :class:`LossTally`) and ``evaluate``. Every built-in trainer (sentiment's too) sums
-its losses with :class:`LossTally` and runs under :func:`~sweeplab.trainers.loop.fit_and_close`.
+AdamW (by default with weight decay on weight matrices only, not on biases or LayerNorm weights,
+the usual BERT / CLIP practice), a learning-rate schedule (a transformers warm-up schedule stepped
+once per optimizer step, :func:`warmup_schedule`, or ReduceLROnPlateau stepped on the validation
+loss, :func:`plateau_schedule`), gradient clipping, mixed precision (a ``GradScaler`` for fp16),
+the best state kept on the CPU, and the trial's memory given back at the end. A task's trainer
+subclasses it, builds its model and data, and writes ``train_round`` (calling
+:meth:`ModelTrainer.optimise` once per batch, its losses summed by a :class:`LossTally`) and
+``evaluate`` (class probabilities read back once by :func:`class_probabilities`). Every built-in
+trainer runs under :func:`~sweeplab.trainers.loop.fit_and_close`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from sweeplab.core import TrialEnv
 from sweeplab.trainers.backbones import quiet_loaders
-from sweeplab.trainers.device import compile_in_place
+from sweeplab.trainers.device import autocast, compile_in_place
 
-__all__ = ["LossTally", "ModelTrainer", "adamw", "decay_groups", "save_with_tokenizer"]
+__all__ = ["LossTally", "ModelTrainer", "Schedule", "adamw", "class_probabilities", "decay_groups", "plateau_schedule",
+           "save_with_tokenizer", "warmup_schedule"]
+
+#: Makes a trial's learning-rate scheduler for its optimizer.
+Schedule = Callable[[torch.optim.Optimizer], LRScheduler | ReduceLROnPlateau]
+Batch = TypeVar("Batch")
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -43,6 +52,38 @@ def adamw(groups: list[dict[str, Any]] | list[nn.Parameter], lr: float, weight_d
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+def warmup_schedule(name: str, total_steps: int, warmup_steps: int) -> Schedule:
+    """A transformers schedule ``name`` (``linear``, ``cosine``...) over ``total_steps`` optimizer
+    steps, the first ``min(warmup_steps, total_steps)`` of them warming up from 0; the trainer steps
+    it once per optimizer step."""
+    from transformers import get_scheduler
+
+    return lambda optimizer: get_scheduler(name, optimizer, num_warmup_steps=min(warmup_steps, total_steps),
+                                           num_training_steps=total_steps)
+
+
+def plateau_schedule(factor: float, patience: int) -> Schedule:
+    """``ReduceLROnPlateau`` on the validation loss: the learning rate is multiplied by ``factor``
+    once ``val_loss`` has not improved for more than ``patience`` evaluations; the trainer steps it
+    after each evaluation (:meth:`ModelTrainer.after_evaluation`)."""
+    return lambda optimizer: ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
+
+
+@torch.no_grad()
+def class_probabilities(model: nn.Module, batches: Iterable[Batch], logits_of: Callable[[Batch], torch.Tensor],
+                        device: torch.device, precision: str) -> np.ndarray:
+    """Class probabilities (the softmax of ``logits_of(batch)``, in float32) of every batch, in
+    order, with ``model`` in evaluation mode under the trial's precision. They are read back from
+    the device once, at the end: a read per batch would wait for the GPU each time."""
+    model.eval()
+    parts = []
+    for batch in batches:
+        with autocast(device, precision):
+            logits = logits_of(batch)
+        parts.append(torch.softmax(logits.float(), dim=-1))
+    return torch.cat(parts).cpu().numpy()
 
 
 class LossTally:
@@ -78,24 +119,37 @@ class LossTally:
 
 class ModelTrainer:
     """Optimizer, schedule, clipping, precision and memory of one model's trial (see the module
-    docstring). ``schedule`` is a transformers scheduler name (``linear``, ``cosine``...). The
-    model is compiled in place when the sweep asks (``env.compile``); a step reads nothing back
-    from the device (:meth:`optimise`; clipping and a bf16 or fp32 step queue kernels only, an
-    fp16 ``GradScaler`` alone reads its inf check every step)."""
+    docstring).
 
-    def __init__(self, model: nn.Module, config: Mapping[str, Any], env: TrialEnv, total_steps: int, warmup_steps: int,
-                 schedule: str) -> None:
-        from transformers import get_scheduler
+    ``model`` is one module, or named parts (a mapping or an ``nn.ModuleDict``: a head and the
+    backbones it reads, called one by one): the parts are held as a ``ModuleDict``
+    (:attr:`model`), each is compiled on its own when the sweep asks (``env.compile``; a
+    ``ModuleDict`` has no forward of its own to compile), and the snapshot is one state dict per
+    part. ``schedule`` makes the learning-rate scheduler (:func:`warmup_schedule`,
+    :func:`plateau_schedule`). The config gives ``lr``, ``weight_decay`` and ``max_grad_norm``
+    (absent or 0: no clipping). A step reads nothing back from the device (:meth:`optimise`;
+    clipping and a bf16 or fp32 step queue kernels only, an fp16 ``GradScaler`` alone reads its
+    inf check every step)."""
 
+    def __init__(self, model: nn.Module | Mapping[str, nn.Module], config: Mapping[str, Any], env: TrialEnv,
+                 schedule: Schedule) -> None:
         self.config, self.env, self.device = config, env, env.device
-        self.model = model.to(self.device)
-        compile_in_place([self.model], env.compile)
-        self.optimizer = adamw(decay_groups(self.model, float(config["weight_decay"])), float(config["lr"]))
-        self.scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=min(warmup_steps, total_steps),
-                                       num_training_steps=total_steps)
+        self.model = (nn.ModuleDict(model) if isinstance(model, Mapping) else model).to(self.device)
+        compile_in_place(self._parts(), env.compile)
+        self.optimizer = adamw(self.parameter_groups(), float(config["lr"]))
+        self.scheduler = schedule(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
-        self.clip = float(config["max_grad_norm"])
+        self.clip = float(config.get("max_grad_norm", 0.0))
         self.generator = torch.Generator().manual_seed(env.trial_seed)
+
+    def _parts(self) -> list[nn.Module]:
+        """The modules a forward pass calls: the named parts, or the one model."""
+        return list(self.model.values()) if isinstance(self.model, nn.ModuleDict) else [self.model]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW's parameter groups: weight decay on weight matrices only (:func:`decay_groups`).
+        A task whose recipe decays every parameter overrides this."""
+        return decay_groups(self.model, float(self.config["weight_decay"]))
 
     def optimise(self, loss: torch.Tensor) -> torch.Tensor:
         """One optimizer step on ``loss``; returns it detached (a tensor: reading it as a number
@@ -107,21 +161,34 @@ class ModelTrainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        if not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()
         return loss.detach()
 
+    def shuffled_batches(self, rows: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The row indices ``0 .. rows - 1`` in a fresh order from the trial's generator, cut into
+        batches of ``batch_size`` (the last may be shorter)."""
+        return torch.randperm(rows, generator=self.generator).split(batch_size)
+
     def learning_rate(self) -> float:
+        """The first parameter group's learning rate now (the curves' ``lr``)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        """The schedule follows the optimizer step, not a validation metric."""
+        """A plateau schedule steps on the evaluation's ``val_loss``; a warm-up schedule follows
+        the optimizer step instead (:meth:`optimise`)."""
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metrics["val_loss"])
 
     def snapshot(self) -> dict[str, Any]:
-        """The model's state dict (the loop keeps a CPU copy, :func:`~sweeplab.trainers.loop.keep_copy`)."""
+        """The model's state dict, or one per named part (the loop keeps a CPU copy,
+        :func:`~sweeplab.trainers.loop.keep_copy`)."""
+        if isinstance(self.model, nn.ModuleDict):
+            return {name: part.state_dict() for name, part in self.model.items()}
         return self.model.state_dict()
 
-    def predict_unlabelled(self) -> None:
-        """These tasks have a labelled test split, scored once after the search instead."""
+    def predict_unlabelled(self) -> Any:
+        """None by default: a task with a labelled test split scores it once after the search."""
         return None
 
     def close(self) -> None:

@@ -41,17 +41,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv, evaluations_per_epoch
 from sweeplab.core import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.splits import majority_share
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
+from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, save_with_tokenizer, warmup_schedule
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 from sweeplab.trainers.transfer import to_device, to_device_all
@@ -173,23 +173,19 @@ def _build_model(config: Mapping[str, Any], num_labels: int, vocab_size: int, pa
         ) from None
 
 
-@torch.no_grad()
 def _probabilities(model: nn.Module, split: _Split, frame: tuple[int, int, int], max_length: int,
                    batch_size: int, device: torch.device, precision: str) -> np.ndarray:
-    """Class probabilities of every row, batched by length (short texts together) for speed; read
-    back from the device once, at the end, not once a batch."""
-    model.eval()
+    """Class probabilities of every row (:func:`class_probabilities`), batched by length (short
+    texts together) for speed."""
     order = torch.argsort(split.texts.lengths.long(), stable=True)
-    parts = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        inputs = to_device_all(batch_inputs(split.texts, rows, max_length, *frame), device)
-        with autocast(device, precision):
-            logits = model(**inputs).logits
-        parts.append(torch.softmax(logits.float(), dim=-1))
-    out = torch.empty(len(split), parts[0].shape[1])
-    out[order] = torch.cat(parts).cpu()
-    return out.numpy()
+
+    def logits_of(rows: torch.Tensor) -> torch.Tensor:
+        return model(**to_device_all(batch_inputs(split.texts, rows, max_length, *frame), device)).logits
+
+    prob = class_probabilities(model, order.split(batch_size), logits_of, device, precision)
+    out = np.empty_like(prob)
+    out[order.numpy()] = prob
+    return out
 
 
 def _evaluate(model: nn.Module, split: _Split, frame: tuple[int, int, int], config: Mapping[str, Any],
@@ -242,16 +238,14 @@ class _NewsTrainer(ModelTrainer):
         self.every = int(config["eval_every"]) or steps_per_epoch
         self.rounds = math.ceil(self.total_steps / self.every)
         warmup = round(float(config["warmup_ratio"]) * self.total_steps)
-        super().__init__(model, config, env, self.total_steps, warmup, "linear")
+        super().__init__(model, config, env, warmup_schedule("linear", self.total_steps, warmup))
         self.batches = self._batches()
         self.step = 0
 
     def _batches(self) -> Iterator[torch.Tensor]:
         """Row indices of training batches, reshuffled every epoch, without end."""
         while True:
-            order = torch.randperm(len(self.train), generator=self.generator)
-            for start in range(0, len(order), self.batch_size):
-                yield order[start : start + self.batch_size]
+            yield from self.shuffled_batches(len(self.train), self.batch_size)
 
     def train_round(self) -> tuple[int, float]:
         self.model.train()
@@ -336,6 +330,12 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     loaded.reports[0].note(note)
 
 
+def _evaluations(config: Mapping[str, Any]) -> int | None:
+    """Once per epoch, ``epochs`` evaluations; every ``eval_every`` optimizer steps, a number the
+    config alone does not give (it depends on the data's size and the batch size)."""
+    return None if config.get("eval_every") else evaluations_per_epoch(config)
+
+
 TASK = Task(
     name="news",
     summary="Chinese news classification (cnews, THUCNews titles, CCF 2019) with a TextCNN, fastText or BERT model",
@@ -351,4 +351,5 @@ TASK = Task(
     save_checkpoint=_save_checkpoint,
     evaluate_test=_evaluate_test,
     limits=LIMITS,
+    evaluations=_evaluations,
 )

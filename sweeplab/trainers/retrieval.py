@@ -49,12 +49,12 @@ from sweeplab.core import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POS
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import recall_at_k
-from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer
+from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer, warmup_schedule
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 from sweeplab.trainers.transfer import normalise_channels, to_device, to_device_all
 
@@ -288,16 +288,14 @@ class _RetrievalTrainer(ModelTrainer):
                     getattr(model, part).requires_grad_(False)
         self.batch_size = int(config["batch_size"])
         total = int(config["epochs"]) * math.ceil(len(self.train.texts) / self.batch_size)
-        super().__init__(model, config, env, total, int(config["warmup_steps"]), "cosine")
+        super().__init__(model, config, env, warmup_schedule("cosine", total, int(config["warmup_steps"])))
         self.epoch = 0
 
     def train_round(self) -> tuple[int, float]:
         self.model.train()
         max_length = int(self.config["max_length"])
-        order = torch.randperm(len(self.train.texts), generator=self.generator)
         tally = LossTally()
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in self.shuffled_batches(len(self.train.texts), self.batch_size):
             if len(rows) < 2:
                 continue  # a contrastive batch needs negatives
             picks = torch.randint(0, 1 << 30, (len(rows),), generator=self.generator)

@@ -34,15 +34,15 @@ from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEn
 from sweeplab.core import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.sentiment import LABELS, SentimentData, read_sentiment
 from sweeplab.datasets.splits import majority_share, stratified_split
 from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_backbone, load_text_backbone
-from sweeplab.trainers.device import autocast, compile_in_place
+from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import LossTally, adamw
-from sweeplab.trainers.transfer import to_device
+from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, plateau_schedule
+from sweeplab.trainers.transfer import to_device, trimmed_to_device
 
 __all__ = ["TASK", "FusionClassifier", "widths"]
 
@@ -101,14 +101,8 @@ def widths(complexity: str) -> tuple[int, int, int]:
 class FusionClassifier(nn.Module):
     """The report's heads over text and/or image vectors (backbone outputs)."""
 
-    def __init__(
-        self,
-        text_dim: int | None,
-        image_dim: int | None,
-        complexity: str,
-        dropout: float,
-        num_classes: int = len(LABELS),
-    ) -> None:
+    def __init__(self, text_dim: int | None, image_dim: int | None, complexity: str, dropout: float,
+                 num_classes: int = len(LABELS)) -> None:
         super().__init__()
         text_width, image_width, fused = widths(complexity)
         self.text_proj = nn.Linear(text_dim, text_width) if text_dim else None
@@ -148,6 +142,15 @@ class _Payload:
     val: list[int]
 
 
+def _split(rows: list[int], data: SentimentData) -> _Split:
+    """The split of ``rows`` (labelled rows first, then unlabelled ones)."""
+    n_labelled = len(data.labelled)
+    examples = [data.labelled[r] if r < n_labelled else data.unlabelled[r - n_labelled] for r in rows]
+    labels = [e.label for e in examples]
+    return _Split(rows=torch.tensor(rows, dtype=torch.long),
+                  labels=None if None in labels else torch.tensor(labels, dtype=torch.long), guids=[e.guid for e in examples])
+
+
 def _load(data_dir: Path, seed: int, val_fraction: float = 0.2, settings: Mapping[str, Any] | None = None) -> Loaded:
     data = read_sentiment(data_dir)
     train, val = stratified_split([e.label for e in data.labelled], val_fraction, seed)
@@ -161,7 +164,6 @@ def _load(data_dir: Path, seed: int, val_fraction: float = 0.2, settings: Mappin
 def _prepare_pixels(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, Any]:
     """Decoded, resized images of every row (labelled then unlabelled), once per sweep."""
     data: SentimentData = loaded.payload.data
-
     paths = [e.image for e in data.labelled + data.unlabelled]
 
     def build() -> dict[str, Any]:
@@ -175,7 +177,6 @@ def _prepare_pixels(loaded: Loaded, env: TrialEnv, size: int) -> dict[str, Any]:
 def _prepare_tokens(loaded: Loaded, env: TrialEnv, backbone: TextBackbone, max_length: int) -> dict[str, Any]:
     """Token ids of every text, padded to ``max_length`` (trimmed per batch), once per sweep."""
     data: SentimentData = loaded.payload.data
-
     texts = [e.text for e in data.labelled + data.unlabelled]
 
     def build() -> dict[str, Any]:
@@ -187,252 +188,178 @@ def _prepare_tokens(loaded: Loaded, env: TrialEnv, backbone: TextBackbone, max_l
     return env.cache.get("sentiment-tokens", key, build, label="tokenising texts", total=len(texts))
 
 
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def _encode_text(backbone: TextBackbone, tokens: Mapping[str, torch.Tensor], rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Text vectors of ``rows`` of the prepared tokens, each batch cut to its longest text."""
+    return backbone.encode(*trimmed_to_device(tokens["input_ids"][rows], tokens["attention_mask"][rows], device))
+
+
+def _encode_image(backbone: ImageBackbone, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Image vectors of a batch of decoded images."""
+    return backbone.model(backbone.normalise(to_device(pixels, device)))
 
 
 @torch.no_grad()
-def _text_features(backbone: TextBackbone, tokens: dict[str, Any], device: torch.device, precision: str,
-                   advance: Callable[[int], None]) -> torch.Tensor:
-    backbone.model.to(device).eval()
+def _encode_rows(model: nn.Module, encode: Callable[[torch.Tensor], torch.Tensor], rows: int, batch_size: int,
+                 env: TrialEnv) -> torch.Tensor:
+    """``encode(part)`` of every row, ``batch_size`` rows at a time under the trial's precision,
+    with the frozen ``model`` on the trial's device in evaluation mode: float32 vectors on the CPU."""
+    model.to(env.device).eval()
     out = []
-    for part in _batches(len(tokens["input_ids"]), 64):
-        mask = tokens["attention_mask"][part]
-        width = int(mask.sum(1).max())
-        with autocast(device, precision):
-            vec = backbone.encode(tokens["input_ids"][part, :width].to(device), mask[:, :width].to(device))
-        out.append(vec.float().cpu())
-        advance(len(mask))
+    for part in torch.arange(rows).split(batch_size):
+        with autocast(env.device, env.precision):
+            out.append(encode(part).float().cpu())
+        env.cache.advance(len(part))
     return torch.cat(out)
 
 
-@torch.no_grad()
-def _image_features(backbone: ImageBackbone, pixels: torch.Tensor, device: torch.device, precision: str,
-                    advance: Callable[[int], None]) -> torch.Tensor:
-    backbone.model.to(device).eval()
-    out = []
-    for part in _batches(len(pixels), 32):
-        with autocast(device, precision):
-            vec = backbone.model(backbone.normalise(pixels[part].to(device)))
-        out.append(vec.float().cpu())
-        advance(len(vec))
-    return torch.cat(out)
+def _frozen_features(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, pixels: torch.Tensor,
+                     modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Vectors of every row from the frozen backbone of each of ``modalities`` (``text``,
+    ``image``), computed once per sweep (a backbone is only loaded when its cache misses)."""
+    rows = len(pixels)  # every row, labelled then unlabelled
 
-
-def _frozen_text_features(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> torch.Tensor:
-    """Text vectors of every row from the frozen text backbone, computed once per sweep (the
-    backbone is only loaded when the cache misses)."""
-    key = {"data": loaded.fingerprint, "model": config["text_model"], "pooling": config["text_pooling"],
-           "max_length": int(config["max_length"]), "precision": env.precision}
-
-    def build() -> torch.Tensor:
-        seed_everything(env.seed)
+    def text() -> torch.Tensor:
+        seed_everything(env.seed)  # a random preset's weights are the sweep's
         backbone = load_text_backbone(config["text_model"], config["text_pooling"])
         tokens = _prepare_tokens(loaded, env, backbone, int(config["max_length"]))
-        return _text_features(backbone, tokens, env.device, env.precision, env.cache.advance)
+        return _encode_rows(backbone.model, lambda part: _encode_text(backbone, tokens, part, env.device), rows, 64, env)
 
-    rows = len(loaded.payload.data.labelled) + len(loaded.payload.data.unlabelled)
-    return env.cache.get("sentiment-text-features", key, build, label=f"text features of {config['text_model']}", total=rows)
-
-
-def _frozen_image_features(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, pixels: torch.Tensor) -> torch.Tensor:
-    """Image vectors of every row from the frozen image backbone, computed once per sweep."""
-    key = {"data": loaded.fingerprint, "model": config["image_model"], "weights": config["image_weights"],
-           "size": int(config["image_size"]), "precision": env.precision}
-
-    def build() -> torch.Tensor:
+    def image() -> torch.Tensor:
         seed_everything(env.seed)
         backbone = load_image_backbone(config["image_model"], config["image_weights"] or None)
-        return _image_features(backbone, pixels, env.device, env.precision, env.cache.advance)
+        return _encode_rows(backbone.model, lambda part: _encode_image(backbone, pixels[part], env.device), rows, 32, env)
 
-    return env.cache.get("sentiment-image-features", key, build, label=f"image features of {config['image_model']}",
-                         total=len(pixels))
+    builds = {"text": text, "image": image}
+    settings = {"text": {"pooling": config["text_pooling"], "max_length": int(config["max_length"])},
+                "image": {"weights": config["image_weights"], "size": int(config["image_size"])}}
+    features = {}
+    for m in modalities:
+        key = {"data": loaded.fingerprint, "model": config[f"{m}_model"], **settings[m], "precision": env.precision}
+        features[m] = env.cache.get(f"sentiment-{m}-features", key, builds[m], label=f"{m} features of {config[f'{m}_model']}",
+                                    total=rows)
+    return features
 
 
-class _SentimentTrainer:
-    """One trial of the sentiment task as a :class:`~sweeplab.trainers.loop.RoundTrainer`."""
+class _SentimentTrainer(ModelTrainer):
+    """One trial of the sentiment task on the shared :class:`ModelTrainer` (a round is an epoch).
+    The model's parts are the heads (``head``) and, when fine-tuned, the backbones (``text``,
+    ``image``); AdamW decays every parameter and ReduceLROnPlateau follows the validation loss,
+    as in the report."""
 
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
-        self.env = env
-        self.device = env.device
-        modality = config["modality"]
-        if modality not in MODALITIES:
-            raise DataError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-        self.use_text = modality in ("fusion", "text")
-        self.use_image = modality in ("fusion", "image")
+        if config["modality"] not in MODALITIES:
+            raise DataError(f"modality must be one of {', '.join(MODALITIES)}, got {config['modality']!r}")
+        self.modalities = ("text", "image") if config["modality"] == "fusion" else (config["modality"],)
         self.frozen = bool(config["freeze_backbones"])
         payload: _Payload = loaded.payload
-        data = payload.data
         seed_everything(env.trial_seed)  # every model built below starts from the trial's seed
-
         prepared = _prepare_pixels(loaded, env, int(config["image_size"]))
-        failed = set(prepared["failed"].tolist())
-        self.inputs: dict[str, torch.Tensor] = {}
-        text_bb = image_bb = None
-        if self.frozen:
-            if self.use_text:
-                self.inputs["text"] = _frozen_text_features(loaded, config, env)
-            if self.use_image:
-                self.inputs["image"] = _frozen_image_features(loaded, config, env, prepared["pixels"])
-        else:
-            if self.use_text:
-                text_bb = load_text_backbone(config["text_model"], config["text_pooling"])
-                tokens = _prepare_tokens(loaded, env, text_bb, int(config["max_length"]))
-                self.inputs["input_ids"], self.inputs["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-            if self.use_image:
-                image_bb = load_image_backbone(config["image_model"], config["image_weights"] or None)
-                self.inputs["pixels"] = prepared["pixels"]
-
-        n_labelled = len(data.labelled)
-        self.train = self._split([i for i in payload.train if i not in failed], data)
-        self.val = self._split([i for i in payload.val if i not in failed], data)
-        test_rows = [n_labelled + j for j in range(len(data.unlabelled)) if n_labelled + j not in failed]
-        self.test = self._split(test_rows, data) if test_rows else None
-
+        self._load_inputs(loaded, config, env, prepared["pixels"])
+        if self.frozen:  # building the features (a cold cache) reseeds: the heads start from the trial's seed all the same
+            seed_everything(env.trial_seed)
+        failed, data = set(prepared["failed"].tolist()), payload.data
+        unlabelled = range(len(data.labelled), len(data.labelled) + len(data.unlabelled))  # rows after the labelled ones
+        self.train, self.val, test = (_split([r for r in rows if r not in failed], data) for rows in (payload.train, payload.val, unlabelled))
+        self.test = test if len(test.rows) else None
         if self.frozen:
             self._standardise()
-        self.text_bb, self.image_bb = text_bb, image_bb
-        text_dim = (self.inputs["text"].shape[1] if self.frozen else text_bb.hidden_size) if self.use_text else None
-        image_dim = (self.inputs["image"].shape[1] if self.frozen else image_bb.feature_dim) if self.use_image else None
-        self.head = FusionClassifier(text_dim, image_dim, config["complexity"], float(config["dropout"])).to(self.device)
-        params = list(self.head.parameters())
-        if not self.frozen:
-            if self.use_text:
-                text_bb.model.to(self.device)
-                params += list(text_bb.model.parameters())
-            if self.use_image:
-                image_bb.model.to(self.device)
-                params += list(image_bb.model.parameters())
-        self.optimizer = adamw(params, float(config["lr"]), float(config["weight_decay"]))
-        compile_in_place(self._modules(), env.compile)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=float(config["plateau_factor"]), patience=int(config["plateau_patience"])
-        )
-        self.augment = (
-            v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(float(config["rotation_degrees"]))])
-            if config["augment"] and not self.frozen and self.use_image
-            else None
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
+        dims = (self._width(m) if m in self.modalities else None for m in ("text", "image"))
+        parts = {"head": FusionClassifier(*dims, config["complexity"], float(config["dropout"])),
+                 **{m: backbone.model for m, backbone in self.backbones.items()}}
+        super().__init__(parts, config, env, plateau_schedule(float(config["plateau_factor"]), int(config["plateau_patience"])))
+        augment = config["augment"] and not self.frozen and "image" in self.modalities
+        self.augment = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(float(config["rotation_degrees"]))]) if augment else None
         self.batch_size = int(config["batch_size"])
         self.epoch = 0
-        self.generator = torch.Generator().manual_seed(env.trial_seed)
+
+    def _load_inputs(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, pixels: torch.Tensor) -> None:
+        """Every row's inputs (:attr:`inputs`): frozen features (``text``, ``image``), or token ids
+        and pixels with the backbones that will be fine-tuned on them (:attr:`backbones`)."""
+        self.backbones: dict[str, Any] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+        if self.frozen:
+            self.inputs.update(_frozen_features(loaded, config, env, pixels, self.modalities))
+            return
+        if "text" in self.modalities:
+            self.backbones["text"] = load_text_backbone(config["text_model"], config["text_pooling"])
+            self.inputs.update(_prepare_tokens(loaded, env, self.backbones["text"], int(config["max_length"])))
+        if "image" in self.modalities:
+            self.backbones["image"] = load_image_backbone(config["image_model"], config["image_weights"] or None)
+            self.inputs["pixels"] = pixels
+
+    def _width(self, modality: str) -> int:
+        """The width of the ``modality`` vectors the heads read."""
+        if self.frozen:
+            return self.inputs[modality].shape[1]
+        return self.backbones["text"].hidden_size if modality == "text" else self.backbones["image"].feature_dim
 
     def _standardise(self) -> None:
         """Z-score each frozen feature with the training rows' mean and standard deviation (the
         usual preprocessing of a probe on frozen features): raw sentence embeddings are tiny
         (|x| ~ 0.03) and pooled CNN features large, which would leave the heads barely moving at
         the learning rates the report searched."""
-        for key in ("text", "image"):
-            if key in self.inputs:
-                train = self.inputs[key][self.train.rows]
-                mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
-                self.inputs[key] = (self.inputs[key] - mean) / std
+        for key, features in self.inputs.items():
+            train = features[self.train.rows]
+            self.inputs[key] = (features - train.mean(0)) / train.std(0).clamp(min=1e-6)
 
-    def _split(self, rows: list[int], data: SentimentData) -> _Split:
-        n_labelled = len(data.labelled)
-        examples = [data.labelled[r] if r < n_labelled else data.unlabelled[r - n_labelled] for r in rows]
-        labels = [e.label for e in examples]
-        return _Split(
-            rows=torch.tensor(rows, dtype=torch.long),
-            labels=None if None in labels else torch.tensor(labels, dtype=torch.long),
-            guids=[e.guid for e in examples],
-        )
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The report's AdamW: weight decay on every parameter, biases and normalisation weights too."""
+        return [{"params": list(self.model.parameters()), "weight_decay": float(self.config["weight_decay"])}]
 
-    def _modules(self) -> list[nn.Module]:
-        modules: list[nn.Module] = [self.head]
-        if self.text_bb is not None:
-            modules.append(self.text_bb.model)
-        if self.image_bb is not None:
-            modules.append(self.image_bb.model)
-        return modules
+    def _vectors(self, modality: str, rows: torch.Tensor, training: bool) -> torch.Tensor:
+        """The ``modality`` vectors of ``rows``: frozen features, or the backbone's output (on
+        images augmented when training)."""
+        if self.frozen:
+            return to_device(self.inputs[modality][rows], self.device)
+        if modality == "text":
+            return _encode_text(self.backbones["text"], self.inputs, rows, self.device)
+        pixels = self.inputs["pixels"][rows]
+        if training and self.augment is not None:
+            pixels = torch.stack([self.augment(p) for p in pixels])
+        return _encode_image(self.backbones["image"], pixels, self.device)
 
     def _forward(self, rows: torch.Tensor, training: bool) -> torch.Tensor:
-        text = image = None
-        if self.use_text:
-            if self.frozen:
-                text = to_device(self.inputs["text"][rows], self.device)
-            else:
-                mask = self.inputs["attention_mask"][rows]  # on the host: its width is read without a wait
-                width = int(mask.sum(1).max())
-                text = self.text_bb.encode(
-                    to_device(self.inputs["input_ids"][rows, :width], self.device), to_device(mask[:, :width], self.device)
-                )
-        if self.use_image:
-            if self.frozen:
-                image = to_device(self.inputs["image"][rows], self.device)
-            else:
-                pixels = self.inputs["pixels"][rows]
-                if training and self.augment is not None:
-                    pixels = torch.stack([self.augment(p) for p in pixels])
-                image = self.image_bb.model(self.image_bb.normalise(to_device(pixels, self.device)))
-        return self.head(text, image)
+        vectors = {m: self._vectors(m, rows, training) for m in self.modalities}
+        return self.model["head"](vectors.get("text"), vectors.get("image"))
 
     def train_round(self) -> tuple[int, float]:
-        for module in self._modules():
-            module.train()
-        order = torch.randperm(len(self.train.rows), generator=self.generator)
+        """One epoch over the training rows in a fresh order, one optimizer step per batch; returns
+        the epoch and the mean cross-entropy per training example."""
+        self.model.train()
         tally = LossTally()
-        for part in _batches(len(order), self.batch_size):
-            idx = order[part]
-            rows = self.train.rows[idx]
+        for idx in self.shuffled_batches(len(self.train.rows), self.batch_size):
             labels = to_device(self.train.labels[idx], self.device)
             with autocast(self.device, self.env.precision):
-                loss = nn.functional.cross_entropy(self._forward(rows, training=True), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if tally.add(loss, len(idx)):
+                loss = nn.functional.cross_entropy(self._forward(self.train.rows[idx], training=True), labels)
+            if tally.add(self.optimise(loss), len(idx)):
                 break
         self.epoch += 1
         return self.epoch, tally.mean()
 
-    @torch.no_grad()
     def _probabilities(self, split: _Split) -> np.ndarray:
-        for module in self._modules():
-            module.eval()
-        out = []
-        for part in _batches(len(split.rows), max(self.batch_size, 256 if self.frozen else 64)):
-            with autocast(self.device, self.env.precision):
-                logits = self._forward(split.rows[part], training=False)
-            out.append(torch.softmax(logits.float(), dim=-1))
-        return torch.cat(out).cpu().numpy()  # read back once, not once a batch
+        batches = split.rows.split(max(self.batch_size, 256 if self.frozen else 64))
+        return class_probabilities(self.model, batches, lambda rows: self._forward(rows, training=False), self.device,
+                                   self.env.precision)
 
     def evaluate(self) -> Evaluation:
         prob = self._probabilities(self.val)
         y_true = self.val.labels.numpy()
-        metrics = classification_metrics(y_true, prob)
-        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics = {**classification_metrics(y_true, prob), "lr": self.learning_rate()}
         return Evaluation(metrics=metrics, outputs={"y_true": y_true, "y_pred": prob.argmax(1), "guids": self.val.guids})
-
-    def after_evaluation(self, metrics: Mapping[str, float]) -> None:
-        self.scheduler.step(metrics["val_loss"])
-
-    def snapshot(self) -> dict[str, Any]:
-        """State dicts by part: ``head``, and ``text`` / ``image`` when those backbones are
-        fine-tuned (the loop keeps a CPU copy, :func:`~sweeplab.trainers.loop.keep_copy`)."""
-        parts = {"head": self.head, "text": self.text_bb.model if self.text_bb else None,
-                 "image": self.image_bb.model if self.image_bb else None}
-        return {name: module.state_dict() for name, module in parts.items() if module is not None}
 
     def predict_unlabelled(self) -> list[tuple[str, str]] | None:
         if self.test is None:
             return None
-        pred = self._probabilities(self.test).argmax(1)
-        return [(guid, LABELS[int(p)]) for guid, p in zip(self.test.guids, pred)]
+        return [(guid, LABELS[int(p)]) for guid, p in zip(self.test.guids, self._probabilities(self.test).argmax(1))]
 
     def close(self) -> None:
-        """Give the trial's memory back: models to the CPU, optimizer state and inputs dropped."""
-        for module in self._modules():
-            module.to("cpu")
-        self.optimizer.state.clear()
+        """Give the trial's memory back (:meth:`ModelTrainer.close`) and drop the inputs."""
+        super().close()
         self.inputs.clear()
 
 
 def _fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
-    trainer = _SentimentTrainer(loaded, config, env)
-    return fit_and_close(trainer, int(config["epochs"]), reporter, env)
+    return fit_and_close(_SentimentTrainer(loaded, config, env), int(config["epochs"]), reporter, env)
 
 
 def _format_predictions(predictions: list[tuple[str, str]]) -> str:
@@ -444,14 +371,13 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     """Decode every image once, before the first trial, and add the ones that do not decode to
     the read reports, so that the sweep's parent run records them."""
     if config["modality"] == "text":
-        return  # images are never decoded for a text-only sweep
+        return  # nothing to report here; its trials decode the images once, to drop the rows that fail
     failed = _prepare_pixels(loaded, env, int(config["image_size"]))["failed"].tolist()
     data: SentimentData = loaded.payload.data
     n_labelled = len(data.labelled)
     for i in failed:
-        report, example = (
-            (loaded.reports[0], data.labelled[i]) if i < n_labelled else (loaded.reports[-1], data.unlabelled[i - n_labelled])
-        )
+        report, example = ((loaded.reports[0], data.labelled[i]) if i < n_labelled
+                           else (loaded.reports[-1], data.unlabelled[i - n_labelled]))
         report.skip("undecodable image file", example.image.name)
         report.used -= 1
     if n_labelled - sum(1 for i in failed if i < n_labelled) < 2:

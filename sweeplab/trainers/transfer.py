@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["channel_constant", "normalise_channels", "to_device", "to_device_all"]
+__all__ = ["channel_constant", "normalise_channels", "to_device", "to_device_all", "trimmed_to_device"]
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -37,6 +37,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def to_device_all(tensors: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of a batch (``input_ids``, ``attention_mask``...) on ``device`` (:func:`to_device`)."""
     return {name: to_device(tensor, device) for name, tensor in tensors.items()}
+
+
+def trimmed_to_device(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and their mask, cut to the batch's longest text (the largest row sum
+    of ``attention_mask``) and on ``device`` (:func:`to_device`). The width is read from the mask
+    while it is still on the host, where reading it waits for nothing."""
+    width = int(attention_mask.sum(1).max())
+    return to_device(input_ids[:, :width], device), to_device(attention_mask[:, :width], device)
 
 
 @functools.lru_cache(maxsize=64)

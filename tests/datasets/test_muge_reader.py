@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sweeplab.datasets.muge import read_muge
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.shapes import write_shapes
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sweeplab.datasets.news import detect_layout, read_news
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "news"
 
@@ -158,7 +158,7 @@ def test_more_bad_inputs_are_one_line_errors_or_counted(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"--val-fraction 0\.5: the ccf layout holds out that share twice"):
         read_news(ccf, val_fraction=0.5)
     from sweeplab.datasets.news import _csv_rows
-    from sweeplab.datasets.report import ReadReport
+    from sweeplab.core.data_report import ReadReport
 
     report = ReadReport("x")
     lines = [n for n, _ in _csv_rows(ccf / "Train_DataSet.csv", report, ("id", "title", "content"))]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeplab.datasets.report import DataError
+from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.sentiment import decode_text, read_sentiment
 from sweeplab.datasets.splits import stratified_split
 

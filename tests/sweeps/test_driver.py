@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import SweepFailed
-from sweeplab.sweeps.driver import CREATOR, PARENT_RUN, _open_study, _recorded_parent
+from sweeplab.sweeps.study import CREATOR, PARENT_RUN, open_study, recorded_parent
 from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
@@ -27,19 +27,19 @@ from tests.fake_tasks import Replay, make_task, sweep_task
 def test_of_two_processes_opening_one_study_exactly_one_is_its_creator() -> None:
     storage = optuna.storages.InMemoryStorage()
     args = (optuna.pruners.NopPruner(), "maximize")
-    first, created_first = _open_study(storage, "s", *args)
-    second, created_second = _open_study(storage, "s", *args)
+    first, created_first = open_study(storage, "s", *args)
+    second, created_second = open_study(storage, "s", *args)
     assert (created_first, created_second) == (True, False)
     assert first._study_id == second._study_id and second.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def test_a_joining_process_waits_for_the_creator_to_record_the_parent_run() -> None:
     storage = optuna.storages.InMemoryStorage()
-    study, _ = _open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
-    assert _recorded_parent(study, 0.2) is None  # never recorded: the caller finds or makes the run itself
+    study, _ = open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
+    assert recorded_parent(study, 0.2) is None  # never recorded: the caller finds or makes the run itself
     threading.Timer(0.5, lambda: study.set_user_attr(PARENT_RUN, "run-of-the-creator")).start()
     start = time.monotonic()
-    assert _recorded_parent(study, 30) == "run-of-the-creator"
+    assert recorded_parent(study, 30) == "run-of-the-creator"
     assert time.monotonic() - start < 10
 
 
@@ -105,21 +105,21 @@ def test_a_sweep_whose_every_trial_failed_is_a_failed_sweep(tmp_path: Path) -> N
 def test_a_creator_that_died_on_this_machine_is_not_waited_for() -> None:
     """A first start killed before it recorded the parent run: the next start goes on at once."""
     storage = optuna.storages.InMemoryStorage()
-    study, _ = _open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
+    study, _ = open_study(storage, "s", optuna.pruners.NopPruner(), "minimize")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     attrs = {"worker": f"{socket.gethostname()}:{dead.pid}",
              "worker_process": study.user_attrs[CREATOR]["worker_process"].rsplit(" ", 1)[0] + " 1"}
     study.set_user_attr(CREATOR, attrs)
     start = time.monotonic()
-    assert _recorded_parent(study, 60) is None
+    assert recorded_parent(study, 60) is None
     assert time.monotonic() - start < 30  # not the whole wait
 
 
 def test_a_learning_rate_is_logged_beside_its_log10_for_a_readable_chart() -> None:
     import math
 
-    from sweeplab.sweeps.driver import with_log_lr
+    from sweeplab.sweeps.reporter import with_log_lr
 
     assert with_log_lr({"lr": 5e-5, "val_loss": 1.0}) == {"lr": 5e-5, "val_loss": 1.0, "lr_log10": math.log10(5e-5)}
     assert with_log_lr({"val_loss": 1.0}) == {"val_loss": 1.0}

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -24,6 +23,7 @@ from sweeplab.errors import SweepFailed
 from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV, Card, device_label, worker_environment
 from sweeplab.trainers.loop import fit
 from tests.fake_tasks import Replay, make_task, sweep_task
+from tests.storages import SweepStorage
 
 
 def test_workers_go_round_robin_on_the_cards_named_and_know_who_shares_theirs() -> None:
@@ -114,8 +114,7 @@ def test_out_of_gpu_memory_again_fails_the_trial_and_alone_on_the_card_at_once(
     task = make_task(f"oom-always-{shared}", _out_of_memory(1000))
     with pytest.raises(SweepFailed, match="out of memory: OutOfMemoryError"):
         sweep_task(task, tmp_path, 1, sampler="random", device="cpu")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
-    trials = optuna.load_study(study_name="space-random", storage=storage).trials
+    trials = SweepStorage.of_store(tmp_path / "store").study("space-random").trials
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all(t.user_attrs["fail_reason"].startswith("out of memory: OutOfMemoryError") for t in trials)
     attempts = [n for (_, times), n in _ATTEMPTS.items() if times == 1000]

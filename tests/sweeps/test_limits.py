@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sweeplab.cli import app
 from sweeplab.core import BOOLEAN, FRACTION, POSITIVE, POSITIVE_INT, Limit, Task
 from sweeplab.errors import UsageError
-from sweeplab.sweeps.driver import _parse_override
+from sweeplab.sweeps.checks import parse_override
 from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.space import Space, builtin_spaces, load_space
 from sweeplab.tasks import get_task
@@ -33,7 +33,7 @@ def _space(tmp_path: Path, text: str, task: Task = SENTIMENT) -> Space:
 
 def _with_sets(space: Space, task: Task, sets: dict[str, str]) -> tuple[Space, set[str]]:
     """The space with ``--set`` values applied as the driver does (typed by the defaults)."""
-    overrides = {key: _parse_override(task, key, value) for key, value in sets.items()}
+    overrides = {key: parse_override(task, key, value) for key, value in sets.items()}
     return space.with_overrides(overrides), set(overrides)
 
 

@@ -4,31 +4,21 @@ Optuna changes what this module touches, these tests fail first."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from sweeplab.sweeps import optuna_private
-from sweeplab.sweeps.storage import open_optuna_storage
+from sweeplab.sweeps.storage import close_storage
 from tests.checks import wait_for
+from tests.storages import SweepStorage, storages
 
-STORAGES = ("journal", "sqlite", "postgresql")
 
-
-@pytest.fixture(params=STORAGES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> optuna.storages.BaseStorage:
-    """Each kind of storage as a sweep opens it (PostgreSQL skips, saying why, without a server),
-    with a 1-second heartbeat where the storage keeps heartbeats."""
-    kind = request.param
-    if kind == "journal":
-        return open_optuna_storage(str(tmp_path / "optuna.journal"), heartbeat_seconds=1)
-    if kind == "sqlite":
-        return open_optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_seconds=1)
-    make: Callable[[], str] = request.getfixturevalue("postgres_db")
-    return open_optuna_storage(make(), heartbeat_seconds=1)
+@pytest.fixture()
+def storage(sweep_storage: SweepStorage) -> optuna.storages.BaseStorage:
+    """Each kind of storage as a sweep opens it (``sweep_storage``: PostgreSQL skips, saying why,
+    without a server), with a 1-second heartbeat where the storage keeps heartbeats."""
+    return sweep_storage.open(heartbeat_seconds=1)
 
 
 def test_ids_and_storage_behind_a_study_and_its_trials(storage: optuna.storages.BaseStorage) -> None:
@@ -70,10 +60,14 @@ def test_heartbeats_where_the_storage_keeps_them(storage: optuna.storages.BaseSt
     assert stale == [optuna_private.trial_id(trial)]
 
 
-def test_the_cached_rdb_storage_is_a_storage(tmp_path: Path) -> None:
-    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cached.db'}")
-    cached = optuna_private.cached(rdb)
-    assert isinstance(cached, optuna.storages.BaseStorage)
-    study = optuna.create_study(storage=cached)
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    assert len(rdb.get_all_trials(optuna_private.study_id(study))) == 2  # written through to the database
+@storages("sqlite")  # Optuna's cache class, whatever the database
+def test_the_cached_rdb_storage_is_a_storage(sweep_storage: SweepStorage) -> None:
+    rdb = optuna.storages.RDBStorage(sweep_storage.spec)
+    try:
+        cached = optuna_private.cached(rdb)
+        assert isinstance(cached, optuna.storages.BaseStorage)
+        study = optuna.create_study(storage=cached)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert len(rdb.get_all_trials(optuna_private.study_id(study))) == 2  # written through to the database
+    finally:
+        close_storage(rdb)

@@ -13,13 +13,16 @@ from mlflow import MlflowClient
 
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
 from sweeplab.errors import UsageError
-from sweeplab.sweeps.driver import PRUNER, _planned_evaluations, _pruner, _pruner_name
+from sweeplab.sweeps.pruners import make_pruner, most_evaluations, pruner_name
+from sweeplab.sweeps.study import PRUNER
+from sweeplab.tasks import get_task
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.space import load_space
 from sweeplab.trainers.loop import fit
 from sweeplab.trainers.news import DEFAULTS as NEWS_DEFAULTS
 from sweeplab.trainers.sentiment import DEFAULTS as SENTIMENT_DEFAULTS
 from tests.fake_tasks import Replay, make_task, sweep_task
+from tests.storages import SweepStorage
 
 EPOCHS = 9
 
@@ -60,14 +63,15 @@ def test_a_clearly_worse_trial_is_stopped_at_an_early_rung(tmp_path: Path, prune
     assert outcome.best_value == pytest.approx(0.9)
 
 
-def test_hyperband_is_sized_by_the_most_epochs_the_space_gives() -> None:
+def test_hyperband_is_sized_by_the_most_evaluations_the_task_counts_for_the_space() -> None:
+    sentiment_task, news_task = get_task("sentiment"), get_task("news")
     sentiment = load_space("sentiment", SENTIMENT_DEFAULTS, "sentiment")
-    assert _planned_evaluations(sentiment, SENTIMENT_DEFAULTS) == 12
-    assert _planned_evaluations(sentiment.with_overrides({"epochs": 5}), SENTIMENT_DEFAULTS) == 5
+    assert most_evaluations(sentiment, sentiment_task) == 12
+    assert most_evaluations(sentiment.with_overrides({"epochs": 5}), sentiment_task) == 5
     news = load_space("news", NEWS_DEFAULTS, "news")
-    assert _planned_evaluations(news, NEWS_DEFAULTS) == 10
-    assert _planned_evaluations(news.with_overrides({"eval_every": 100}), NEWS_DEFAULTS) is None  # steps, not epochs
-    pruner = _pruner(SweepOptions.of("sentiment", pruner="hyperband"), sentiment, SENTIMENT_DEFAULTS)
+    assert most_evaluations(news, news_task) == 10
+    assert most_evaluations(news.with_overrides({"eval_every": 100}), news_task) is None  # steps, not epochs
+    pruner = make_pruner(SweepOptions.of("sentiment", pruner="hyperband"), sentiment, sentiment_task)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
 
 
@@ -80,23 +84,22 @@ def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_pa
 
 
 def test_the_default_pruner_is_none_for_a_grid_hyperband_otherwise_and_a_resumed_sweeps_own() -> None:
-    assert _pruner_name(SweepOptions.of("t", sampler="grid"), None) == "none"
-    assert _pruner_name(SweepOptions.of("t", sampler="tpe"), None) == "hyperband"
-    assert _pruner_name(SweepOptions.of("t", sampler="tpe"), "median") == "median"
-    assert _pruner_name(SweepOptions.of("t", sampler="grid", pruner="asha"), "median") == "asha"
+    assert pruner_name(SweepOptions.of("t", sampler="grid"), None) == "none"
+    assert pruner_name(SweepOptions.of("t", sampler="tpe"), None) == "hyperband"
+    assert pruner_name(SweepOptions.of("t", sampler="tpe"), "median") == "median"
+    assert pruner_name(SweepOptions.of("t", sampler="grid", pruner="asha"), "median") == "asha"
 
 
 def test_a_resumed_sweep_keeps_the_pruner_it_was_started_with(tmp_path: Path) -> None:
     task = _task("keeps-pruner")
     sweep_task(task, tmp_path, 2, pruner="median")
     sweep_task(task, tmp_path, 3)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
-    assert optuna.load_study(study_name="space-tpe", storage=storage).user_attrs[PRUNER] == "median"
+    assert _study(tmp_path, "space-tpe").user_attrs[PRUNER] == "median"
 
 
 def _study(tmp_path: Path, name: str) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
-    return optuna.load_study(study_name=name, storage=storage)
+    """The study ``name`` of the sweeps ``sweep_task`` ran in ``tmp_path``, from their store's journal."""
+    return SweepStorage.of_store(tmp_path / "store").study(name)
 
 
 def test_a_refused_resume_leaves_the_recorded_pruner_alone(tmp_path: Path) -> None:

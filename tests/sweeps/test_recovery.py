@@ -16,17 +16,14 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.sweeps.recovery import (
-    KilledTrials,
-    _alive,
-    close_runs_of_ended_trials,
-    fail_dead_trials,
-    is_duplicate_cell,
-    requeue_killed_grid_cells,
-    trial_heartbeat,
-    worker_attrs,
-)
+from sweeplab.sweeps import optuna_private
+from sweeplab.sweeps.grid_cells import is_duplicate_cell, requeue_killed_grid_cells
+from sweeplab.sweeps.heartbeats import trial_heartbeat
+from sweeplab.sweeps.processes import alive, worker_attrs
+from sweeplab.sweeps.recovery import KilledTrials, close_runs_of_ended_trials, fail_dead_trials
 from sweeplab.tracker.runs import SweepRecorder
+from tests.checks import wait_for
+from tests.storages import SweepStorage, storages
 
 _DIST = optuna.distributions.CategoricalDistribution([1, 2, 3, 4])
 
@@ -54,49 +51,55 @@ def _running_trial(study: optuna.Study, value: int, user_attrs: dict) -> optuna.
     trial.report(0.5, 1)
     for key, attr in user_attrs.items():
         trial.set_user_attr(key, attr)
-    return study._storage.get_trial(trial._trial_id)
+    return optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial))
+
+
+def _set_user_attr(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: object) -> None:
+    """Write a trial's attribute as its (other) process would, straight to the storage."""
+    optuna_private.storage_of(study).set_trial_user_attr(optuna_private.trial_id(trial), key, value)
 
 
 def test_a_zombie_counts_as_dead_and_a_live_process_as_alive() -> None:
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert _alive(process.pid)
+        assert alive(process.pid)
         process.kill()
         # Not reaped yet: the process is a zombie, which os.kill(pid, 0) alone takes for alive.
-        deadline = time.monotonic() + 10
-        while _alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(process.pid)
+        wait_for("the killed process to count as dead", lambda: True if not alive(process.pid) else None,
+                 seconds=10, every=0.05)
         assert process.poll() is not None  # and it was a zombie until now
     finally:
         process.kill()
         process.wait()
-    assert not _alive(_dead_pid())
+    assert not alive(_dead_pid())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times are read from /proc (Linux)")
 def test_a_new_process_that_reuses_a_pid_is_not_taken_for_the_dead_one() -> None:
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # its start time, once the process has its own /proc entry
+        def start_time() -> str | None:
+            """Its start time, once the process has its own /proc entry (not the parent's, copied at fork)."""
             started = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()[19]
-            if _alive(process.pid, started):
-                break
-        assert _alive(process.pid, started)
-        assert not _alive(process.pid, str(int(started) - 1))  # the pid now belongs to another process
+            return started if alive(process.pid, started) else None
+
+        started = wait_for("the process's own start time", start_time, seconds=10, every=0.01)
+        assert not alive(process.pid, str(int(started) - 1))  # the pid now belongs to another process
     finally:
         process.kill()
         process.wait()
 
 
-def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_queued_again(tmp_path: Path) -> None:
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the RDB storage: the test asks outside optimize
+@storages("journal", "sqlite")  # fail_dead_trials judges the journal (sweeplab's heartbeats) and an RDB storage apart
+def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_queued_again(
+        tmp_path: Path, sweep_storage: SweepStorage) -> None:
     client_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recorder = SweepRecorder.open(client_uri, "exp", (tmp_path / "artifacts").as_uri(), "s", {}, {})
     run = recorder.start_trial(0, {"b": 2}, {})
     run.log_point(1, {"val_accuracy": 0.5})
     run.flush()
-    study = optuna.create_study(study_name="s")
+    study = optuna.create_study(study_name="s", storage=sweep_storage.open())
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = _running_trial(study, 2, {**_attrs_of(_dead_pid()), "mlflow_run_id": run.run_id, "note": "kept"})
@@ -131,47 +134,51 @@ def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_que
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
 
 
-def test_a_trial_of_another_machine_on_the_journal_is_failed_once_its_heartbeat_stands_still_for_twice_its_interval() -> None:
-    study = optuna.create_study()  # no storage heartbeats, like the journal file
+@storages("journal")  # an RDB storage keeps its own heartbeats (Optuna judges them)
+def test_a_trial_of_another_machine_on_the_journal_is_failed_once_its_heartbeat_stands_still_for_twice_its_interval(
+        sweep_storage: SweepStorage) -> None:
+    study = optuna.create_study(storage=sweep_storage.open())
     beating = _running_trial(study, 1, {"worker": "another-host:7", "heartbeat": 0, "heartbeat_seconds": 0.05})
     silent = _running_trial(study, 2, {"worker": "another-host:8", "heartbeat": 5, "heartbeat_seconds": 0.05})
     slow = _running_trial(study, 3, {"worker": "another-host:9", "heartbeat": 5, "heartbeat_seconds": 60})
     never = _running_trial(study, 4, {})  # killed before it recorded its process: judged by this reader's interval
     killed = KilledTrials(heartbeat=10)
     assert fail_dead_trials(study, killed) == 0  # the first look only notes each beat: no clocks are compared
-    time.sleep(0.2)
-    study._storage.set_trial_user_attr(beating._trial_id, "heartbeat", 1)
+    time.sleep(0.2)  # no event to await: the time passing is what is judged
+    _set_user_attr(study, beating, "heartbeat", 1)
     assert fail_dead_trials(study, killed) == 1
     running = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
     assert running == {beating.number, slow.number, never.number}  # each judged by its own interval
     assert study.trials[silent.number].user_attrs["fail_reason"] == "killed: no heartbeat from its worker for 0.1 s"
 
 
-def test_trial_heartbeat_counts_on_the_journal_while_the_block_runs_and_stops_after() -> None:
-    study = optuna.create_study()
+@storages("journal")  # sweeplab's own heartbeats are for the journal file
+def test_trial_heartbeat_counts_on_the_journal_while_the_block_runs_and_stops_after(sweep_storage: SweepStorage) -> None:
+    study = optuna.create_study(storage=sweep_storage.open())
     trial = _running_trial(study, 1, {})
 
     def beat() -> object:
-        return study._storage.get_trial(trial._trial_id).user_attrs.get("heartbeat")
+        return _attrs_now(study, trial).get("heartbeat")
 
-    with trial_heartbeat(study, trial._trial_id, 0.02):
-        deadline = time.monotonic() + 10
-        while (beat() or 0) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert beat() >= 3
-    assert study._storage.get_trial(trial._trial_id).user_attrs["heartbeat_seconds"] == 0.02
+    with trial_heartbeat(study, optuna_private.trial_id(trial), 0.02):
+        wait_for("three heartbeats", lambda: True if (beat() or 0) >= 3 else None, seconds=10, every=0.01)
+    assert _attrs_now(study, trial)["heartbeat_seconds"] == 0.02
     stopped = beat()
-    time.sleep(0.1)
+    time.sleep(0.1)  # five intervals without a beat: that nothing comes has no event to await
     assert beat() == stopped
 
 
+def _attrs_now(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    """The trial's user attributes as the storage holds them now."""
+    return optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)).user_attrs
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the test asks outside optimize
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # heartbeat_interval
+@storages("sqlite", "postgresql")  # the orphan rule is for RDB storages; each database keeps the trial's start its own way
 def test_on_an_rdb_storage_a_trial_that_never_recorded_its_process_is_failed_after_the_orphan_delay(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sweep_storage: SweepStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=60)
-    study = optuna.create_study(storage=storage)
+    study = optuna.create_study(storage=sweep_storage.open())
     _running_trial(study, 1, {})
     killed = KilledTrials(heartbeat=60)
     assert fail_dead_trials(study, killed) == 0  # just asked for: its process is about to record itself
@@ -213,7 +220,7 @@ def test_of_two_copies_of_a_queued_cell_taken_at_once_only_the_lower_numbered_ru
     study.enqueue_trial({"lr": 3})
     study.enqueue_trial({"lr": 3})  # queued twice by two processes that started at once
     study.enqueue_trial({"lr": 2})  # the retry of a killed cell: not a duplicate
-    ids = [study._pop_waiting_trial_id() for _ in range(4)]  # every copy taken, as by four workers
+    ids = [optuna_private.pop_waiting_trial_id(study) for _ in range(4)]  # every copy taken, as by four workers
     assert [is_duplicate_cell(study, i) for i in ids] == [True, False, True, False]
 
 
@@ -229,7 +236,7 @@ def test_only_runs_of_ended_trials_are_closed(tmp_path: Path) -> None:
     closed_by_owner = _running_trial(study, 4, {})
     trials = (live, ended, done, closed_by_owner)
     runs = {t.number: recorder.start_trial(t.number, {"b": t.number}, {}) for t in trials}
-    study._storage.set_trial_state_values(ended._trial_id, state=TrialState.FAIL)
+    optuna_private.storage_of(study).set_trial_state_values(optuna_private.trial_id(ended), state=TrialState.FAIL)
     study.tell(done.number, 1.0)  # its process told Optuna, then was killed before closing the run
     runs[closed_by_owner.number].close("complete")
     study.tell(closed_by_owner.number, 1.0)

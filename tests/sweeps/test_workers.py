@@ -6,18 +6,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import optuna
+import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
-from sweeplab.sweeps.recovery import _alive
-from tests.checks import assert_grid_ran_every_cell_once
+from sweeplab.sweeps.processes import alive
+from tests.checks import (
+    assert_grid_ran_every_cell_once,
+    frozen_in_a_trial,
+    has_completed,
+    running_trials,
+    wait_for,
+    worker_pid,
+)
 from tests.conftest import TINY
+from tests.storages import SweepStorage, storages
 
 runner = CliRunner()
 
@@ -27,9 +34,8 @@ def test_two_workers_share_one_study_and_one_parent_run(tmp_path: Path, sentimen
     result = runner.invoke(app, ["run", "sentiment", "--trials", "6", "--workers", "2", "--sampler", "random",
                                  "--data-dir", str(sentiment_dir), "--store-dir", str(store), "--set", "epochs=3", *TINY])
     assert result.exit_code == 0, result.output
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
-    study = optuna.load_study(study_name="sentiment-random", storage=storage)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    study = SweepStorage.of_store(store).study("sentiment-random")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert 6 <= len(finished) <= 7  # a total across workers (7 only if both asked for the last trial at once)
     assert len(finished) == len(study.trials)  # nothing failed, nothing left running
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
@@ -48,15 +54,26 @@ def test_two_workers_share_one_study_and_one_parent_run(tmp_path: Path, sentimen
     assert sorted((store / "workers").glob("worker-*.log")) == [store / "workers" / "worker-0.log", store / "workers" / "worker-1.log"]
 
 
-def test_three_workers_run_every_cell_of_the_24_cell_grid_exactly_once(tmp_path: Path, sentiment_dir: Path) -> None:
+@storages("journal", "postgresql")
+def test_three_workers_run_every_cell_of_the_24_cell_grid_exactly_once(
+        sweep_storage: SweepStorage, tmp_path: Path, sentiment_dir: Path, request: pytest.FixtureRequest) -> None:
+    """Three workers share the grid's cells through the storage's atomic queue: every cell runs
+    once, and each has one finished MLflow run under the one parent. On the journal file beside a
+    local store (the default); on PostgreSQL as on a cluster, where the MLflow tracking server keeps
+    its runs in PostgreSQL too and nothing is written to the local store."""
     store = tmp_path / "store"
+    if sweep_storage.kind == "journal":  # the store's own journal and tracking database, no flags
+        where, tracking = [], f"sqlite:///{store / 'mlflow.db'}"
+    else:
+        tracking = request.getfixturevalue("mlflow_server")(request.getfixturevalue("postgres_db")())
+        where = ["--storage", sweep_storage.spec, "--tracking-uri", tracking]
     result = runner.invoke(app, ["run", "sentiment", "--trials", "24", "--workers", "3", "--sampler", "grid",
                                  "--pruner", "none", "--data-dir", str(sentiment_dir), "--store-dir", str(store),
-                                 "--set", "epochs=2", *TINY])
+                                 *where, "--set", "epochs=2", *TINY])
     assert result.exit_code == 0, result.output
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(store / "optuna.journal")))
-    study = optuna.load_study(study_name="sentiment-grid", storage=storage)
-    assert_grid_ran_every_cell_once(study, MlflowClient(f"sqlite:///{store / 'mlflow.db'}"), "sweeplab-sentiment", 24)
+    assert_grid_ran_every_cell_once(sweep_storage.study("sentiment-grid"), MlflowClient(tracking), "sweeplab-sentiment", 24)
+    if sweep_storage.kind != "journal":
+        assert not (store / "optuna.journal").exists() and not (store / "mlflow.db").exists()
 
 
 def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_path: Path, sentiment_dir: Path) -> None:
@@ -64,23 +81,17 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     process is gone), runs its parameters again, and the sweep ends with the requested total; the
     killed trial's MLflow run is closed as KILLED."""
     store = tmp_path / "store"
-    journal = store / "optuna.journal"
-    main = subprocess.Popen(_two_workers(8, sentiment_dir, store, epochs=600), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    storage = SweepStorage.of_store(store)
+    # Trials of 100 epochs (about 3 s on a CPU): stopped in one (SIGSTOP), a worker cannot end it before the kill.
+    main = subprocess.Popen(_two_workers(8, sentiment_dir, store, epochs=100), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        while True:  # stop the worker (SIGSTOP) in a trial, so that the trial cannot end before the kill
-            victim = _running_trials(journal, main, count=1, after_a_complete_one=True)[0]
-            pid = int(victim.user_attrs["worker"].rpartition(":")[2])
-            os.kill(pid, signal.SIGSTOP)
-            if optuna.load_study(study_name="sentiment-random", storage=_journal(journal)).trials[victim.number].state \
-                    == TrialState.RUNNING:
-                break
-            os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGKILL)
+        victim = wait_for("a worker stopped in a trial after another trial completed", lambda: frozen_in_a_trial(
+            storage, "sentiment-random") if has_completed(storage, "sentiment-random") else None, alive=main)
+        os.kill(worker_pid(victim), signal.SIGKILL)
         try:
             out, err = main.communicate(timeout=300)
         except subprocess.TimeoutExpired:
-            states = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in
-                      optuna.load_study(study_name="sentiment-random", storage=_journal(journal)).trials]
+            states = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in storage.study("sentiment-random").trials]
             logs = {p.name: p.read_text()[-1500:] for p in (store / "workers").glob("*.log")}
             raise AssertionError(f"the sweep did not end after the kill of trial {victim.number}: {states} {logs}") from None
         assert main.returncode == 0, err.decode()[-3000:]
@@ -90,7 +101,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_total_still_reached(tmp_p
     assert "was killed by SIGKILL" in " ".join(out.decode().split())  # the main process says so
     assert "a replacement was started" in " ".join(out.decode().split())
 
-    study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
+    study = storage.study("sentiment-random")
     killed = study.trials[victim.number]
     assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"] == "killed: its process ended"
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
@@ -108,23 +119,21 @@ def test_killing_the_main_process_interrupts_its_workers(tmp_path: Path, sentime
     not train on unseen), each closing its trial as interrupted in Optuna and MLflow. The sweep is
     started with SIGINT ignored, as a shell starts `sweep run ... &`, which its workers inherit."""
     store = tmp_path / "store"
-    journal = store / "optuna.journal"
+    storage = SweepStorage.of_store(store)
     main = subprocess.Popen(_two_workers(6, sentiment_dir, store, epochs=100000), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        running = _running_trials(journal, main, count=2, after_a_complete_one=False)
+        running = wait_for("two trials running with their runs", lambda: _both_running(storage), alive=main)
         main.kill()
         main.wait(timeout=30)
-        workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
-        deadline = time.monotonic() + 60
-        while workers and time.monotonic() < deadline:
-            workers = {pid for pid in workers if _alive(pid)}
-            time.sleep(0.2)
-        assert not workers, f"workers {workers} went on after their main process was killed"
+        workers = {worker_pid(t) for t in running}
+        wait_for("the workers to stop after their main process was killed",
+                 lambda: True if not any(alive(pid) for pid in workers) else None, seconds=60,
+                 detail=lambda: f"still running: {sorted(pid for pid in workers if alive(pid))}")
     finally:
         if main.poll() is None:
             main.kill()
-    study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
+    study = storage.study("sentiment-random")
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     for trial in (study.trials[t.number] for t in running):
         logs = [log.read_text()[-2500:] for log in (store / "workers").glob("*.log")]
@@ -140,20 +149,7 @@ def _two_workers(trials: int, data: Path, store: Path, epochs: int) -> list[str]
             "--no-plots", "--set", f"epochs={epochs}", *TINY]
 
 
-def _running_trials(journal: Path, main: subprocess.Popen, count: int, after_a_complete_one: bool) -> list:
-    """Wait until ``count`` trials run with their MLflow runs open (and, if asked, one has
-    completed before); returns them."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and main.poll() is None:
-        time.sleep(0.2)
-        if not journal.exists():
-            continue
-        study = optuna.load_study(study_name="sentiment-random", storage=_journal(journal))
-        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
-        if len(running) >= count and (study.get_trials(states=(TrialState.COMPLETE,)) or not after_a_complete_one):
-            return running[:count]
-    raise AssertionError(f"never {count} running trial(s){' after a complete one' if after_a_complete_one else ''}")
-
-
-def _journal(path: Path) -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+def _both_running(storage: SweepStorage) -> list | None:
+    """Two running trials of the sweep (one per worker), once there are; None before."""
+    running = running_trials(storage, "sentiment-random")
+    return running[:2] if len(running) >= 2 else None

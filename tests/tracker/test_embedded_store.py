@@ -21,6 +21,7 @@ from mlflow.store.db.utils import _get_latest_schema_revision
 from sweeplab.errors import UsageError
 from sweeplab.tracker import embedded
 from sweeplab.tracker.embedded import ensure_tracking_db
+from tests.checks import wait_for
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="the helper forks to skip re-importing MLflow")
 
@@ -265,9 +266,8 @@ def test_a_database_killed_during_mlflows_own_migrations_is_rebuilt(tmp_path: Pa
                                stderr=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        while not (path.exists() and path.stat().st_size >= 60_000) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)  # the tables exist and the migrations are running
+        wait_for("the tables to exist, with the migrations running", lambda: True if path.exists() and
+                 path.stat().st_size >= 60_000 else None, 60, every=0.002, alive=process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sweeplab.tracker import plots
-from sweeplab.tracker.curves import OnsetRule
+from sweeplab.core.curves import OnsetRule
 from sweeplab.tracker.summary import summarise
 
 

@@ -5,6 +5,7 @@ MLflow changes its tables in a way that changes an answer, these tests fail firs
 from __future__ import annotations
 
 import math
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from sweeplab.errors import InternalError, Unreachable
 from sweeplab.tracker.client_reader import ClientReader
 from sweeplab.tracker.sql_reader import SqlReader
 from sweeplab.tracker.store import with_postgres_driver
@@ -121,3 +123,15 @@ def test_reading_a_store_imports_no_mlflow_torch_or_optuna(tmp_path: Path) -> No
             "print(rows[0].counts['complete'], best[0].trial, sorted(m for m in heavy if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["5", "1", "[]"]
+
+
+def test_a_query_the_store_refuses_is_an_internal_error_and_a_lost_connection_unreachable(tmp_path: Path) -> None:
+    """Only a connection that failed means the store is away; a statement the database refuses
+    (MLflow tables of another layout) would fail again, and is said as such."""
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        for table in ("runs", "tags", "experiments", "metrics", "latest_metrics", "params"):  # without MLflow's columns
+            db.execute(f"CREATE TABLE {table} (unknown TEXT)")
+    with pytest.raises(InternalError, match="no such column"):
+        SqlReader(f"sqlite:///{tmp_path / 'store.db'}").runs({"sweeplab.role": "trial"})
+    with pytest.raises(Unreachable, match="did not answer"):  # nothing listens on port 9
+        SqlReader("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2").runs({"sweeplab.role": "trial"})

@@ -4,6 +4,8 @@ tests/test_outages.py."""
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 import sqlalchemy
@@ -12,8 +14,11 @@ from optuna.trial import TrialState
 
 from sweeplab.errors import Unreachable
 from sweeplab.sweeps import optuna_private
-from sweeplab.sweeps.storage import ReconnectingStorage, reconnecting_rdb
+from sweeplab.sweeps.recovery import fail_stale_trials
+from sweeplab.sweeps.storage import ReconnectingStorage
 from sweeplab.tracker.reconnect import Patience, is_connection_error
+from tests.checks import wait_for
+from tests.storages import SweepStorage, storages
 
 
 def _refused() -> sqlalchemy.exc.OperationalError:
@@ -101,36 +106,28 @@ def test_an_end_state_committed_before_the_connection_dropped_counts_as_told() -
     assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.5
 
 
-def test_the_rdb_storage_goes_behind_optunas_cache_and_every_storage_method_is_wrapped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@storages("sqlite")  # the wrapping, whatever the database
+def test_the_rdb_storage_goes_behind_optunas_cache_and_every_storage_method_is_wrapped(sweep_storage: SweepStorage) -> None:
     """Fails when Optuna renames its private cached storage or adds a storage method this wrapper
     does not forward (ReconnectingStorage could not be made: an abstract method left)."""
-    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=60)
-    storage = reconnecting_rdb(rdb, Patience("the test store"))
-    assert type(storage.inner).__name__ == "_CachedStorage"
+    storage = sweep_storage.open(heartbeat_seconds=60)  # open_optuna_storage: reconnecting_rdb around the RDB storage
+    assert isinstance(storage, ReconnectingStorage) and type(storage.inner).__name__ == "_CachedStorage"
     study = optuna.create_study(storage=storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert len(study.trials) == 2 and storage.get_heartbeat_interval() == 60
 
 
-def test_stale_heartbeats_are_not_judged_until_the_storage_has_answered_for_two_intervals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@storages("sqlite")  # Optuna's heartbeats are the RDB storage's: the journal keeps none
+def test_stale_heartbeats_are_not_judged_until_the_storage_has_answered_for_two_intervals(sweep_storage: SweepStorage) -> None:
     """After an outage every running trial's heartbeat is old: live trials must not be failed
     before their heartbeat threads reach the storage again."""
-    import time
-    import warnings
-
-    from sweeplab.sweeps.recovery import fail_stale_trials
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
-    storage = reconnecting_rdb(rdb, Patience("the test store"))
+    storage = sweep_storage.open(heartbeat_seconds=1)  # as a sweep opens it: stale after twice the interval
+    assert isinstance(storage, ReconnectingStorage)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     storage.record_heartbeat(optuna_private.trial_id(trial))
-    deadline = time.monotonic() + 10
-    while not optuna_private.stale_trial_ids(storage, optuna_private.study_id(study)):  # its heartbeat goes stale (the database counts in seconds)
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for("the trial's heartbeat to go stale (the database counts in seconds)", lambda: optuna_private.stale_trial_ids(
+        storage, optuna_private.study_id(study)) or None, seconds=10, every=0.1)
     storage.patience.recovered_at = time.monotonic()  # as if the storage had just come back
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.RUNNING

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sweeplab.tracker.curves import OnsetRule
+from sweeplab.core.curves import OnsetRule
 from sweeplab.tracker.summary import summarise
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import pytest
 
 from sweeplab.core import Evaluation
-from sweeplab.tracker.curves import OnsetRule
+from sweeplab.core.curves import OnsetRule
 from sweeplab.trainers.loop import Diverged, fit
 
 

@@ -1,18 +1,16 @@
-"""What a task is, in types that import nothing of sweeplab: the contract between the sweep
-engine (``sweeps``), the trainers (``trainers``), the tracker and a user's own trainer.
+"""What a task is, in types: the contract between the sweep engine (``sweeps``), the trainers
+(``trainers``), the tracker and a user's own trainer.
 
 * :class:`Task` -- everything the engine needs to know about a task: how to read and prepare its
   data, how to fit one configuration, the metric a trial is judged by and its direction, every
   hyperparameter it accepts (its default and its :class:`Limit`), its default space.
-* :class:`TrialEnv` -- where and how one trial runs (device, precision, seeds, early stop).
+* :class:`TrialEnv` -- where and how one trial runs (device, precision, seeds, early stop), and
+  :class:`DataCache`, what a trial needs of the prepared-data cache.
 * :class:`Evaluation`, :class:`FitResult` -- what a fit reports and returns.
 * :class:`Reporter` -- what hears each evaluation (the engine: curves to MLflow, pruning by Optuna).
-* :func:`direction_of` -- the one rule for whether a metric is maximised or minimised.
 
-Dependencies point here and never back: ``sweeps`` -> ``trainers`` / ``tracker`` /
-``datasets`` -> ``core``. Types named only in annotations (torch's device, the prepared-data
-cache, the onset rule) are imported for type checkers alone, so importing this module costs no
-torch.
+The module imports nothing of sweeplab outside :mod:`sweeplab.core`. The one outside type it
+names, torch's device, is imported for type checkers alone, so importing it costs no torch.
 """
 
 from __future__ import annotations
@@ -21,54 +19,37 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from sweeplab.core.curves import OnsetRule
+from sweeplab.core.data_report import ReadReport
+from sweeplab.core.direction import Direction
 
 if TYPE_CHECKING:
     import torch
 
-    from sweeplab.datasets.cache import PrepCache
-    from sweeplab.datasets.report import ReadReport
-    from sweeplab.tracker.curves import OnsetRule
-
 __all__ = [
     "BOOLEAN",
     "FRACTION",
-    "LOWER_IS_BETTER",
     "NON_NEGATIVE",
     "NON_NEGATIVE_INT",
     "POSITIVE",
     "POSITIVE_INT",
-    "Direction",
+    "DataCache",
     "Evaluation",
     "FitResult",
     "Limit",
     "Loaded",
     "Reporter",
     "RoundTrainer",
+    "Scalar",
     "Task",
     "TrialEnv",
-    "direction_of",
+    "evaluations_per_epoch",
 ]
 
-Direction = Literal["maximize", "minimize"]
 Scalar = int | float | str | bool
-
-
-#: Words in a metric's name that mean lower is better (``val_loss``, ``val_error_rate``, ``gl_max``,
-#: ``epoch_time``, ``val_perplexity``); every other metric is better higher.
-LOWER_IS_BETTER = ("loss", "error", "gl_", "time", "perplexity")
-
-
-def direction_of(metric: str) -> Direction:
-    """Whether a metric is maximised or minimised, from its name: ``minimize`` when the name
-    holds one of :data:`LOWER_IS_BETTER`, else ``maximize``. The one rule sweeplab uses wherever a
-    metric's direction is not recorded (``--metric``, ``sweep best --metric``, a trainer that
-    names its metric without a direction).
-
-    >>> direction_of("val_loss"), direction_of("best_val_accuracy")
-    ('minimize', 'maximize')
-    """
-    return "minimize" if any(word in metric for word in LOWER_IS_BETTER) else "maximize"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -272,6 +253,20 @@ class Loaded:
     majority: float | None = None
 
 
+class DataCache(Protocol):
+    """What a trial needs of the prepared-data cache (:class:`sweeplab.datasets.cache.PrepCache`):
+    data prepared once per sweep by the settings it depends on, and a count of the items a
+    preparation has done (the console's progress bar)."""
+
+    def get(self, kind: str, key: Mapping[str, Any], build: Callable[[], T], label: str | None = None,
+            total: int | None = None) -> T:
+        """The object prepared for ``key``: kept, or built by ``build()`` (shown as ``label`` of
+        ``total`` items) and kept."""
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more items of the preparation under way."""
+
+
 @dataclass(frozen=True)
 class TrialEnv:
     """Where and how a trial runs; plain values shared by every trial of a sweep. ``metric`` and
@@ -279,7 +274,7 @@ class TrialEnv:
 
     device: torch.device
     precision: str
-    cache: PrepCache
+    cache: DataCache
     seed: int
     trial_seed: int
     early_stop: OnsetRule | None
@@ -287,6 +282,14 @@ class TrialEnv:
     metric: str = "val_accuracy"
     direction: Direction = "maximize"
     compile: bool = False  # torch.compile the trial's model (``sweep run --compile``)
+
+
+def evaluations_per_epoch(config: Mapping[str, Any]) -> int | None:
+    """The evaluations a trial of ``config`` makes when it evaluates once per epoch: its
+    ``epochs``; ``None`` when the config does not say. A task that evaluates otherwise declares
+    its own (:attr:`Task.evaluations`)."""
+    epochs = config.get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else None
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,8 @@ class Task:
     ``save_checkpoint(loaded, config, state, folder)`` writes the best state in the task's own
     format (default: ``model.pt`` holding the state dict); ``evaluate_test(loaded, config,
     folder, env)`` scores such a folder on the held-out test split, once, after the search.
+    ``evaluations(config)`` is how many evaluations a trial of ``config`` makes (``None``: not
+    known from the config): what Hyperband's budget and the progress bar count.
     ``limits`` says what each hyperparameter accepts (:class:`Limit`); a sweep checks its space
     against them before any data is prepared, so that a value no trial can run with is one clear
     error rather than a sweep of failed trials. A parameter without a limit is not checked.
@@ -324,6 +329,7 @@ class Task:
     evaluate_test: Callable[[Loaded, Mapping[str, Any], Path, TrialEnv], Evaluation | None] | None = None
     limits: Mapping[str, Limit] = field(default_factory=dict)
     open: bool = False
+    evaluations: Callable[[Mapping[str, Any]], int | None] = evaluations_per_epoch
 
     @property
     def best_metric(self) -> str:

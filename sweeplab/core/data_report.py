@@ -1,19 +1,19 @@
-"""What a reader skipped and why: counts per problem with the first offending lines or files."""
+"""What a reader skipped and why: counts per problem with the first offending lines or files.
+
+A type of the core because a task's loaded data carries its reports
+(:attr:`sweeplab.core.Loaded.reports`) to every part that shows them; the readers that fill them
+are in :mod:`sweeplab.datasets`, and the error they raise when nothing is usable is
+:class:`sweeplab.datasets.errors.DataError`.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sweeplab.errors import UsageError
-
-__all__ = ["DataError", "ReadReport"]
+__all__ = ["ReadReport"]
 
 _KEEP = 5  # offending places remembered per problem; the count is always exact
-
-
-class DataError(UsageError):
-    """A data directory or file that cannot be used at all."""
 
 
 @dataclass

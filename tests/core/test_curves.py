@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sweeplab.tracker.curves import Onset, OnsetRule, best_index, generalization_loss, overfit_onset
+from sweeplab.core.curves import Onset, OnsetRule, best_index, generalization_loss, overfit_onset
 
 
 def test_best_index_takes_the_earliest_of_ties_and_skips_nan() -> None:

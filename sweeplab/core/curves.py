@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sweeplab.core import Direction
+from sweeplab.core.direction import Direction
 
 __all__ = [
     "OnsetRule",

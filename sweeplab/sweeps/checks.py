@@ -1,0 +1,134 @@
+"""Everything a user can get wrong about a sweep, checked before the store is touched.
+
+:func:`check` reads the task, the stores, the space (against the task's limits), the sampler's
+arguments and the data, and gives a :class:`Checked` sweep; nothing is written, so a bad command
+leaves no trace. Each refusal is one line naming the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sweeplab.core import Loaded, Task, direction_of
+from sweeplab.boundary import Boundary
+from sweeplab.errors import TrainerError, UsageError
+from sweeplab.sweeps.limits import check_space
+from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.samplers import make_sampler
+from sweeplab.sweeps.space import Space, load_space
+from sweeplab.tasks import get_task
+from sweeplab.core.curves import OnsetRule
+from sweeplab.tracker.preflight import check_store
+from sweeplab.tracker.store import Store, resolve_store
+from sweeplab.trainers.device import pick_device
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Checked", "check", "parse_override", "task_call", "with_metric"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A sweep after every check, before anything is written: its options (the split seed
+    resolved), task, store, space (overrides applied, widened to a grid's values), onset rule,
+    device (a ``torch.device``), data folder (``None``: the trainer reads its own) and data as
+    read."""
+
+    options: SweepOptions
+    task: Task
+    store: Store
+    space: Space
+    rule: OnsetRule
+    device: Any
+    data_dir: Path | None
+    loaded: Loaded
+
+
+def with_metric(task: Task, metric: str | None) -> Task:
+    """The task judged by another validation metric (``--metric val_f1_macro``): it picks each
+    trial's best evaluation, its value and the best trial; its direction follows
+    :func:`~sweeplab.core.direction_of`."""
+    if metric is None or metric == task.metric:
+        return task
+    if not task.open and not metric.startswith("val_"):
+        raise UsageError(f"--metric {metric}: expected a validation metric such as val_accuracy, val_f1_macro or val_loss")
+    return replace(task, metric=metric, direction=direction_of(metric))
+
+
+def parse_override(task: Task, key: str, value: Any) -> Any:
+    """Coerce a ``--set key=value`` string to the type of the task's default; for a parameter an
+    open task does not declare, read it as a TOML value (``3``, ``0.1``, ``true``, ``"a"``), else
+    as the string itself."""
+    if task.open and key not in task.defaults:
+        if not isinstance(value, str):
+            return value
+        if value in ("True", "False"):  # Python's spelling of TOML's true / false
+            return value == "True"
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value
+    if key not in task.defaults:
+        raise UsageError(f"--set {key}: unknown parameter for task {task.name} (known: {', '.join(sorted(task.defaults))})")
+    default = task.defaults[key]
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise UsageError(f"--set {key}={value}: expected a {type(default).__name__}") from None
+    return value
+
+
+def task_call(where: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a task's own code run before the trials (its reader, its preparation),
+    through a :class:`~sweeplab.boundary.Boundary`: bad input it names (a
+    :class:`~sweeplab.errors.UsageError`, such as a malformed data file) is raised as itself,
+    anything else as a :class:`~sweeplab.errors.TrainerError` (one line, exit 1)."""
+    try:
+        return Boundary().call(where, fn, *args)
+    except TrainerError as exc:
+        if isinstance(exc.error, UsageError):
+            raise exc.error from None
+        raise
+
+
+def check(options: SweepOptions) -> Checked:
+    """Check the task, the stores, the space against the task's limits, the sampler's arguments
+    and the data, in that order (cheapest first); nothing is written."""
+    task = with_metric(get_task(options.task), options.search.metric)
+    store: Store = resolve_store(options.tracking.store_dir, options.tracking.tracking_uri, options.tracking.storage)
+    check_store(store, options.tracking.cache_dir)  # unreachable, unwritable, unknown scheme: one line within seconds
+    overrides = {k: parse_override(task, k, v) for k, v in options.search.overrides.items()}
+    if not (options.search.space or task.default_space):
+        raise UsageError(f"task {task.name} has no default space: pass --space FILE.toml ([search.NAME] tables, see the README)")
+    space = load_space(options.search.space or task.default_space, None if task.open else task.defaults,
+                       task.name).with_overrides(overrides)
+    check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
+    if options.search.sampler == "grid":
+        space = space.widened_to_grid()
+    make_sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched
+    if options.search.split_seed is None:
+        options = options.with_(split_seed=options.search.seed)
+    device = pick_device(options.runtime.device)
+    data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data
+    loaded = task_call("load", task.load, data_dir, options.search.split_seed, options.search.val_fraction,
+                       {**task.defaults, **space.fixed})
+    return Checked(options, task, store, space, OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha),
+                   device, data_dir, loaded)

@@ -1,0 +1,94 @@
+"""The pruners a sweep can name (``--pruner``), one factory each, or an Optuna pruner object
+given from Python.
+
+Every pruner hears a trial's evaluation index (1, 2, ...; see :mod:`sweeplab.sweeps.reporter`),
+not the curve's step, so a rung or a warm-up counts evaluations for every task:
+
+* ``median``: a trial is "far behind" when its metric is below the median of earlier trials at
+  the same evaluation, judged after 3 finished trials and from the 3rd evaluation on.
+* ``asha``: asynchronous successive halving (Li et al. 2020): at rungs of 1, 3, 9...
+  evaluations a trial goes on only if it is in the best third of the trials that reached the
+  rung.
+* ``hyperband`` (Li et al. 2018): several successive-halving brackets, from aggressive (first
+  rung at 1 evaluation) to none, between 1 evaluation and the most a trial of the space can make
+  (:func:`most_evaluations`; found by Optuna from the first finished trial when the task cannot
+  tell it from the config).
+* ``none``: no trial is stopped early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from sweeplab.core import Task
+from sweeplab.errors import UsageError
+from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.space import Param, Space
+
+__all__ = ["PRUNERS", "make_pruner", "most_evaluations", "pruner_name", "prunes"]
+
+Factory = Callable[[Space, Task], optuna.pruners.BasePruner]
+
+
+def _largest(param: Param) -> Any:
+    """The value of ``param`` that makes a trial longest when it is a number (its largest),
+    else its first choice."""
+    numbers = [v for v in (param.high, *param.choices, *param.grid)
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if numbers else (param.choices or param.grid or (None,))[0]
+
+
+def most_evaluations(space: Space, task: Task) -> int | None:
+    """The most evaluations a trial of ``space`` can make, as the task counts them
+    (:attr:`~sweeplab.core.Task.evaluations`) for the config with every searched number at its
+    largest; ``None`` when the task cannot tell it from a config."""
+    config: Mapping[str, Any] = {**task.defaults, **space.fixed,
+                                 **{name: _largest(param) for name, param in space.params.items()}}
+    return task.evaluations(config)
+
+
+def _hyperband(space: Space, task: Task) -> optuna.pruners.BasePruner:
+    most = most_evaluations(space, task)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most if most and most > 1 else "auto",
+                                          reduction_factor=3)
+
+
+#: ``--pruner`` name -> its factory; :data:`sweeplab.sweeps.options.PRUNERS` lists the same names.
+PRUNERS: dict[str, Factory] = {
+    "median": lambda space, task: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+    "asha": lambda space, task: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+    "hyperband": _hyperband,
+    "none": lambda space, task: optuna.pruners.NopPruner(),
+}
+
+
+def pruner_name(options: SweepOptions, recorded: str | None) -> str:
+    """The pruner of a sweep: the one ``--pruner`` names (the class of an object given from
+    Python); else the one the study was started with (a resumed sweep keeps its rules); else
+    ``none`` for a grid, whose cells each run their full epochs as the report's did, and
+    ``hyperband`` for sampled searches: with TPE it matched the median pruner's best in fewer
+    epochs (``benchmarks/search_efficiency.py``)."""
+    pruner = options.search.pruner
+    if pruner is not None and not isinstance(pruner, str):
+        return type(pruner).__name__
+    return pruner or recorded or ("none" if options.search.sampler == "grid" else "hyperband")
+
+
+def make_pruner(options: SweepOptions, space: Space, task: Task) -> optuna.pruners.BasePruner:
+    """The pruner of ``options`` (whose ``pruner`` is resolved, see :func:`pruner_name`)."""
+    pruner = options.search.pruner
+    if isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner not in PRUNERS:  # a resumed study that ran with a pruner object given from Python
+        raise UsageError(f"this sweep ran with the pruner {pruner}, given from Python: pass it again to resume "
+                         f"(or one of {', '.join(PRUNERS)})")
+    return PRUNERS[pruner](space, task)
+
+
+def prunes(options: SweepOptions) -> bool:
+    """Whether the sweep's pruner can stop a trial (not ``none``)."""
+    pruner = options.search.pruner
+    return not (pruner == "none" or isinstance(pruner, optuna.pruners.NopPruner))

@@ -1,0 +1,232 @@
+"""One trial, from a suggested configuration to its value.
+
+Optuna suggests a configuration from the space -> the tracker opens a child run under the sweep's
+parent run -> the task's trainer fits, through the trial's :class:`~sweeplab.boundary.Boundary`,
+and after every evaluation the reporter logs the curve point and reports the task metric to
+Optuna (which may prune) -> the tracker summarises the finished curve (best evaluation,
+overfitting onset), logs the summary and artifacts -> the trial's value is the metric at the
+best evaluation, not the last one.
+
+How a trial ends is a value, not a guess from an exception type (:mod:`sweeplab.boundary`):
+
+* :class:`Finished` -- complete or pruned, with every summary and artifact on its run;
+* :class:`Failed` -- the trainer or the task's code raised (a
+  :class:`~sweeplab.errors.TrainerError`): its run is closed as failed with the reason, and the
+  sweep goes on (unless the error is the user's input, ``stop``);
+* anything :class:`Objective` raises is sweeplab's own error (its run closed as failed), an
+  outage (:class:`~sweeplab.errors.Unreachable`), an interruption, or
+  :class:`~sweeplab.sweeps.loops.Abandoned`; the run loop (:mod:`sweeplab.sweeps.loops`) tells
+  Optuna and stops the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sweeplab.boundary import Boundary
+from sweeplab.core import TrialEnv
+from sweeplab.errors import SweeplabError, TrainerError, Unreachable, UsageError
+from sweeplab.sweeps import optuna_private
+from sweeplab.sweeps.artifacts import log_trial_artifacts
+from sweeplab.sweeps.checks import Checked
+from sweeplab.sweeps.failures import drop_locals, failure_reason, internal_reason
+from sweeplab.sweeps.observer import SweepObserver
+from sweeplab.sweeps.processes import worker_attrs
+from sweeplab.sweeps.pruners import prunes
+from sweeplab.sweeps.reporter import TrialReporter
+from sweeplab.sweeps.samplers import sampler_name
+from sweeplab.sweeps.sharing import Card
+from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
+from sweeplab.tracker.summary import summarise
+from sweeplab.tracker.tags import DEVICE, RETRY_OF
+from sweeplab.trainers.device import device_label, memory_now, peak_memory, release_memory, reset_peak_memory
+from sweeplab.trainers.oom import out_of_memory
+
+__all__ = ["Abandoned", "Failed", "Finished", "Objective", "still_running"]
+
+
+def still_running(trial: optuna.Trial) -> bool:
+    """Whether the trial is still RUNNING in the storage, so that no other process has failed it
+    meanwhile."""
+    storage = optuna_private.storage_of(trial.study)
+    return storage.get_trial(optuna_private.trial_id(trial)).state == optuna.trial.TrialState.RUNNING
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A trial that ran to its end, complete or pruned, with every summary and artifact on its
+    run: the run loop tells Optuna first and closes the run after, with the same state, so that
+    the run never says complete for a trial another process failed meanwhile."""
+
+    value: float
+    pruned: bool
+    run: TrialRecorder
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A trial its trainer or its task's code failed: ``reason`` is on the trial and its run
+    (closed as failed); ``stop``, the user's bad input, stops the sweep once Optuna is told."""
+
+    reason: str
+    stop: SweeplabError | None = None
+
+
+@dataclass(frozen=True)
+class _RetryAlone:
+    """A trial ran out of GPU memory on a card it shared with other workers: its run (``run_id``)
+    is closed as killed, and the trial runs once more alone on the card (see
+    :mod:`sweeplab.sweeps.sharing`)."""
+
+    run_id: str
+
+
+class Abandoned(Exception):
+    """Another process failed this process's trial while it ran (its heartbeats looked stopped):
+    that process closed the trial's run and queued its retry, so this one drops the trial."""
+
+    def __init__(self, run: TrialRecorder | None = None) -> None:
+        super().__init__()
+        self.run = run
+
+
+class Objective:
+    """One call is one trial of the sweep ``checked`` (see the module docstring)."""
+
+    def __init__(self, checked: Checked, env: TrialEnv, recorder: SweepRecorder, observer: SweepObserver,
+                 staging: Path) -> None:
+        self.checked, self.task, self.options = checked, checked.task, checked.options
+        self.env, self.recorder, self.observer, self.staging = env, recorder, observer, staging
+        self.errors_log = checked.store.root / "logs" / "errors.log"  # tracebacks of sweeplab's own errors
+        self.best: float | None = None
+        self.calls = 0  # trials this process started
+        self.card = Card.of_this_worker(checked.store.root / "locks")  # several workers on one GPU (--gpus)
+
+    def __call__(self, trial: optuna.Trial) -> Finished | Failed:
+        for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
+            trial.set_user_attr(key, value)
+        self.calls += 1
+        with self.card.beside_others():
+            first = self._attempt(trial, may_retry=self.card.shared)
+        if not isinstance(first, _RetryAlone):
+            return first
+        with self.card.alone(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored")  # the first run's evaluations, told again
+            ended = self._attempt(trial, may_retry=False, retry_of=first.run_id)
+        assert not isinstance(ended, _RetryAlone)
+        return ended
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.task.direction == "maximize" else value < self.best
+
+    def _attempt(self, trial: optuna.Trial, may_retry: bool, retry_of: str | None = None) -> Finished | Failed | _RetryAlone:
+        """Run the trial once, in a child run of its own; ``may_retry``: an out-of-GPU-memory
+        error closes the run as killed and asks for a retry alone on the card instead of failing
+        the trial; ``retry_of``: the run of the attempt this one repeats."""
+        release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
+        device = self.env.device
+        at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
+        reset_peak_memory(device)
+        config = {**self.task.defaults, **self.checked.space.suggest(trial)}
+        run = self._start_run(trial, config, device, retry_of)
+        try:
+            finished = self._train(trial, run, config, device, at_start)
+        except TrainerError as failed:
+            return self._failed(trial, run, failed, may_retry, device)
+        except Unreachable as exc:
+            # The trial stays RUNNING in Optuna (it cannot be told); the next start of the sweep
+            # fails it as killed and runs its parameters again.
+            with contextlib.suppress(Unreachable):
+                run.close("killed", f"interrupted: {exc}")
+            self.observer.trial_finished(trial.number, "killed", None, self.best)
+            raise
+        except KeyboardInterrupt:
+            if still_running(trial):
+                trial.set_user_attr("fail_reason", "interrupted")
+                run.close("killed", "interrupted")
+            self.observer.trial_finished(trial.number, "killed", None, self.best)
+            raise
+        except Exception as exc:  # sweeplab's own: the run loop stops the sweep
+            drop_locals(exc)
+            if not still_running(trial):  # reporting to a trial another process failed raised
+                raise Abandoned(run) from None
+            with contextlib.suppress(Exception):
+                run.discard_points()  # what failed may be the buffered points themselves
+                run.close("failed", internal_reason(exc))
+            self.observer.trial_finished(trial.number, "failed", None, self.best)
+            raise
+        if not finished.pruned and self._better(finished.value):
+            self.best = finished.value
+        self.observer.trial_finished(trial.number, "pruned" if finished.pruned else "complete", finished.value, self.best)
+        return finished
+
+    def _start_run(self, trial: optuna.Trial, config: Mapping[str, Any], device: Any, retry_of: str | None) -> TrialRecorder:
+        """Open the trial's child run with its parameters (those the trainer uses) and tags."""
+        options = self.options
+        tags = {"sweeplab.sampler": sampler_name(options), "sweeplab.space": self.checked.space.name,
+                DEVICE: device_label(device), "sweeplab.compile": str(self.env.compile).lower()}
+        if retry_of is not None:
+            tags[RETRY_OF] = retry_of
+        inactive = self.checked.space.inactive(config)  # another family's settings: the trainer ignores them
+        params = {**{k: v for k, v in config.items() if k not in inactive}, **self.checked.rule.as_params(),
+                  "seed": options.search.seed}
+        return self.recorder.start_trial(trial.number, params, tags, options.tracking.flush_seconds)
+
+    def _train(self, trial: optuna.Trial, run: TrialRecorder, config: Mapping[str, Any], device: Any,
+               at_start: Mapping[str, float]) -> Finished:
+        """Fit, summarise the curve and log the summary and artifacts; what the trainer's or the
+        task's code raised comes out as :class:`~sweeplab.errors.TrainerError`."""
+        loaded, task, options = self.checked.loaded, self.task, self.options
+        majority = {} if loaded.majority is None else {"val_majority_accuracy": loaded.majority}
+        run.log_summary({**at_start, **majority}, {})
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        env = replace(self.env, trial_seed=options.search.seed * 100_003 + trial.number)
+        reporter = TrialReporter(trial, run, self.observer, task.metric, prunes(options), config)
+        boundary = Boundary()
+        result = boundary.call("fit", task.fit, loaded, config, env, reporter)
+        summary = summarise(result.history, task.metric, task.direction, self.checked.rule, task.x_axis)
+        if summary.value is None:
+            raise TrainerError(RuntimeError(f"no finite {task.metric} in any evaluation"), "fit")
+        stop = {"sweeplab.stopped": result.stopped or "none"}
+        if result.stop_reason:
+            stop["sweeplab.stop_reason"] = result.stop_reason
+        run.log_summary({**summary.metrics, **peak_memory(device)}, {**summary.tags, **stop})
+        pruned = result.stopped == "pruned"
+        checkpoints = options.tracking.checkpoints
+        keep = checkpoints == "all" or (checkpoints == "best" and not pruned and self._better(summary.value))
+        log_trial_artifacts(run, task, loaded, config, self.checked.rule, result, summary, options.tracking.plots, keep,
+                            self.staging, boundary)
+        return Finished(summary.value, pruned, run)
+
+    def _failed(self, trial: optuna.Trial, run: TrialRecorder, failed: TrainerError, may_retry: bool,
+                device: Any) -> Failed | _RetryAlone:
+        """Close the run of a trial its trainer failed, with the reason; or, for a GPU out of
+        memory on a shared card, as killed, asking for the retry alone."""
+        drop_locals(failed.error)
+        if not still_running(trial):  # another process failed it meanwhile, and handles it
+            raise Abandoned(run) from None
+        reason = failure_reason(failed)
+        retry = may_retry and out_of_memory(failed.error) == "gpu"
+        if not retry:
+            trial.set_user_attr("fail_reason", reason)
+        try:
+            run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
+        except Unreachable:
+            raise
+        except Exception:  # what failed may be the buffered points themselves: the run still closes
+            run.discard_points()
+        if retry:  # the card's other trials may have held the memory it lacked
+            run.close("killed", self.card.retry_note(reason))
+            return _RetryAlone(run.run_id)
+        run.close("failed", reason)
+        self.observer.trial_finished(trial.number, "failed", None, self.best)
+        return Failed(reason, failed.error if isinstance(failed.error, UsageError) else None)

@@ -1,0 +1,205 @@
+"""The one boundary: a fault of sweeplab's own at any point of a trial stops the sweep (exit 70,
+the traceback in STORE/logs/errors.log, the trial failed in Optuna and MLflow); what the
+trainer's or the task's code raises fails that trial only, and the sweep goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sweeplab.boundary import Boundary, engine_code, task_code
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
+from sweeplab.errors import InternalError, TrainerError
+from sweeplab.sweeps.driver import run_sweep
+from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.sharing import Card
+from sweeplab.sweeps.space import Space
+from sweeplab.sweeps.storage import open_optuna_storage
+from sweeplab.tasks import register, task_names
+from sweeplab.tracker.runs import SweepRecorder
+from sweeplab.trainers import loop
+from tests.fake_tasks import make_task
+
+INJECTED = "injected fault"
+
+
+def _fitting(state: Callable[[], Any]) -> Callable[..., FitResult]:
+    """A trainer of two evaluations, each through the data cache, keeping ``state`` and test
+    predictions; one that swallows every error of its epochs when ``config["swallow"]``."""
+
+    def fit(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        progress = loop.Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state)
+        reporter.on_start(2)
+        for epoch in (1, 2):
+            try:
+                env.cache.get("features", {"epoch": epoch}, lambda: [float(epoch)])
+                progress.report(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": config["x"] * epoch / 2},
+                                state=state, predictions=[epoch])
+            except Exception:
+                if not config.get("swallow"):
+                    raise
+        return progress.result
+
+    return fit
+
+
+_fit = _fitting(lambda: {"w": 1.0})
+
+
+def _boom(*args: Any, **kwargs: Any) -> Any:
+    raise ZeroDivisionError(INJECTED)
+
+
+class _FailingConsole:
+    """An observer whose every call is fine but the start of a trial's training."""
+
+    def sweep_started(self, study: str, total: int, done: int) -> None:
+        pass
+
+    def trial_started(self, number: int, config: Mapping[str, Any], rounds: int) -> None:
+        _boom()
+
+    def evaluated(self, number: int, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str, value: float | None, best: float | None) -> None:
+        pass
+
+
+def _sweep(task: Task, tmp_path: Path, trials: int, observer: Any = None, **options: Any) -> Any:
+    if task.name not in task_names():
+        register(task)
+    space = tmp_path / "space.toml"
+    space.write_text("[search.x]\nlow = 0.1\nhigh = 1.0\n", encoding="utf-8")
+    return run_sweep(SweepOptions.of(task.name, trials=trials, space=str(space), store_dir=tmp_path / "store", plots=False,
+                                      experiment=task.name, pruner="none", **options), observer)
+
+
+def _trial_runs(tmp_path: Path, experiment: str) -> list[Any]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], "tags.`sweeplab.role` = 'trial'")
+
+
+#: Where sweeplab's own code can fail in a trial, and how the fault is put there.
+ENGINE_POINTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "suggesting the config": lambda mp: mp.setattr(Space, "suggest", _boom),
+    "starting the run": lambda mp: mp.setattr(SweepRecorder, "start_trial", _boom),
+    "taking the card": lambda mp: mp.setattr(Card, "beside_others", _boom),
+    "tracking the best": lambda mp: mp.setattr(loop, "best_index", _boom),
+    "writing the data cache": lambda mp: mp.setattr(torch, "save", _boom),
+    "the console": lambda mp: None,  # the observer below
+}
+
+
+#: Each point, and those met inside the trainer's call once more with a trainer that swallows the error.
+FAULTS = [pytest.param(point, False, id=point) for point in ENGINE_POINTS] + [
+    pytest.param(point, True, id=f"{point}, swallowed by the trainer") for point in ("tracking the best", "writing the data cache")]
+
+
+@pytest.mark.parametrize(("point", "swallow"), FAULTS)
+def test_a_fault_of_sweeplabs_own_stops_the_sweep_with_its_traceback_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                            point: str, swallow: bool) -> None:
+    name = f"engine-{point.replace(' ', '-')}-{swallow}"
+    task = make_task(name, _fit)
+    task = replace(task, defaults={**task.defaults, "swallow": swallow})
+    ENGINE_POINTS[point](monkeypatch)
+    with pytest.raises(InternalError) as caught:
+        _sweep(task, tmp_path, 3, _FailingConsole() if point == "the console" else None)
+    monkeypatch.undo()
+
+    error = caught.value
+    assert error.exit_code == 70 and error.trial == 0 and INJECTED in str(error.error)
+    assert error.log == tmp_path / "store" / "logs" / "errors.log" and str(error.log) in str(error)
+    logged = error.log.read_text(encoding="utf-8")
+    assert "Traceback" in logged and f"ZeroDivisionError: {INJECTED}" in logged
+    storage = open_optuna_storage(str(tmp_path / "store" / "optuna.journal"))
+    (trial,) = optuna.load_study(study_name="space-tpe", storage=storage).trials  # the sweep stopped at its first trial
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == f"internal error: ZeroDivisionError: {INJECTED}"
+    runs = _trial_runs(tmp_path, name)
+    assert len(runs) == (0 if point in ("suggesting the config", "starting the run", "taking the card") else 1)
+    for run in runs:
+        assert run.info.status == "FAILED" and run.data.tags["sweeplab.fail_reason"] == trial.user_attrs["fail_reason"]
+
+
+def _first_call_fails(fn: Callable[..., Any]) -> Callable[..., Any]:
+    calls = []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError(INJECTED)
+        return fn(*args, **kwargs)
+
+    return once
+
+
+def _save(loaded: Loaded, config: Mapping[str, Any], state: Mapping[str, Any], folder: Path) -> None:
+    (folder / "state.txt").write_text(repr(dict(state)), encoding="utf-8")
+
+
+def _score(loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEnv) -> Evaluation:
+    return Evaluation({"test_accuracy": 0.5})
+
+
+#: The task's own code, each given a first call that raises.
+TASK_CALLS: dict[str, Callable[[Task], Task]] = {
+    "fit": lambda task: replace(task, fit=_first_call_fails(_fit)),
+    "save_checkpoint": lambda task: replace(task, save_checkpoint=_first_call_fails(_save)),
+    "format_predictions": lambda task: replace(task, format_predictions=_first_call_fails(repr)),
+    "the state kept at a new best": lambda task: replace(task, fit=_fitting(_first_call_fails(lambda: {"w": 1.0}))),
+}
+
+
+@pytest.mark.parametrize("call", list(TASK_CALLS))
+def test_what_the_tasks_own_code_raises_fails_that_trial_and_the_sweep_goes_on(tmp_path: Path, call: str) -> None:
+    base = replace(make_task(f"task-{call.replace(' ', '-')}", _fit), save_checkpoint=_save, format_predictions=repr,
+                   evaluate_test=_score)
+    task = TASK_CALLS[call](base)
+    outcome = _sweep(task, tmp_path, 2, checkpoints="all")
+    assert outcome.counts["failed"] == 1 and outcome.counts["complete"] == 2
+    failed = [r for r in _trial_runs(tmp_path, task.name) if r.data.tags["sweeplab.state"] == "failed"]
+    assert [r.data.tags["sweeplab.fail_reason"] for r in failed] == [f"ValueError: {INJECTED}"]
+    assert not (tmp_path / "store" / "logs" / "errors.log").exists()
+
+
+def test_a_test_split_the_task_cannot_score_is_a_note_and_the_trials_stay(tmp_path: Path) -> None:
+    task = replace(make_task("task-evaluate-test", _fit), save_checkpoint=_save, evaluate_test=_boom)
+    outcome = _sweep(task, tmp_path, 2)
+    assert outcome.counts["complete"] == 2 and outcome.test is None
+    assert outcome.notes == [f"the test split was not scored: ZeroDivisionError: {INJECTED}"]
+
+
+def test_the_boundary_reads_who_failed_rather_than_the_exception_type() -> None:
+    boundary = Boundary()
+
+    def trainer_that_hides_engine_errors() -> str:
+        try:
+            with engine_code():
+                raise KeyError("sweeplab's own")
+        except BaseException:  # a trainer that catches everything, even the fault's own type
+            raise RuntimeError("the trainer's wrapping") from None
+
+    with pytest.raises(KeyError, match="sweeplab's own"):
+        boundary.call("fit", trainer_that_hides_engine_errors)
+
+    def trainer_whose_callback_fails() -> None:
+        with engine_code():
+            task_code(_boom)  # the trainer's code called back from sweeplab's
+
+    with pytest.raises(TrainerError) as caught:
+        Boundary().call("fit", trainer_whose_callback_fails)
+    assert isinstance(caught.value.error, ZeroDivisionError) and caught.value.where == "_boom"
+    with pytest.raises(TrainerError, match="SystemExit: 3"):  # sys.exit() in a trainer ends its trial, not the sweep
+        Boundary().call("fit", sys.exit, 3)
+    with engine_code():  # outside a trial it changes nothing
+        assert task_code(lambda: 7) == 7

@@ -1,0 +1,123 @@
+"""Optuna's own storage conformance suite (``optuna.testing.pytest_storages.StorageTestCase``: every
+method of a storage, its errors, pickling, attributes written while read) held against sweeplab's
+ReconnectingStorage around each RDB storage a sweep can stand on. A wrapper that forwards a call
+wrongly, loses an error Optuna relies on (KeyError, UpdateFinishedTrialError, DuplicatedStudyError)
+or cannot be handed to another process fails here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.testing.pytest_storages import StorageTestCase
+
+from sweeplab.sweeps.storage import ReconnectingStorage, close_storage, open_optuna_storage, reconnecting_rdb
+from sweeplab.tracker.reconnect import Patience
+from tests.conftest import POSTGRES_ENV
+
+#: ``sqlite`` and ``cached_sqlite`` are the RDB modes of Optuna's ``optuna.testing.storages.STORAGE_MODES``
+#: (an RDB storage on a SQLite file, alone and behind Optuna's trial cache), built as its
+#: ``StorageSupplier`` builds them (that module imports ``fakeredis``, for its Redis mode, which
+#: sweeplab does not install); ``postgresql`` is the storage a sweep opens on PostgreSQL
+#: (``--storage postgresql://``). Each test gets a copy of an empty database made once per mode:
+#: making Optuna's tables costs about 0.4 s, more than most tests.
+MODES = ("sqlite", "cached_sqlite", "postgresql")
+
+#: As in Optuna's supplier: a SQLite write waits this long for another connection's lock.
+_SQLITE_TIMEOUT = 300
+
+
+def _patience() -> Patience:
+    """Retrying that gives up soon: a test that finds a store unreachable fails instead of waiting."""
+    return Patience("the test storage", limit=5.0, first=0.05)
+
+
+def _rdb(path: Path) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on the SQLite file at ``path``, which does not wait for the disk on
+    each commit (``PRAGMA synchronous = OFF``): what is tested is what the storage answers, not
+    whether a commit survives the machine crashing, and the waits made up half the suite's time."""
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT}})
+    sqlalchemy.event.listen(rdb.engine, "connect", _no_disk_waits)
+    rdb.engine.dispose()  # the connection opened to make the storage had no such pragma
+    return rdb
+
+
+def _no_disk_waits(connection: sqlite3.Connection, _record: object) -> None:
+    connection.execute("PRAGMA synchronous = OFF")
+
+
+@pytest.fixture(scope="module")
+def empty_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding Optuna's tables and nothing else."""
+    path = tmp_path_factory.mktemp("optuna") / "empty.db"
+    _rdb(path)  # makes the tables
+    return path
+
+
+@pytest.fixture(scope="module")
+def empty_postgres() -> Iterator[Callable[[], str]]:
+    """A factory of PostgreSQL databases holding Optuna's tables and nothing else, each made with
+    ``CREATE DATABASE ... TEMPLATE`` from one made once, on the server named by
+    ``SWEEPLAB_TEST_POSTGRES`` (what tests/conftest.py's ``postgres_db`` does, once per module);
+    dropped when the module's tests are done. Skips, saying why, when there is no server."""
+    admin_uri = os.environ.get(POSTGRES_ENV)
+    if not admin_uri:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against (.ci/run starts one)")
+    psycopg = pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -e '.[postgres]'")
+    try:
+        admin = psycopg.connect(admin_uri, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"{POSTGRES_ENV}={admin_uri} cannot be reached: {str(exc).strip().splitlines()[0]}")
+
+    def database(template: str | None = None) -> str:
+        name = f"sweeplab_test_{uuid.uuid4().hex[:12]}"
+        admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        made.append(name)
+        return name
+
+    def uri(name: str) -> str:
+        return urlunsplit(urlsplit(admin_uri)._replace(path=f"/{name}"))
+
+    made: list[str] = []
+    with admin:
+        try:
+            template = database()
+            close_storage(open_optuna_storage(uri(template)))  # no connection may stay on a template
+            yield lambda: uri(database(template))
+        finally:
+            for name in made:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _wrapped(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> ReconnectingStorage:
+    """``mode``'s storage behind ReconnectingStorage."""
+    if mode == "postgresql":
+        make: Callable[[], str] = request.getfixturevalue("empty_postgres")
+        storage = open_optuna_storage(make(), outage_limit=5.0)
+        assert isinstance(storage, ReconnectingStorage)
+        return storage
+    rdb = _rdb(Path(shutil.copyfile(request.getfixturevalue("empty_sqlite"), tmp_path / "optuna.db")))
+    return reconnecting_rdb(rdb, _patience()) if mode == "cached_sqlite" else ReconnectingStorage(rdb, _patience(), rdb)
+
+
+@pytest.fixture(params=MODES)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReconnectingStorage]:
+    """The storage Optuna's suite tests (PostgreSQL skips, saying why, without a server); its
+    pooled connections are closed afterwards."""
+    wrapped = _wrapped(request.param, request, tmp_path)
+    try:
+        yield wrapped
+    finally:
+        close_storage(wrapped)
+
+
+class TestReconnectingStorage(StorageTestCase):
+    """Every test of Optuna's suite, on :func:`storage`."""
