@@ -42,7 +42,8 @@ from sweeplab.core import Task
 from sweeplab.errors import UsageError
 
 if TYPE_CHECKING:
-    from sweeplab.sweeps.driver import SweepObserver, SweepOutcome
+    from sweeplab.sweeps.driver import SweepOutcome
+    from sweeplab.sweeps.observer import SweepObserver
     from sweeplab.tracker.query import SweepRow, TrialRow
     from sweeplab.tracker.store import Store
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sweeplab.errors import SweeplabError, UsageError
+from sweeplab.errors import SweeplabError, TrainerError, UsageError
 
 T = TypeVar("T")
 
@@ -97,27 +98,37 @@ def run(
     outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
-    from sweeplab.console import RichObserver
-    from sweeplab.sweeps.driver import run_sweep
     from sweeplab.sweeps.options import SweepOptions
-    from sweeplab.tasks import get_task
+    from sweeplab.sweeps.signals import Stopped, stop_on_signals
+    from sweeplab.tasks import check_before_loading
 
     try:
-        metric = metric or get_task(task).metric
+        # What needs no task, store or data is checked before torch, the task, MLflow and Optuna
+        # are imported (seconds): a misspelt task, a flag's value, a --set a built-in refuses.
+        overrides = _parse_sets(set_)
+        check_before_loading(task, overrides)
         options = SweepOptions.of(
             task, trials=trials, timeout=timeout, data_dir=data_dir, space=space, sampler=sampler, pruner=pruner, seed=seed, split_seed=split_seed,
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
-            cache_dir=cache_dir, overrides=_parse_sets(set_), device=device, precision=precision,
+            cache_dir=cache_dir, overrides=overrides, device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
             val_fraction=val_fraction, workers=workers if workers is not None else len(gpus.split(",")) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
             gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), compile=compile_,
         )
-        with RichObserver(console, metric) as observer:
+        from sweeplab.console import RichObserver
+        from sweeplab.sweeps.driver import run_sweep
+        from sweeplab.tasks import get_task
+
+        metric = metric or get_task(task).metric
+        with stop_on_signals(), RichObserver(console, metric) as observer:
             outcome = run_sweep(options, observer)
     except SweeplabError as exc:  # bad input 2, every trial failed 1, internal error 70, store away 75
+        if isinstance(exc, TrainerError):  # the task's own code failed before any trial (its reader): where, in its code
+            errors.print("".join(traceback.format_exception(exc.error)).rstrip(), highlight=False, markup=False)
         raise _fail(str(exc), code=exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; run the same command again to resume", code=130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C 130; SIGTERM, SIGHUP, SIGUSR1: 128 + the signal's number
+        said = str(exc) if isinstance(exc, Stopped) else "interrupted"
+        raise _fail(f"{said}; run the same command again to resume", code=getattr(exc, "exit_code", 130)) from None
     for line in outcome.data_report:
         console.print(f"[yellow]data:[/] {line}", highlight=False)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
@@ -220,22 +231,30 @@ def ui(
 ) -> None:
     """Open the MLflow UI on the same store (parent run = sweep, child runs = trials), and print
     the address of each sweep's trials side by side. On a tracking server, print the addresses
-    in the server's own UI."""
+    in the server's own UI.
+
+    Refused, with nothing created, where there is no store yet (MLflow would make an empty one,
+    after which ``sweep best`` would report no trials rather than no store); refused before any
+    address is printed when the port is taken (MLflow would exit after the addresses, which
+    then open whatever holds the port)."""
+    from sweeplab.api import open_store
     from sweeplab.tracker.embedded import ensure_tracking_db
     from sweeplab.tracker.preflight import check_store
     from sweeplab.tracker.reconnect import bound_http_retries
-    from sweeplab.tracker.store import resolve_store
+    from sweeplab.tracker.server import check_port
 
     try:
-        store = resolve_store(store_dir, tracking_uri)
+        store = open_store(store_dir, tracking_uri)  # no embedded store here: one line
         check_store(store, None)  # a tracking server or database that does not answer: one line, now
+        server = store.tracking_uri.startswith(("http:", "https:"))
+        if not server:
+            check_port(host, port)
         bound_http_retries()
-        if store.is_default:  # the UI on a store no sweep made yet: a complete, empty one
+        if store.is_default:  # one a killed sweep left half-made is completed before MLflow reads it
             ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
         rows = _sweeps_or_none(store_dir, tracking_uri)
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
-    server = store.tracking_uri.startswith(("http:", "https:"))
     shown_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     root = store.tracking_uri.rstrip("/") + "/" if server else f"http://{'[::1]' if host == '::' else shown_host}:{port}/"
     from sweeplab.tracker.note import comparison_link
@@ -305,15 +324,16 @@ def server(
     hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host headers the server accepts, comma-separated, wildcards allowed (default: loopback, private addresses and this machine's names).")] = None,
 ) -> None:
     """Start an MLflow tracking server for workers on several machines, and print the flags they use."""
-    from sweeplab.tracker.server import allowed_hosts, server_command
+    from sweeplab.tracker.server import allowed_hosts, check_port, server_command
     from sweeplab.tracker.store import redact, with_postgres_driver
 
     root = store_dir.resolve()
-    root.mkdir(parents=True, exist_ok=True)
     try:
         backend = with_postgres_driver(backend_store_uri or f"sqlite:///{root / 'server.db'}", "--backend-store-uri")
+        check_port(host, port)  # before anything is made or printed: MLflow on a taken port logs it and exits 0
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
+    root.mkdir(parents=True, exist_ok=True)
     destination = (artifacts or root / "server-artifacts").resolve()
     console.print(f"MLflow server on http://{host}:{port}: runs in {redact(backend)}, artifacts in {destination}", highlight=False)
     address = socket.gethostname() if host in ("0.0.0.0", "::") else host

@@ -17,7 +17,7 @@ __all__ = ["RichObserver", "majority_line", "sweep_panels", "trial_panels"]
 
 
 class RichObserver:
-    """A :class:`~sweeplab.sweeps.driver.SweepObserver` drawing two bars: trials (with the best
+    """A :class:`~sweeplab.sweeps.observer.SweepObserver` drawing two bars: trials (with the best
     value so far) and the evaluations of the running trial (with its step and latest metrics)."""
 
     def __init__(self, console: Console, metric: str) -> None:

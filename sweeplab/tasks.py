@@ -11,6 +11,10 @@ A task (:class:`~sweeplab.core.Task`) is found, in this order, as:
 
 Every process of a sweep (``--workers``, other machines) finds its task the same way from the
 same name, so a user's function is swept in parallel like a built-in.
+
+A built-in task's trainer imports torch and transformers, seconds before anything else can
+happen; :func:`check_before_loading` finds a misspelt name, and a ``--set`` a built-in task would
+refuse, without importing any task, so that such a mistake is answered at once.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
 
-__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "get_task", "register", "spec_name", "task_names"]
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "SETTINGS", "check_before_loading", "get_task", "read_setting", "register",
+           "spec_name", "task_names"]
 
 #: task name -> "module:attribute" of its Task object (imported on first use: torch and
 #: transformers are slow to import, and a typo in the task name should fail fast).
@@ -36,6 +42,14 @@ REGISTRY: dict[str, str] = {
     "news": "sweeplab.trainers.news:TASK",
     "retrieval": "sweeplab.trainers.retrieval:TASK",
     "sentiment": "sweeplab.trainers.sentiment:TASK",
+}
+
+#: built-in task name -> the module of its ``DEFAULTS`` and ``LIMITS``, which imports no torch
+#: (:mod:`sweeplab.trainers.settings`): what :func:`check_before_loading` holds ``--set`` to.
+SETTINGS: dict[str, str] = {
+    "news": "sweeplab.trainers.settings.news",
+    "retrieval": "sweeplab.trainers.settings.retrieval",
+    "sentiment": "sweeplab.trainers.settings.sentiment",
 }
 
 #: The entry-point group through which installed packages offer tasks.
@@ -191,7 +205,60 @@ def get_task(name: str) -> Task:
             raise UsageError(f"task {name}: loading its entry point {offered[name].value} raised "
                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
         return _as_task(obj, name, f"task {name} (entry point {offered[name].value})")
+    raise _no_such_task(name)
+
+
+def _no_such_task(name: str) -> UsageError:
+    """The one-line error for a name no task answers to (not a spec: no ``:``)."""
     if name.endswith(".py"):
-        raise UsageError(f"{name}: name the training function too, as {name}:FUNCTION")
-    raise UsageError(f"unknown task {name!r} (expected one of: {', '.join(task_names())}, "
-                        "or FILE.py:FUNCTION, or package.module:FUNCTION)")
+        return UsageError(f"{name}: name the training function too, as {name}:FUNCTION")
+    return UsageError(f"unknown task {name!r} (expected one of: {', '.join(task_names())}, "
+                      "or FILE.py:FUNCTION, or package.module:FUNCTION)")
+
+
+def read_setting(task_name: str, defaults: Mapping[str, Any], key: str, value: Any) -> Any:
+    """A ``--set key=value`` string read as the type of the parameter's default, for a task that
+    declares all its parameters (a built-in, before it is loaded; and every declared parameter of
+    any task, through :func:`sweeplab.sweeps.checks.parse_override`); a value that is no string
+    is kept as it is.
+
+    Raises :class:`UsageError` for a key ``defaults`` lacks (naming the known ones) and for a
+    value that is not of the default's type."""
+    if key not in defaults:
+        raise UsageError(f"--set {key}: unknown parameter for task {task_name} (known: {', '.join(sorted(defaults))})")
+    default = defaults[key]
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise UsageError(f"--set {key}={value}: expected a {type(default).__name__}") from None
+    return value
+
+
+def check_before_loading(name: str, overrides: Mapping[str, Any]) -> None:
+    """Raise now the one-line error that loading task ``name`` and holding ``overrides``
+    (``--set``) to it would raise later, for what is known without importing any task: a name no
+    task answers to; for a built-in task, an unknown parameter, a value not of its default's type
+    or one outside its limit (the words of :func:`sweeplab.sweeps.limits.check_space`). What
+    only the task itself can say (a user's function, an entry point's task) is left to the
+    sweep's own checks, which come after the import of the task (and torch)."""
+    maybe_a_task = (name in _REGISTERED or name in REGISTRY or name in _RESOLVED or ":" in name
+                    or name in _entry_points())
+    if not maybe_a_task:
+        raise _no_such_task(name)
+    if name not in SETTINGS:
+        return
+    settings = importlib.import_module(SETTINGS[name])
+    values = {key: read_setting(name, settings.DEFAULTS, key, value) for key, value in overrides.items()}
+    for key, value in values.items():
+        limit = settings.LIMITS.get(key)
+        if limit is not None and not limit.accepts(value):
+            raise UsageError(f"--set {key}={value}: expected {limit.describe()}")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
+from sweeplab.errors import UsageError
+from sweeplab.sweeps.checks import check
+from sweeplab.sweeps.options import SweepOptions
+from sweeplab.tasks import REGISTRY, SETTINGS, check_before_loading
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -97,3 +105,86 @@ def test_status_without_a_store_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no tracking store here" in result.output
     result = runner.invoke(app, ["status", "--task", "nosuchtask", "--store-dir", str(tmp_path / "none")])
     assert result.exit_code == 2 and "unknown task 'nosuchtask'" in result.output
+
+
+#: Libraries that take seconds to import (torch alone 4 s and more): a mistake that needs no
+#: task, store or data is answered before any of them is loaded.
+HEAVY = ("torch", "torchvision", "transformers", "mlflow", "optuna", "sklearn")
+
+#: ``sweep run ARGS`` in a fresh process, which then prints its exit code and the heavy
+#: libraries it had loaded by then.
+_RUN_AND_REPORT = f"""
+import json, sys
+from sweeplab.cli import main
+sys.argv = ["sweep", "run", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    print(json.dumps([exc.code, sorted(m for m in {HEAVY!r} if m in sys.modules)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["nosuchtask"], "unknown task 'nosuchtask'"),
+        (["train.py"], "train.py: name the training function too"),
+        (["sentiment", "--trials", "0"], "--trials 0: expected a positive number"),
+        (["news", "--sampler", "annealing"], "--sampler annealing: expected one of"),
+        (["sentiment", "--set", "lr=abc"], "--set lr=abc: expected a float"),
+        (["news", "--set", "bogus=1"], "--set bogus: unknown parameter for task news"),
+        (["retrieval", "--set", "freeze_text=maybe"], "--set freeze_text=maybe: expected a bool"),
+        (["retrieval", "--set", "batch_size=1"], "--set batch_size=1: expected an integer >= 2"),
+        (["news", "--set", "layout=cnews2"], "--set layout=cnews2: expected one of auto, cnews, thucnews, ccf"),
+    ],
+)
+def test_a_mistake_needing_no_task_is_answered_before_torch_is_imported(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Importing torch and a task's trainer costs seconds; these errors come first, in one line."""
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, *args, "--store-dir", str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=120)
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (code, loaded) == (2, []), done.stderr
+    message = done.stderr.strip()
+    assert expected in message and len(message.splitlines()) == 1, message
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "setting"),
+    [
+        ("news", "bogus=1"), ("news", "lr=abc"), ("news", "lr=0"), ("news", "epochs=2.5"), ("news", "layout=cnews2"),
+        ("news", "kernel_sizes=2,x"), ("sentiment", "augment=maybe"), ("sentiment", "modality=audio"),
+        ("sentiment", "plateau_factor=1"), ("retrieval", "batch_size=1"), ("retrieval", "freeze_text=maybe"),
+    ],
+)
+def test_the_early_check_says_what_the_sweeps_own_check_says(tmp_path: Path, task: str, setting: str) -> None:
+    """check_before_loading repeats what the sweep's checks say after loading the task
+    (parse_override, check_space): the same refusal, in the same words."""
+    key, _, value = setting.partition("=")
+    with pytest.raises(UsageError) as early:
+        check_before_loading(task, {key: value})
+    with pytest.raises(UsageError) as full:
+        check(SweepOptions.of(task, store_dir=tmp_path / "store", overrides={key: value}))
+    assert str(early.value) == str(full.value)
+
+
+@pytest.mark.parametrize("task", sorted(REGISTRY))
+def test_the_early_check_lets_every_default_through(task: str) -> None:
+    """Each built-in's defaults, given back as --set strings, are values it accepts."""
+    defaults = importlib.import_module(SETTINGS[task]).DEFAULTS
+    check_before_loading(task, {key: str(value) for key, value in defaults.items()})
+
+
+def test_every_built_in_has_its_settings_and_the_trainer_uses_them() -> None:
+    """What the early check reads is what the loaded task holds."""
+    from sweeplab.datasets.news import LAYOUTS
+    from sweeplab.tasks import get_task
+    from sweeplab.trainers.tokens import SCRATCH
+
+    assert SETTINGS.keys() == REGISTRY.keys()
+    for name, module in SETTINGS.items():
+        settings, task = importlib.import_module(module), get_task(name)
+        assert (task.defaults, task.limits) == (settings.DEFAULTS, settings.LIMITS), name
+    news = importlib.import_module(SETTINGS["news"])
+    assert news.LAYOUT_NAMES == tuple(LAYOUTS)  # the reader's layouts, named without importing it
+    assert news.DEFAULTS["model"] == importlib.import_module(SETTINGS["retrieval"]).DEFAULTS["model"] == SCRATCH

@@ -286,10 +286,14 @@ class TrialEnv:
 
 def evaluations_per_epoch(config: Mapping[str, Any]) -> int | None:
     """The evaluations a trial of ``config`` makes when it evaluates once per epoch: its
-    ``epochs``; ``None`` when the config does not say. A task that evaluates otherwise declares
-    its own (:attr:`Task.evaluations`)."""
+    ``epochs`` (a whole number); ``None`` when the config does not say, or when it evaluates
+    every ``eval_every`` optimizer steps instead (a count the config alone does not give: it
+    depends on the data's size and the batch size). A task that counts otherwise declares its
+    own (:attr:`Task.evaluations`)."""
     epochs = config.get("epochs")
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else None
+    if config.get("eval_every") or isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs):
+        return None
+    return int(epochs) if epochs == int(epochs) and epochs > 0 else None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from sweeplab.boundary import engine_code, task_code
+from sweeplab.errors import TrainerError
 
 __all__ = ["Advance", "PrepCache", "Preparing", "fingerprint_files"]
 
@@ -106,6 +108,10 @@ class PrepCache:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_suffix(f".{os.getpid()}.partial")  # workers may build the same entry
-                torch.save(value, partial)
+                try:
+                    torch.save(value, partial)
+                except (pickle.PicklingError, TypeError, AttributeError) as exc:  # what the task built cannot be saved
+                    partial.unlink(missing_ok=True)
+                    raise TrainerError(exc, "build") from exc
                 partial.replace(path)
         return value

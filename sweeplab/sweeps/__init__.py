@@ -1,1 +1,1 @@
-"""Search spaces (one TOML per task and stage) and the Optuna driver."""
+"""The sweep engine on Optuna: search spaces (one TOML per task and stage), the driver and its rooms."""

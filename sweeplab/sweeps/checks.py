@@ -20,7 +20,7 @@ from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.samplers import make_sampler
 from sweeplab.sweeps.space import Space, load_space
-from sweeplab.tasks import get_task
+from sweeplab.tasks import get_task, read_setting
 from sweeplab.core.curves import OnsetRule
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.store import Store, resolve_store
@@ -77,23 +77,7 @@ def parse_override(task: Task, key: str, value: Any) -> Any:
             return tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             return value
-    if key not in task.defaults:
-        raise UsageError(f"--set {key}: unknown parameter for task {task.name} (known: {', '.join(sorted(task.defaults))})")
-    default = task.defaults[key]
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise UsageError(f"--set {key}={value}: expected a {type(default).__name__}") from None
-    return value
+    return read_setting(task.name, task.defaults, key, value)
 
 
 def task_call(where: str, fn: Callable[..., T], *args: Any) -> T:

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
-from sweeplab.errors import SweepFailed, Unreachable
+from sweeplab.errors import SweepFailed, SweeplabError, Unreachable
 from sweeplab.sweeps.checks import Checked, check, task_call
 from sweeplab.sweeps.closing import close_sweep, describer, drawer
 from sweeplab.sweeps.failures import internal_error
@@ -36,7 +36,7 @@ from sweeplab.sweeps.optuna_logs import quiet_optuna
 from sweeplab.sweeps.outcomes import count_outcomes, outcome
 from sweeplab.sweeps.storage import close_storage
 from sweeplab.sweeps.recovery import close_runs_of_ended_trials, recover
-from sweeplab.sweeps.study import Opened, open_sweep
+from sweeplab.sweeps.study import Opened, open_sweep, study_name
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.test_split import score_best_on_test
 from sweeplab.sweeps.trial import Objective
@@ -45,7 +45,7 @@ from sweeplab.tracker.reconnect import bound_http_retries
 from sweeplab.tracker.store import quiet_libraries
 from sweeplab.trainers.device import frozen_long_lived
 
-__all__ = ["SweepObserver", "SweepOutcome", "run_sweep"]
+__all__ = ["SweepOutcome", "run_sweep"]
 
 
 @dataclass
@@ -132,13 +132,19 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     quiet_libraries()
     quiet_optuna()
     bound_http_retries()
-    env = _trial_env(checked, observer)
-    task_call("prepare", checked.task.prepare, checked.loaded, {**checked.task.defaults, **checked.space.fixed}, env)
-    opened = open_sweep(checked)
     try:
-        return _run_opened(replace(checked, options=opened.options), opened, env, observer, deadline)
-    finally:
-        close_storage(optuna_private.storage_of(opened.study))
+        env = _trial_env(checked, observer)
+        task_call("prepare", checked.task.prepare, checked.loaded, {**checked.task.defaults, **checked.space.fixed}, env)
+        opened = open_sweep(checked)
+        try:
+            return _run_opened(replace(checked, options=opened.options), opened, env, observer, deadline)
+        finally:
+            close_storage(optuna_private.storage_of(opened.study))
+    except (SweeplabError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # sweeplab's own, outside any trial (opening the study, recovery, the data cache...)
+        raise internal_error(exc, study_name(checked.options, checked.space), None,
+                             checked.store.root / "logs" / "errors.log") from None
 
 
 def _run_opened(checked: Checked, opened: Opened, env: TrialEnv, observer: SweepObserver,
@@ -168,8 +174,9 @@ def _run_opened(checked: Checked, opened: Opened, env: TrialEnv, observer: Sweep
                                                    options.tracking.plots)
             except Unreachable:
                 raise
-            except Exception as exc:  # sweeplab's own, after the trials: they are kept
-                raise internal_error(exc, opened.name, None, store.root / "logs" / "errors.log") from None
+            except Exception as exc:  # sweeplab's own, after the trials: they are done and kept, the sweep with them
+                error = internal_error(exc, opened.name, None, store.root / "logs" / "errors.log")
+                why_not = f"the test split was not scored: {error}"
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
+from types import FrameType
 
 from sweeplab.errors import InternalError, TrainerError, first_line
 from sweeplab.sweeps.outcomes import INTERNAL_ERROR
@@ -39,13 +40,27 @@ def internal_error(error: BaseException, study: str, trial: int | None, log: Pat
 
 
 def drop_locals(error: BaseException) -> None:
-    """Clear the local variables of the finished frames in ``error``'s traceback (and those of
+    """Clear the local variables of the finished frames ``error``'s traceback holds (and those of
     the exceptions it chains), so that a failed trial's model and batches are freed even when
     something keeps the exception: a log handler holding the record Optuna logs, or a notebook's
-    last traceback. The text of the traceback is kept."""
+    last traceback. The frames that called a traceback's first one and have finished too (the
+    trainer's, when sweeplab's error was raised again after the trainer went on) are cleared as
+    well, up to the first frame still running. The text of the traceback is kept."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         traceback.clear_frames(current.__traceback__)
+        if current.__traceback__ is not None:
+            _clear_callers(current.__traceback__.tb_frame.f_back)
         current = current.__cause__ or current.__context__
+
+
+def _clear_callers(frame: FrameType | None) -> None:
+    """Clear ``frame`` and its callers' locals until one is still running."""
+    while frame is not None:
+        try:
+            frame.clear()
+        except RuntimeError:  # still running: so are its callers
+            return
+        frame = frame.f_back

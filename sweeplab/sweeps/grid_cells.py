@@ -27,7 +27,7 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def enqueue_grid_cells(study: optuna.Study, space: Space, target: int, seed: int) -> int:
     """Queue the grid cells no trial has tried yet (in a seeded order), so that the study holds
     ``target`` trials finished, running or queued. Every process of the sweep takes queued trials
-    one at a time (:func:`_drain_queue`), so no cell runs twice, which Optuna's grid sampler does
+    one at a time (:func:`sweeplab.sweeps.loops.search`), so no cell runs twice, which Optuna's grid sampler does
     not ensure under parallel workers. Returns how many it queued."""
     trials = study.get_trials(deepcopy=False)
     tried = {cell_key(t.system_attrs.get("fixed_params") or t.params) for t in trials}

@@ -44,6 +44,7 @@ __all__ = ["FINISHED", "Objective", "finished_trials", "search"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
+
 class Objective(Protocol):
     """One call runs one trial (:class:`sweeplab.sweeps.trial.Objective`); what the loops read
     of it."""
@@ -83,6 +84,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
     Optuna how it ended (see the module docstring). A trial that ran to its end is told first and
     its run closed after (:class:`~sweeplab.sweeps.trial.Finished`); one another process failed
     meanwhile is left as that process recorded it."""
+    ended: Finished | Failed | None = None
     with trial_heartbeat(study, optuna_private.trial_id(trial), heartbeat):
         try:
             ended = objective(trial)
@@ -101,12 +103,12 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         except Exception as exc:
             reason = internal_reason(exc)
             _fail(study, trial, reason)
-            if isinstance(locals().get("ended"), Finished) and ended.run.is_running():  # trained, then not told
+            if isinstance(ended, Finished) and ended.run.is_running():  # trained, then not told
                 ended.run.close("failed", reason)
             raise internal_error(exc, study.study_name, trial.number, objective.errors_log) from None
     if isinstance(ended, Finished):
         ended.run.close("pruned" if ended.pruned else "complete")
-    elif ended.stop is not None:  # the user's bad input: every later trial would fail alike
+    elif ended is not None and ended.stop is not None:  # the user's bad input: every later trial would fail alike
         raise ended.stop
 
 

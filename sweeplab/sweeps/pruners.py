@@ -74,7 +74,11 @@ def pruner_name(options: SweepOptions, recorded: str | None) -> str:
     pruner = options.search.pruner
     if pruner is not None and not isinstance(pruner, str):
         return type(pruner).__name__
-    return pruner or recorded or ("none" if options.search.sampler == "grid" else "hyperband")
+    name = pruner or recorded or ("none" if options.search.sampler == "grid" else "hyperband")
+    if name not in PRUNERS:  # a resumed study that ran with a pruner object given from Python
+        raise UsageError(f"this sweep ran with the pruner {name}, given from Python: pass it again to resume "
+                         f"(or one of {', '.join(PRUNERS)})")
+    return name
 
 
 def make_pruner(options: SweepOptions, space: Space, task: Task) -> optuna.pruners.BasePruner:
@@ -82,9 +86,6 @@ def make_pruner(options: SweepOptions, space: Space, task: Task) -> optuna.prune
     pruner = options.search.pruner
     if isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
-    if pruner not in PRUNERS:  # a resumed study that ran with a pruner object given from Python
-        raise UsageError(f"this sweep ran with the pruner {pruner}, given from Python: pass it again to resume "
-                         f"(or one of {', '.join(PRUNERS)})")
     return PRUNERS[pruner](space, task)
 
 

@@ -17,7 +17,7 @@ reason and its partial curve, and its parameters are queued once more (Optuna's 
 one retry, so a configuration that kills its process twice is given up), so the kill costs the
 sweep the time the trial had run and nothing else. The storage lets exactly one process fail a
 given trial, and only that one handles it. A trial failed while its process was in fact alive (a
-lost heartbeat) is dropped by that process when it next reaches the storage (``loops.Abandoned``).
+lost heartbeat) is dropped by that process when it next reaches the storage (:class:`sweeplab.sweeps.trial.Abandoned`).
 """
 
 from __future__ import annotations

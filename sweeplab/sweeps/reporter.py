@@ -3,8 +3,8 @@ observer (progress): the :class:`~sweeplab.core.Reporter` a task's ``fit`` is ha
 
 It runs inside the trainer's call, so its work is marked as sweeplab's own
 (:func:`~sweeplab.boundary.engine_code`): an error there stops the sweep, whatever the trainer
-does with it. A metric name MLflow cannot take is the trainer's input, and fails as the
-trainer's.
+does with it. A metric name MLflow cannot take is the trainer's input, refused
+(:func:`~sweeplab.boundary.refuse`): its trial fails, and the sweep stops with that line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from sweeplab.boundary import engine_code
+from sweeplab.boundary import engine_code, refuse
 from sweeplab.errors import UsageError
 from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.tracker.runs import TrialRecorder, metric_name_problem
@@ -51,7 +51,7 @@ class TrialReporter:
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         bad = next(((name, why) for name in metrics if (why := metric_name_problem(name))), None)
         if bad is not None:  # the trainer's input: its trial fails, and the sweep stops with this line
-            raise UsageError(f"reported metric {bad[0]!r}: {bad[1]}")
+            refuse(UsageError(f"reported metric {bad[0]!r}: {bad[1]}"))
         with engine_code():
             return self._on_eval(step, metrics)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -43,14 +45,30 @@ def score_best_on_test(study: optuna.Study, task: Task, loaded: Loaded, env: Tri
         folder = run.download("checkpoint", staging)
         config = json.loads(run.download("config.json", staging).read_text(encoding="utf-8"))["config"]
         try:
-            evaluation: Evaluation | None = Boundary().call("evaluate_test", task.evaluate_test, loaded, config, folder, env)
+            evaluation = Boundary().call("evaluate_test", _checked_evaluation, task, loaded, config, folder, env)
         except TrainerError as exc:  # the trials are done and kept: say why the score is missing
             return None, f"the test split was not scored: {exc}"
         if evaluation is None:
             return None, "the data has no test split"
-        scored = {k: v for k, v in evaluation.metrics.items() if math.isfinite(v)}
+        scored = {k: float(v) for k, v in evaluation.metrics.items() if math.isfinite(v)}
         run.log_summary(scored, {"sweeplab.test_scored": "checkpoint"})
         log_class_outputs(run, evaluation.outputs, loaded.class_names,
                            f"test split, checkpoint of trial {best.number}", "test_", figures)
     recorder.log_summary(scored, {"sweeplab.test_trial": str(best.number)})
     return scored, None
+
+
+def _checked_evaluation(task: Task, loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEnv) -> Evaluation | None:
+    """The task's ``evaluate_test``, with what it returns checked as its own: numbers by metric
+    name, and ``y_true`` with ``y_pred`` when it gives class outputs."""
+    assert task.evaluate_test is not None
+    evaluation = task.evaluate_test(loaded, config, folder, env)
+    if evaluation is None:
+        return None
+    bad = [name for name, value in evaluation.metrics.items()
+           if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if bad:
+        raise TypeError(f"evaluate_test gave metrics that are not numbers: {', '.join(sorted(bad))}")
+    if loaded.class_names and evaluation.outputs and not {"y_true", "y_pred"} <= set(evaluation.outputs):
+        raise TypeError("evaluate_test gave class outputs without both y_true and y_pred")
+    return evaluation

@@ -15,7 +15,7 @@ How a trial ends is a value, not a guess from an exception type (:mod:`sweeplab.
   sweep goes on (unless the error is the user's input, ``stop``);
 * anything :class:`Objective` raises is sweeplab's own error (its run closed as failed), an
   outage (:class:`~sweeplab.errors.Unreachable`), an interruption, or
-  :class:`~sweeplab.sweeps.loops.Abandoned`; the run loop (:mod:`sweeplab.sweeps.loops`) tells
+  :class:`Abandoned`; the run loop (:mod:`sweeplab.sweeps.loops`) tells
   Optuna and stops the sweep.
 """
 
@@ -140,6 +140,9 @@ class Objective:
         run = self._start_run(trial, config, device, retry_of)
         try:
             finished = self._train(trial, run, config, device, at_start)
+            if not finished.pruned and self._better(finished.value):
+                self.best = finished.value
+            self.observer.trial_finished(trial.number, "pruned" if finished.pruned else "complete", finished.value, self.best)
         except TrainerError as failed:
             return self._failed(trial, run, failed, may_retry, device)
         except Unreachable as exc:
@@ -159,14 +162,11 @@ class Objective:
             drop_locals(exc)
             if not still_running(trial):  # reporting to a trial another process failed raised
                 raise Abandoned(run) from None
+            with contextlib.suppress(Exception):  # the run loop stops the sweep with the fault, not a second error
+                self._close_failed(run, internal_reason(exc), device)
             with contextlib.suppress(Exception):
-                run.discard_points()  # what failed may be the buffered points themselves
-                run.close("failed", internal_reason(exc))
-            self.observer.trial_finished(trial.number, "failed", None, self.best)
+                self.observer.trial_finished(trial.number, "failed", None, self.best)
             raise
-        if not finished.pruned and self._better(finished.value):
-            self.best = finished.value
-        self.observer.trial_finished(trial.number, "pruned" if finished.pruned else "complete", finished.value, self.best)
         return finished
 
     def _start_run(self, trial: optuna.Trial, config: Mapping[str, Any], device: Any, retry_of: str | None) -> TrialRecorder:
@@ -207,6 +207,20 @@ class Objective:
                             self.staging, boundary)
         return Finished(summary.value, pruned, run)
 
+    @staticmethod
+    def _close_failed(run: TrialRecorder, reason: str, device: Any, state: str = "failed") -> None:
+        """Close a failed attempt's run with ``reason``, after its buffered points and the peak
+        memory it reached (how far an out-of-memory trial got); when what failed is the writing
+        itself, the points are dropped and the run still closes."""
+        try:
+            run.log_summary(peak_memory(device), {})
+        except Unreachable:
+            raise
+        except Exception:
+            with contextlib.suppress(Exception):
+                run.discard_points()
+        run.close(state, reason)
+
     def _failed(self, trial: optuna.Trial, run: TrialRecorder, failed: TrainerError, may_retry: bool,
                 device: Any) -> Failed | _RetryAlone:
         """Close the run of a trial its trainer failed, with the reason; or, for a GPU out of
@@ -218,15 +232,9 @@ class Objective:
         retry = may_retry and out_of_memory(failed.error) == "gpu"
         if not retry:
             trial.set_user_attr("fail_reason", reason)
-        try:
-            run.log_summary(peak_memory(device), {})  # how far an out-of-memory trial got
-        except Unreachable:
-            raise
-        except Exception:  # what failed may be the buffered points themselves: the run still closes
-            run.discard_points()
         if retry:  # the card's other trials may have held the memory it lacked
-            run.close("killed", self.card.retry_note(reason))
+            self._close_failed(run, self.card.retry_note(reason), device, "killed")
             return _RetryAlone(run.run_id)
-        run.close("failed", reason)
+        self._close_failed(run, reason, device)
         self.observer.trial_finished(trial.number, "failed", None, self.best)
         return Failed(reason, failed.error if isinstance(failed.error, UsageError) else None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sweeplab.errors import SweeplabError
 from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.signals import stop_on_signals
 from sweeplab.sweeps.workers import MAIN_PID
 from sweeplab.tracker.reconnect import stop_retrying
 
@@ -69,12 +70,13 @@ def main() -> None:
     set_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
     try:
         _stop_with_main()
-        run_sweep(_load(Path(sys.argv[1])))
+        with stop_on_signals():
+            run_sweep(_load(Path(sys.argv[1])))
     except SweeplabError as exc:  # one line in the worker's log, and the error's exit status for the main process
         print(f"error: {exc}", flush=True)
         raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or its main process's end 130; a stop signal 128 + its number
+        raise SystemExit(getattr(exc, "exit_code", 130)) from None
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sweeplab.core import Direction, FitResult, Loaded, Reporter, Task, TrialEnv, direction_of
+from sweeplab.core import Direction, FitResult, Loaded, Reporter, Task, TrialEnv, direction_of, evaluations_per_epoch
 from sweeplab.trainers.loop import Progress, TrialStopped, seed_everything
 
 __all__ = ["TRAINER_ATTRIBUTE", "TrainerInfo", "function_task", "trainer"]
@@ -86,17 +86,11 @@ def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None 
     return mark(fn) if fn is not None else mark
 
 
-def _planned_rounds(config: Mapping[str, Any]) -> int:
-    """The evaluations a trial plans, when its config says (``epochs``); 0 when unknown."""
-    epochs = config.get("epochs")
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else 0
-
-
 def _fit(function: Callable[..., Any], loaded: Loaded, config: Mapping[str, Any], env: TrialEnv,
          reporter: Reporter) -> FitResult:
     """One trial: call the function with the config and a ``report`` bound to the trial."""
     progress = Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state)
-    reporter.on_start(_planned_rounds(config))
+    reporter.on_start(evaluations_per_epoch(config) or 0)
     seed_everything(env.trial_seed)
     try:
         function(dict(config), progress.report)

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from sweeplab.boundary import engine_code, task_code
+from sweeplab.boundary import engine_code, refuse, task_code
 from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer, TrialEnv
 from sweeplab.core.curves import OnsetRule, best_index, overfit_onset
 from sweeplab.errors import UsageError
@@ -116,8 +116,8 @@ class Progress:
             self.result.stopped, self.result.stop_reason = "diverged", problem
             return True
         if self.metric not in values:
-            raise UsageError(f"metric {self.metric!r} is not one this task reports ({', '.join(sorted(values))}); "
-                             "every evaluation must report the metric that --metric names")
+            refuse(UsageError(f"metric {self.metric!r} is not one this task reports ({', '.join(sorted(values))}); "
+                             "every evaluation must report the metric that --metric names"))
         point = {"step": float(step), **values}
         history = self.result.history
         with engine_code():
@@ -128,9 +128,8 @@ class Progress:
             self.result.best = best
             self.result.outputs = dict(outputs or {})
             self.result.predictions = task_code(predictions) if callable(predictions) else predictions
-            if self.keep_state and state is not None:
-                with engine_code():
-                    self.result.state = keep_copy(state)
+            if self.keep_state and state is not None:  # the trainer's state: what cannot be copied is the trainer's
+                self.result.state = task_code(keep_copy, state)
         if self.reporter.on_eval(int(step), point):
             self.result.stopped = "pruned"
         elif self.early_stop is not None and "val_loss" in values:

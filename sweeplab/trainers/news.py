@@ -41,10 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv, evaluations_per_epoch
-from sweeplab.core import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
+from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
 from sweeplab.datasets.cache import fingerprint_files
-from sweeplab.datasets.news import LAYOUTS, NewsData, read_news
+from sweeplab.datasets.news import NewsData, read_news
 from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.splits import majority_share
 from sweeplab.trainers.backbones import BackboneError, quiet_loaders
@@ -52,57 +51,13 @@ from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, save_with_tokenizer, warmup_schedule
+from sweeplab.trainers.settings.news import DEFAULTS, LIMITS  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 from sweeplab.trainers.transfer import to_device, to_device_all
 
 __all__ = ["TASK"]
 
-DEFAULTS: dict[str, Any] = {
-    "model": SCRATCH,
-    "hidden_size": 256,
-    "layers": 2,
-    "heads": 4,
-    "dropout": 0.1,
-    "lr": 5e-4,
-    "batch_size": 64,
-    "max_length": 32,
-    "epochs": 3,
-    "eval_every": 0,
-    "warmup_ratio": 0.06,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "eval_batch_size": 256,
-    "layout": "auto",
-    "embedding_dim": 128,      # textcnn, fasttext
-    "filters": 128,            # textcnn: channels per kernel width
-    "kernel_sizes": "2,3,4",   # textcnn
-    "ngrams": 2,               # fasttext: characters and their n-grams up to this n
-    "buckets": 200_000,        # fasttext: hashed n-gram embeddings
-}
-#: What each parameter accepts (checked before the first trial). ``model`` has none: any
-#: transformers name or local directory is a model, besides the families.
-LIMITS: dict[str, Limit] = {
-    "hidden_size": POSITIVE_INT,
-    "layers": POSITIVE_INT,
-    "heads": POSITIVE_INT,
-    "dropout": FRACTION,
-    "lr": POSITIVE,
-    "batch_size": POSITIVE_INT,
-    "max_length": Limit(low=3, integer=True),  # [CLS], one token, [SEP]
-    "epochs": POSITIVE_INT,
-    "eval_every": NON_NEGATIVE_INT,            # 0: once per epoch
-    "warmup_ratio": FRACTION,
-    "weight_decay": NON_NEGATIVE,
-    "max_grad_norm": NON_NEGATIVE,             # 0: no clipping
-    "eval_batch_size": POSITIVE_INT,
-    "layout": Limit.one_of("auto", *LAYOUTS),
-    "embedding_dim": POSITIVE_INT,
-    "filters": POSITIVE_INT,
-    "kernel_sizes": Limit(low=1, integer=True, listed=True),
-    "ngrams": POSITIVE_INT,
-    "buckets": POSITIVE_INT,
-}
 SPLITS = ("train", "val", "test")
 
 
@@ -330,12 +285,6 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
     loaded.reports[0].note(note)
 
 
-def _evaluations(config: Mapping[str, Any]) -> int | None:
-    """Once per epoch, ``epochs`` evaluations; every ``eval_every`` optimizer steps, a number the
-    config alone does not give (it depends on the data's size and the batch size)."""
-    return None if config.get("eval_every") else evaluations_per_epoch(config)
-
-
 TASK = Task(
     name="news",
     summary="Chinese news classification (cnews, THUCNews titles, CCF 2019) with a TextCNN, fastText or BERT model",
@@ -351,5 +300,4 @@ TASK = Task(
     save_checkpoint=_save_checkpoint,
     evaluate_test=_evaluate_test,
     limits=LIMITS,
-    evaluations=_evaluations,
 )

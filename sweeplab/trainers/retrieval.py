@@ -45,7 +45,6 @@ import torch
 from torch import nn
 
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
-from sweeplab.core import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.muge import MugeData, MugeSplit, read_muge
@@ -55,52 +54,12 @@ from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import recall_at_k
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer, warmup_schedule
+from sweeplab.trainers.settings.retrieval import DEFAULTS, LIMITS  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 from sweeplab.trainers.transfer import normalise_channels, to_device, to_device_all
 
 __all__ = ["TASK", "retrieval_metrics"]
 
-DEFAULTS: dict[str, Any] = {
-    "model": SCRATCH,
-    "hidden_size": 128,
-    "text_layers": 2,
-    "vision_layers": 2,
-    "heads": 4,
-    "projection_dim": 64,
-    "patch_size": 8,
-    "image_size": 64,
-    "lr": 5e-5,
-    "batch_size": 64,
-    "eval_batch_size": 64,
-    "warmup_steps": 100,
-    "weight_decay": 0.001,
-    "epochs": 3,
-    "max_length": 52,
-    "max_grad_norm": 1.0,
-    "freeze_text": False,
-    "freeze_vision": False,
-}
-#: What each parameter accepts (checked before the first trial). ``model`` has none: any
-#: ChineseCLIP name or local directory, or ``scratch``.
-LIMITS: dict[str, Limit] = {
-    "hidden_size": POSITIVE_INT,
-    "text_layers": POSITIVE_INT,
-    "vision_layers": POSITIVE_INT,
-    "heads": POSITIVE_INT,
-    "projection_dim": POSITIVE_INT,
-    "patch_size": POSITIVE_INT,
-    "image_size": Limit(low=32, integer=True),
-    "lr": POSITIVE,
-    "batch_size": Limit(low=2, integer=True),  # a contrastive batch needs a negative
-    "eval_batch_size": POSITIVE_INT,
-    "warmup_steps": NON_NEGATIVE_INT,
-    "weight_decay": NON_NEGATIVE,
-    "epochs": POSITIVE_INT,
-    "max_length": Limit(low=3, integer=True),  # [CLS], one token, [SEP]
-    "max_grad_norm": NON_NEGATIVE,             # 0: no clipping
-    "freeze_text": BOOLEAN,
-    "freeze_vision": BOOLEAN,
-}
 KS = (1, 5, 10)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

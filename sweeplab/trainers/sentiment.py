@@ -31,7 +31,6 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
-from sweeplab.core import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 from sweeplab.datasets.cache import fingerprint_files
 from sweeplab.datasets.images import decode_images
 from sweeplab.datasets.errors import DataError
@@ -42,50 +41,10 @@ from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
 from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, plateau_schedule
+from sweeplab.trainers.settings.sentiment import DEFAULTS, LIMITS, MODALITIES  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.transfer import to_device, trimmed_to_device
 
 __all__ = ["TASK", "FusionClassifier", "widths"]
-
-DEFAULTS: dict[str, Any] = {
-    "batch_size": 32,
-    "lr": 1e-5,
-    "complexity": "high",
-    "epochs": 10,
-    "modality": "fusion",
-    "dropout": 0.3,
-    "weight_decay": 1e-4,
-    "text_model": "minilm",
-    "text_pooling": "auto",
-    "image_model": "efficientnet-lite0",
-    "image_weights": "",
-    "freeze_backbones": True,
-    "max_length": 128,
-    "image_size": 224,
-    "augment": True,
-    "rotation_degrees": 10.0,
-    "plateau_factor": 0.5,
-    "plateau_patience": 1,
-}
-MODALITIES = ("fusion", "text", "image")
-#: What each parameter accepts (checked before the first trial). ``text_model``,
-#: ``image_model`` and ``image_weights`` have none: a preset, a model name or a local path.
-LIMITS: dict[str, Limit] = {
-    "batch_size": POSITIVE_INT,
-    "lr": POSITIVE,
-    "complexity": Limit.one_of("high", "low"),
-    "epochs": POSITIVE_INT,
-    "modality": Limit.one_of(*MODALITIES),
-    "dropout": FRACTION,
-    "weight_decay": NON_NEGATIVE,
-    "text_pooling": Limit.one_of("auto", "cls", "mean"),
-    "freeze_backbones": BOOLEAN,
-    "max_length": Limit(low=3, integer=True),             # [CLS], one token, [SEP]
-    "image_size": Limit(low=32, integer=True),
-    "augment": BOOLEAN,
-    "rotation_degrees": NON_NEGATIVE,                     # rotations within +- this angle
-    "plateau_factor": Limit(low=0, high=1, low_open=True, high_open=True),
-    "plateau_patience": NON_NEGATIVE_INT,
-}
 
 
 def widths(complexity: str) -> tuple[int, int, int]:

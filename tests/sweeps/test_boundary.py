@@ -5,7 +5,9 @@ trainer's or the task's code raises fails that trial only, and the sweep goes on
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import contextlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sweeplab.boundary import Boundary, engine_code, task_code
+from sweeplab.boundary import Boundary, engine_code, refuse, task_code
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
-from sweeplab.errors import InternalError, TrainerError
+from sweeplab.errors import InternalError, TrainerError, Unreachable, UsageError
 from sweeplab.sweeps.driver import run_sweep
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.sharing import Card
 from sweeplab.sweeps.space import Space
 from sweeplab.sweeps.storage import open_optuna_storage
 from sweeplab.tasks import register, task_names
-from sweeplab.tracker.runs import SweepRecorder
+from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.trainers import loop
 from tests.fake_tasks import make_task
 
@@ -93,6 +95,7 @@ def _trial_runs(tmp_path: Path, experiment: str) -> list[Any]:
 ENGINE_POINTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "suggesting the config": lambda mp: mp.setattr(Space, "suggest", _boom),
     "starting the run": lambda mp: mp.setattr(SweepRecorder, "start_trial", _boom),
+    "logging a curve point": lambda mp: mp.setattr(TrialRecorder, "log_point", _boom),
     "taking the card": lambda mp: mp.setattr(Card, "beside_others", _boom),
     "tracking the best": lambda mp: mp.setattr(loop, "best_index", _boom),
     "writing the data cache": lambda mp: mp.setattr(torch, "save", _boom),
@@ -102,7 +105,8 @@ ENGINE_POINTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
 
 #: Each point, and those met inside the trainer's call once more with a trainer that swallows the error.
 FAULTS = [pytest.param(point, False, id=point) for point in ENGINE_POINTS] + [
-    pytest.param(point, True, id=f"{point}, swallowed by the trainer") for point in ("tracking the best", "writing the data cache")]
+    pytest.param(point, True, id=f"{point}, swallowed by the trainer")
+    for point in ("tracking the best", "writing the data cache", "logging a curve point")]
 
 
 @pytest.mark.parametrize(("point", "swallow"), FAULTS)
@@ -151,12 +155,26 @@ def _score(loaded: Loaded, config: Mapping[str, Any], folder: Path, env: TrialEn
     return Evaluation({"test_accuracy": 0.5})
 
 
-#: The task's own code, each given a first call that raises.
-TASK_CALLS: dict[str, Callable[[Task], Task]] = {
-    "fit": lambda task: replace(task, fit=_first_call_fails(_fit)),
-    "save_checkpoint": lambda task: replace(task, save_checkpoint=_first_call_fails(_save)),
-    "format_predictions": lambda task: replace(task, format_predictions=_first_call_fails(repr)),
-    "the state kept at a new best": lambda task: replace(task, fit=_fitting(_first_call_fails(lambda: {"w": 1.0}))),
+def _uncopyable_once() -> Callable[[], Any]:
+    """A state that cannot be copied (it holds a generator) the first time, a plain one after."""
+    calls = []
+
+    def state() -> Any:
+        calls.append(1)
+        return {"batches": (i for i in range(3))} if len(calls) == 1 else {"w": 1.0}
+
+    return state
+
+
+#: The task's own code, each given a first call that fails, and the reason its trial fails with.
+TASK_CALLS: dict[str, tuple[Callable[[Task], Task], str]] = {
+    "fit": (lambda task: replace(task, fit=_first_call_fails(_fit)), f"ValueError: {INJECTED}"),
+    "save_checkpoint": (lambda task: replace(task, save_checkpoint=_first_call_fails(_save)), f"ValueError: {INJECTED}"),
+    "format_predictions": (lambda task: replace(task, format_predictions=_first_call_fails(repr)), f"ValueError: {INJECTED}"),
+    "the state kept at a new best": (lambda task: replace(task, fit=_fitting(_first_call_fails(lambda: {"w": 1.0}))),
+                                     f"ValueError: {INJECTED}"),
+    "a state that cannot be copied": (lambda task: replace(task, fit=_fitting(_uncopyable_once())),
+                                      "TypeError: cannot pickle 'generator' object"),
 }
 
 
@@ -164,11 +182,12 @@ TASK_CALLS: dict[str, Callable[[Task], Task]] = {
 def test_what_the_tasks_own_code_raises_fails_that_trial_and_the_sweep_goes_on(tmp_path: Path, call: str) -> None:
     base = replace(make_task(f"task-{call.replace(' ', '-')}", _fit), save_checkpoint=_save, format_predictions=repr,
                    evaluate_test=_score)
-    task = TASK_CALLS[call](base)
+    make, reason = TASK_CALLS[call]
+    task = make(base)
     outcome = _sweep(task, tmp_path, 2, checkpoints="all")
     assert outcome.counts["failed"] == 1 and outcome.counts["complete"] == 2
     failed = [r for r in _trial_runs(tmp_path, task.name) if r.data.tags["sweeplab.state"] == "failed"]
-    assert [r.data.tags["sweeplab.fail_reason"] for r in failed] == [f"ValueError: {INJECTED}"]
+    assert [r.data.tags["sweeplab.fail_reason"] for r in failed] == [reason]
     assert not (tmp_path / "store" / "logs" / "errors.log").exists()
 
 
@@ -203,3 +222,63 @@ def test_the_boundary_reads_who_failed_rather_than_the_exception_type() -> None:
         Boundary().call("fit", sys.exit, 3)
     with engine_code():  # outside a trial it changes nothing
         assert task_code(lambda: 7) == 7
+
+
+def test_after_a_swallowed_fault_sweeplabs_code_stops_the_trainer_at_its_next_call() -> None:
+    ran = []
+
+    def trainer_that_goes_on() -> None:
+        for _ in range(3):
+            try:
+                with engine_code():
+                    ran.append(1)
+                    raise KeyError("sweeplab's own")
+            except Exception:
+                continue
+
+    with pytest.raises(KeyError):
+        Boundary().call("fit", trainer_that_goes_on)
+    assert ran == [1]  # the second and third sections never ran
+
+
+def test_a_fault_in_a_thread_the_trainer_started_is_still_sweeplabs() -> None:
+    def trainer_with_a_thread() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(_engine_boom).result()
+
+    with pytest.raises(ZeroDivisionError, match=INJECTED):
+        Boundary().call("fit", trainer_with_a_thread)
+
+
+def _engine_boom() -> None:
+    with engine_code():
+        _boom()
+
+
+def test_refused_input_fails_the_trial_even_when_the_trainer_swallows_it() -> None:
+    def trainer_that_swallows() -> None:
+        with contextlib.suppress(UsageError):
+            refuse(UsageError("reported metric 'a b': expected letters"))
+
+    with pytest.raises(TrainerError) as caught:
+        Boundary().call("fit", trainer_that_swallows)
+    assert isinstance(caught.value.error, UsageError)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), Unreachable("the store stayed unreachable")],
+                         ids=["an interruption", "an outage"])
+def test_an_interruption_or_an_outage_passes_through_as_itself(error: BaseException) -> None:
+    def trainer() -> None:
+        with engine_code():
+            raise error
+
+    with pytest.raises(type(error)):
+        Boundary().call("fit", trainer)
+
+    def swallowing() -> None:
+        with contextlib.suppress(Exception):
+            trainer()
+
+    if isinstance(error, Unreachable):  # recorded: the trial's store is away, whatever the trainer did
+        with pytest.raises(Unreachable):
+            Boundary().call("fit", swallowing)

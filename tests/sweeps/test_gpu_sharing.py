@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import SweepFailed
-from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV, Card, device_label, worker_environment
+from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV, Card, worker_environment
+from sweeplab.trainers.device import device_label
 from sweeplab.trainers.loop import fit
 from tests.fake_tasks import Replay, make_task, sweep_task
 from tests.storages import SweepStorage

@@ -108,7 +108,7 @@ def test_sweeplabs_own_error_fails_the_trial_logs_it_and_stops_the_search(tmp_pa
     assert run.closed == ("failed" if where == "telling Optuna an invalid value" else None)
 
 
-def test_an_interruption_fails_the_trial_as_interrupted_and_goes_on(tmp_path: Path) -> None:
+def test_an_interruption_fails_the_trial_as_interrupted_and_stops_the_search(tmp_path: Path) -> None:
     def script(n: int, trial: optuna.Trial) -> Finished:
         raise KeyboardInterrupt
 

@@ -1,0 +1,9 @@
+"""What each built-in task accepts, without its trainer: one module per task holding its
+``DEFAULTS`` (every parameter and its default value, whose type is the type ``--set`` must give)
+and ``LIMITS`` (what each parameter accepts, :class:`~sweeplab.core.Limit`).
+
+The trainers import these, so there is one copy of each. They live apart from the trainers
+because a trainer imports torch and transformers (seconds), while ``sweep run`` checks a
+mistyped ``--set`` against these (:func:`sweeplab.tasks.check_before_loading`) before it loads
+anything. Nothing here may import more than :mod:`sweeplab.core`.
+"""

@@ -1,0 +1,114 @@
+"""``sweep ui`` and ``sweep server`` refuse, in one line and before printing any address, what
+MLflow would get wrong quietly: a port another program holds (MLflow logs it among its start-up
+lines and exits 0, and the printed addresses open that program), and a folder with no store
+(MLflow would make an empty one there)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sweeplab.cli import app
+from sweeplab.errors import UsageError
+from sweeplab.tracker.server import check_port
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The command lines the CLI would hand its process over to (MLflow's UI or server),
+    recorded instead of run; the command then ends with exit 0."""
+    commands: list[list[str]] = []
+
+    def record(path: str, command: list[str]) -> None:
+        commands.append(list(command))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(os, "execv", record)
+    return commands
+
+
+@pytest.fixture()
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a listening socket of this test holds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def _store(root: Path) -> Path:
+    """An embedded store as a sweep leaves it (a complete, empty MLflow database)."""
+    from sweeplab.tracker.embedded import ensure_tracking_db
+
+    ensure_tracking_db(root / "mlflow.db")
+    return root
+
+
+def _one_error_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
+
+
+def test_ui_without_a_store_is_refused_and_creates_nothing(tmp_path: Path, started: list[list[str]]) -> None:
+    for store_dir in (tmp_path / "none", tmp_path):  # a folder that does not exist, an empty one
+        result = runner.invoke(app, ["ui", "--store-dir", str(store_dir)])
+        assert result.exit_code == 2, result.output
+        assert "no tracking store here (run a sweep first, or pass --store-dir)" in _one_error_line(result.output)
+    assert not started and list(tmp_path.iterdir()) == []
+
+
+def test_ui_on_a_taken_port_names_it_and_a_free_one(tmp_path: Path, started: list[list[str]], taken_port: int) -> None:
+    result = runner.invoke(app, ["ui", "--store-dir", str(_store(tmp_path / "mlruns")), "--port", str(taken_port)])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)  # and no address printed before it
+    assert f"port {taken_port} on 127.0.0.1 is in use" in line and "--port" in line, line
+    assert not started
+
+
+def test_ui_on_a_free_port_prints_its_address_and_starts_mlflow_there(tmp_path: Path, started: list[list[str]]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(app, ["ui", "--store-dir", str(_store(tmp_path / "mlruns")), "--port", str(port)])
+    assert result.exit_code == 0, result.output
+    assert f"MLflow UI on http://127.0.0.1:{port}/" in result.output
+    [command] = started
+    assert command[command.index("--port") + 1] == str(port)
+
+
+def test_server_on_a_taken_port_is_refused_before_making_its_folder(tmp_path: Path, started: list[list[str]],
+                                                                     taken_port: int) -> None:
+    result = runner.invoke(app, ["server", "--store-dir", str(tmp_path / "srv"), "--port", str(taken_port)])
+    assert result.exit_code == 2, result.output
+    assert f"port {taken_port} on 127.0.0.1 is in use" in _one_error_line(result.output)
+    assert not started and not (tmp_path / "srv").exists()
+
+
+def test_the_free_port_suggested_is_free(taken_port: int) -> None:
+    with pytest.raises(UsageError, match=r"such as --port (\d+)") as refused:
+        check_port("127.0.0.1", taken_port)
+    suggested = int(str(refused.value).rsplit("--port ", 1)[1])
+    assert suggested != taken_port
+    check_port("127.0.0.1", suggested)  # no error: a server could listen there
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 0, "--port 0: expected a port number from 1 to 65535"),
+        ("127.0.0.1", 70000, "--port 70000: expected a port number from 1 to 65535"),
+        ("no-such-host.invalid", 5000, "--host no-such-host.invalid: not an address of this machine"),
+    ],
+)
+def test_a_port_or_host_no_server_could_use_is_one_line(host: str, port: int, expected: str) -> None:
+    with pytest.raises(UsageError, match="^" + expected.replace(".", r"\.")):
+        check_port(host, port)
