@@ -76,17 +76,25 @@ class _FailingConsole:
         pass
 
 
-def _sweep(task: Task, tmp_path: Path, trials: int, observer: Any = None, **options: Any) -> Any:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for this module's sweeps (each its own study and experiment): making a store
+    costs more than a sweep of these trainers."""
+    return tmp_path_factory.mktemp("boundary") / "store"
+
+
+def _sweep(task: Task, store: Path, tmp_path: Path, trials: int, observer: Any = None, **options: Any) -> Any:
+    """Sweep ``task`` as its own study in ``store``, with a data cache of its own (``tmp_path``)."""
     if task.name not in task_names():
         register(task)
     space = tmp_path / "space.toml"
     space.write_text("[search.x]\nlow = 0.1\nhigh = 1.0\n", encoding="utf-8")
-    return run_sweep(SweepOptions.of(task.name, trials=trials, space=str(space), store_dir=tmp_path / "store", plots=False,
-                                      experiment=task.name, pruner="none", **options), observer)
+    return run_sweep(SweepOptions.of(task.name, trials=trials, space=str(space), store_dir=store, plots=False, study=task.name,
+                                      experiment=task.name, cache_dir=tmp_path / "cache", pruner="none", **options), observer)
 
 
-def _trial_runs(tmp_path: Path, experiment: str) -> list[Any]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+def _trial_runs(store: Path, experiment: str) -> list[Any]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs([found.experiment_id], "tags.`sweeplab.role` = 'trial'")
 
@@ -110,26 +118,27 @@ FAULTS = [pytest.param(point, False, id=point) for point in ENGINE_POINTS] + [
 
 
 @pytest.mark.parametrize(("point", "swallow"), FAULTS)
-def test_a_fault_of_sweeplabs_own_stops_the_sweep_with_its_traceback_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_fault_of_sweeplabs_own_stops_the_sweep_with_its_traceback_logged(store: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
                                                                             point: str, swallow: bool) -> None:
     name = f"engine-{point.replace(' ', '-')}-{swallow}"
     task = make_task(name, _fit)
     task = replace(task, defaults={**task.defaults, "swallow": swallow})
     ENGINE_POINTS[point](monkeypatch)
     with pytest.raises(InternalError) as caught:
-        _sweep(task, tmp_path, 3, _FailingConsole() if point == "the console" else None)
+        _sweep(task, store, tmp_path, 3, _FailingConsole() if point == "the console" else None)
     monkeypatch.undo()
 
     error = caught.value
     assert error.exit_code == 70 and error.trial == 0 and INJECTED in str(error.error)
-    assert error.log == tmp_path / "store" / "logs" / "errors.log" and str(error.log) in str(error)
-    logged = error.log.read_text(encoding="utf-8")
-    assert "Traceback" in logged and f"ZeroDivisionError: {INJECTED}" in logged
-    storage = open_optuna_storage(str(tmp_path / "store" / "optuna.journal"))
-    (trial,) = optuna.load_study(study_name="space-tpe", storage=storage).trials  # the sweep stopped at its first trial
+    assert error.log == store / "logs" / "errors.log" and str(error.log) in str(error)
+    logged = error.log.read_text(encoding="utf-8").split(f" study {name} trial 0\n")[1].split("\n--- ")[0]
+    assert logged.startswith("Traceback") and f"ZeroDivisionError: {INJECTED}" in logged
+    storage = open_optuna_storage(str(store / "optuna.journal"))
+    (trial,) = optuna.load_study(study_name=name, storage=storage).trials  # the sweep stopped at its first trial
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == f"internal error: ZeroDivisionError: {INJECTED}"
-    runs = _trial_runs(tmp_path, name)
+    runs = _trial_runs(store, name)
     assert len(runs) == (0 if point in ("suggesting the config", "starting the run", "taking the card") else 1)
     for run in runs:
         assert run.info.status == "FAILED" and run.data.tags["sweeplab.fail_reason"] == trial.user_attrs["fail_reason"]
@@ -179,21 +188,22 @@ TASK_CALLS: dict[str, tuple[Callable[[Task], Task], str]] = {
 
 
 @pytest.mark.parametrize("call", list(TASK_CALLS))
-def test_what_the_tasks_own_code_raises_fails_that_trial_and_the_sweep_goes_on(tmp_path: Path, call: str) -> None:
+def test_what_the_tasks_own_code_raises_fails_that_trial_and_the_sweep_goes_on(store: Path, tmp_path: Path, call: str) -> None:
     base = replace(make_task(f"task-{call.replace(' ', '-')}", _fit), save_checkpoint=_save, format_predictions=repr,
                    evaluate_test=_score)
     make, reason = TASK_CALLS[call]
     task = make(base)
-    outcome = _sweep(task, tmp_path, 2, checkpoints="all")
+    outcome = _sweep(task, store, tmp_path, 2, checkpoints="all")
     assert outcome.counts["failed"] == 1 and outcome.counts["complete"] == 2
-    failed = [r for r in _trial_runs(tmp_path, task.name) if r.data.tags["sweeplab.state"] == "failed"]
+    failed = [r for r in _trial_runs(store, task.name) if r.data.tags["sweeplab.state"] == "failed"]
     assert [r.data.tags["sweeplab.fail_reason"] for r in failed] == [reason]
-    assert not (tmp_path / "store" / "logs" / "errors.log").exists()
+    log = store / "logs" / "errors.log"
+    assert not log.exists() or f" study {task.name} " not in log.read_text(encoding="utf-8")
 
 
-def test_a_test_split_the_task_cannot_score_is_a_note_and_the_trials_stay(tmp_path: Path) -> None:
+def test_a_test_split_the_task_cannot_score_is_a_note_and_the_trials_stay(store: Path, tmp_path: Path) -> None:
     task = replace(make_task("task-evaluate-test", _fit), save_checkpoint=_save, evaluate_test=_boom)
-    outcome = _sweep(task, tmp_path, 2)
+    outcome = _sweep(task, store, tmp_path, 2)
     assert outcome.counts["complete"] == 2 and outcome.test is None
     assert outcome.notes == [f"the test split was not scored: ZeroDivisionError: {INJECTED}"]
 

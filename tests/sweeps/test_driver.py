@@ -17,7 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
-from sweeplab.errors import SweepFailed
+from sweeplab.errors import SweepFailed, UsageError
+from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.study import CREATOR, PARENT_RUN, open_study, recorded_parent
 from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
@@ -124,3 +125,15 @@ def test_a_learning_rate_is_logged_beside_its_log10_for_a_readable_chart() -> No
     assert with_log_lr({"lr": 5e-5, "val_loss": 1.0}) == {"lr": 5e-5, "val_loss": 1.0, "lr_log10": math.log10(5e-5)}
     assert with_log_lr({"val_loss": 1.0}) == {"val_loss": 1.0}
     assert with_log_lr({"lr": 0.0}) == {"lr": 0.0}  # no log of zero
+
+
+def test_optuna_sampler_and_pruner_objects_from_python_run_the_sweep_and_are_asked_for_again(tmp_path: Path) -> None:
+    task = make_task("objects", _replay)
+    outcome = sweep_task(task, tmp_path, 2, sampler=optuna.samplers.RandomSampler(seed=3), pruner=optuna.pruners.NopPruner())
+    assert outcome.study == "space-RandomSampler" and outcome.counts["complete"] == 2
+    parent = MlflowClient(tracking_uri=outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert (parent.data.params["sampler"], parent.data.params["pruner"]) == ("RandomSampler", "NopPruner")
+    with pytest.raises(UsageError, match="ran with the pruner NopPruner, given from Python: pass it again"):
+        sweep_task(task, tmp_path, 3, sampler=optuna.samplers.RandomSampler(seed=3))
+    with pytest.raises(UsageError, match="cannot be handed to worker processes"):
+        SweepOptions.of("objects", sampler=optuna.samplers.RandomSampler(), workers=2)
