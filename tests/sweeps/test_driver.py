@@ -18,11 +18,13 @@ from mlflow import MlflowClient
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import SweepFailed, UsageError
+from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.study import CREATOR, PARENT_RUN, open_study, recorded_parent
 from sweeplab.trainers.loop import fit
 from tests.conftest import TINY
 from tests.fake_tasks import Replay, make_task, sweep_task
+from tests.storages import SweepStorage
 
 
 def test_of_two_processes_opening_one_study_exactly_one_is_its_creator() -> None:
@@ -31,7 +33,7 @@ def test_of_two_processes_opening_one_study_exactly_one_is_its_creator() -> None
     first, created_first = open_study(storage, "s", *args)
     second, created_second = open_study(storage, "s", *args)
     assert (created_first, created_second) == (True, False)
-    assert first._study_id == second._study_id and second.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert optuna_private.study_id(first) == optuna_private.study_id(second) and second.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def test_a_joining_process_waits_for_the_creator_to_record_the_parent_run() -> None:
@@ -54,20 +56,16 @@ def test_one_process_from_scratch_proposes_the_same_configurations_for_the_same_
     (tmp_path / "b").mkdir()
     first = sweep_task(task, tmp_path / "a", 3, sampler="random", seed=7)
     second = sweep_task(task, tmp_path / "b", 3, sampler="random", seed=7)
-    params = [[t.params for t in optuna.load_study(study_name=o.study, storage=_journal(tmp_path / d)).trials]
+    params = [[t.params for t in SweepStorage.of_store(tmp_path / d / "store").study(o.study).trials]
               for o, d in ((first, "a"), (second, "b"))]
     assert params[0] == params[1]
-
-
-def _journal(folder: Path) -> optuna.storages.BaseStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "store" / "optuna.journal")))
 
 
 def test_a_rerun_does_not_propose_the_first_runs_configurations_again(tmp_path: Path) -> None:
     task = make_task("reseeded", _replay)
     sweep_task(task, tmp_path, 2, sampler="random")
     outcome = sweep_task(task, tmp_path, 4, sampler="random")
-    trials = optuna.load_study(study_name=outcome.study, storage=_journal(tmp_path)).trials
+    trials = SweepStorage.of_store(tmp_path / "store").study(outcome.study).trials
     assert trials[2].params != trials[0].params and trials[3].params != trials[1].params
 
 
@@ -82,7 +80,7 @@ def test_two_identical_commands_started_together_do_not_start_with_the_same_conf
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
-    trials = optuna.load_study(study_name="sentiment-random", storage=_journal(tmp_path)).trials
+    trials = SweepStorage.of_store(tmp_path / "store").study("sentiment-random").trials
     first_of = {}
     for trial in sorted(trials, key=lambda t: t.number):
         first_of.setdefault(trial.user_attrs["worker"], trial.params)

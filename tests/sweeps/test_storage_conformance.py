@@ -23,13 +23,14 @@ from sweeplab.sweeps.storage import ReconnectingStorage, close_storage, open_opt
 from sweeplab.tracker.reconnect import Patience
 from tests.conftest import POSTGRES_ENV
 
-#: ``sqlite`` and ``cached_sqlite`` are the RDB modes of Optuna's ``optuna.testing.storages.STORAGE_MODES``
-#: (an RDB storage on a SQLite file, alone and behind Optuna's trial cache), built as its
-#: ``StorageSupplier`` builds them (that module imports ``fakeredis``, for its Redis mode, which
-#: sweeplab does not install); ``postgresql`` is the storage a sweep opens on PostgreSQL
+#: ``cached_sqlite`` is the RDB mode of Optuna's ``optuna.testing.storages.STORAGE_MODES`` that a
+#: sweep uses (an RDB storage on a SQLite file behind Optuna's trial cache; the uncached
+#: ``sqlite`` mode is never what a sweep opens, so it is left out to keep the suite's time),
+#: built as its ``StorageSupplier`` builds it (that module imports ``fakeredis``, for its Redis
+#: mode, which sweeplab does not install); ``postgresql`` is the storage a sweep opens on PostgreSQL
 #: (``--storage postgresql://``). Each test gets a copy of an empty database made once per mode:
 #: making Optuna's tables costs about 0.4 s, more than most tests.
-MODES = ("sqlite", "cached_sqlite", "postgresql")
+MODES = ("cached_sqlite", "postgresql")
 
 #: As in Optuna's supplier: a SQLite write waits this long for another connection's lock.
 _SQLITE_TIMEOUT = 300
@@ -105,7 +106,7 @@ def _wrapped(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> Recon
         assert isinstance(storage, ReconnectingStorage)
         return storage
     rdb = _rdb(Path(shutil.copyfile(request.getfixturevalue("empty_sqlite"), tmp_path / "optuna.db")))
-    return reconnecting_rdb(rdb, _patience()) if mode == "cached_sqlite" else ReconnectingStorage(rdb, _patience(), rdb)
+    return reconnecting_rdb(rdb, _patience())
 
 
 @pytest.fixture(params=MODES)
