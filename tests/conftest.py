@@ -3,6 +3,7 @@ PostgreSQL databases, an MLflow tracking server, and each Optuna storage a sweep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -58,10 +59,11 @@ TINY = ["--set", "text_model=tiny", "--set", "image_model=tiny", "--set", "image
 POSTGRES_ENV = "SWEEPLAB_TEST_POSTGRES"
 
 
-@pytest.fixture()
-def postgres_db() -> Iterator[Callable[[], str]]:
-    """A factory of fresh, empty PostgreSQL databases (dropped afterwards) on the server named by
-    ``SWEEPLAB_TEST_POSTGRES``; the test skips, saying why, when there is none to reach."""
+@contextlib.contextmanager
+def postgres_databases() -> Iterator[Callable[..., str]]:
+    """A factory of fresh PostgreSQL databases on the server named by ``SWEEPLAB_TEST_POSTGRES``,
+    each empty or (``make(template)``) a copy of the database ``template``, by URI; all dropped
+    when the block ends. Skips the test, saying why, when there is no server to reach."""
     admin_uri = os.environ.get(POSTGRES_ENV)
     if not admin_uri:
         pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against (.ci/run starts one)")
@@ -72,9 +74,9 @@ def postgres_db() -> Iterator[Callable[[], str]]:
         pytest.skip(f"{POSTGRES_ENV}={admin_uri} cannot be reached: {str(exc).strip().splitlines()[0]}")
     made: list[str] = []
 
-    def make() -> str:
+    def make(template: str | None = None) -> str:
         name = f"sweeplab_test_{uuid.uuid4().hex[:12]}"
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {urlsplit(template).path.lstrip('/')}" if template else ""))
         made.append(name)
         return urlunsplit(urlsplit(admin_uri)._replace(path=f"/{name}"))
 
@@ -85,6 +87,13 @@ def postgres_db() -> Iterator[Callable[[], str]]:
         with psycopg.connect(admin_uri, autocommit=True, connect_timeout=10) as again:  # a test may restart the server
             for name in made:
                 again.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
+def postgres_db() -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty PostgreSQL databases for one test (see :func:`postgres_databases`)."""
+    with postgres_databases() as make:
+        yield make
 
 
 def answers(uri: str) -> bool:

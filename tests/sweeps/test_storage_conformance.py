@@ -6,13 +6,10 @@ or cannot be handed to another process fails here."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import pytest
@@ -21,7 +18,7 @@ from optuna.testing.pytest_storages import StorageTestCase
 
 from sweeplab.sweeps.storage import ReconnectingStorage, close_storage, open_optuna_storage, reconnecting_rdb
 from sweeplab.tracker.reconnect import Patience
-from tests.conftest import POSTGRES_ENV
+from tests.conftest import postgres_databases
 
 #: ``cached_sqlite`` is the RDB mode of Optuna's ``optuna.testing.storages.STORAGE_MODES`` that a
 #: sweep uses (an RDB storage on a SQLite file behind Optuna's trial cache; the uncached
@@ -65,37 +62,12 @@ def empty_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def empty_postgres() -> Iterator[Callable[[], str]]:
-    """A factory of PostgreSQL databases holding Optuna's tables and nothing else, each made with
-    ``CREATE DATABASE ... TEMPLATE`` from one made once, on the server named by
-    ``SWEEPLAB_TEST_POSTGRES`` (what tests/conftest.py's ``postgres_db`` does, once per module);
-    dropped when the module's tests are done. Skips, saying why, when there is no server."""
-    admin_uri = os.environ.get(POSTGRES_ENV)
-    if not admin_uri:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against (.ci/run starts one)")
-    psycopg = pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -e '.[postgres]'")
-    try:
-        admin = psycopg.connect(admin_uri, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"{POSTGRES_ENV}={admin_uri} cannot be reached: {str(exc).strip().splitlines()[0]}")
-
-    def database(template: str | None = None) -> str:
-        name = f"sweeplab_test_{uuid.uuid4().hex[:12]}"
-        admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
-        made.append(name)
-        return name
-
-    def uri(name: str) -> str:
-        return urlunsplit(urlsplit(admin_uri)._replace(path=f"/{name}"))
-
-    made: list[str] = []
-    with admin:
-        try:
-            template = database()
-            close_storage(open_optuna_storage(uri(template)))  # no connection may stay on a template
-            yield lambda: uri(database(template))
-        finally:
-            for name in made:
-                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    """A factory of PostgreSQL databases holding Optuna's tables and nothing else, each a copy
+    (``CREATE DATABASE ... TEMPLATE``) of one made once per module; skips when there is no server."""
+    with postgres_databases() as make:
+        template = make()
+        close_storage(open_optuna_storage(template))  # no connection may stay on a template
+        yield lambda: make(template)
 
 
 def _wrapped(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> ReconnectingStorage:
