@@ -10,12 +10,12 @@ when any of its ``image_ids`` is returned, so a text may name several images and
 named by several texts.
 
 Bad rows are skipped and counted with their line numbers in each file's
-:class:`~sweeplab.datasets.report.ReadReport`: a line without a tab, a duplicate id, base64 that
+:class:`~sweeplab.core.data_report.ReadReport`: a line without a tab, a duplicate id, base64 that
 does not decode, a line that is not JSON or lacks a field, an empty text, ``image_ids`` that name
 no image of the split (ids that name no image are dropped from a text that names others, and
 counted). Images whose bytes are not a picture are found when the images are decoded, once per
 sweep, and reported then. A file with nothing usable is a
-:class:`~sweeplab.datasets.report.DataError`.
+:class:`~sweeplab.datasets.errors.DataError`.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Three layouts, detected from the file names in the data directory (or named with
 
 Common rules: files are UTF-8 (a leading BOM is dropped). A line that is not UTF-8, has no tab,
 has empty text or a label outside the label set is skipped and counted, with its line number, in
-the file's :class:`~sweeplab.datasets.report.ReadReport`. A file that exists but holds nothing
-usable is a :class:`~sweeplab.datasets.report.DataError` (one line, exit 2). A missing
+the file's :class:`~sweeplab.core.data_report.ReadReport`. A file that exists but holds nothing
+usable is a :class:`~sweeplab.datasets.errors.DataError` (one line, exit 2). A missing
 validation file is replaced by a stratified hold-out of the training rows; a missing test file
 means no test evaluation.
 """

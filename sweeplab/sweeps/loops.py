@@ -155,9 +155,6 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
     runs its replacement (a killed trial's retry is queued, and Optuna's ``ask`` takes queued
     trials first). Failed trials are replaced, up to ``max(3, target)`` extra attempts by this
     process."""
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        objective.best = study.best_value
-    observer.sweep_started(study.study_name, target, finished_trials(study))
     while objective.calls < target + max(3, target):
         states = recover(study, killed)
         finished = sum(states[s] for s in FINISHED)
@@ -185,9 +182,6 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
     (a cell failed on its own), ``refill`` queues untried cells in their place. A cell queued
     twice (two processes that started the sweep at the same moment) is failed as a duplicate
     without running."""
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        objective.best = study.best_value
-    observer.sweep_started(study.study_name, target, finished_trials(study))
     while not _out_of_time(deadline):
         states = recover(study, killed)
         if sum(states[s] for s in FINISHED) >= target:  # cells left queued by a --timeout or Ctrl-C wait for a larger --trials
@@ -212,6 +206,9 @@ def search(study: optuna.Study, objective: Objective, observer: SweepObserver, t
     """This process's share of the search: the queued cells of ``grid`` (with ``seed`` ordering
     any cells queued later), or sampled trials when there is no grid; no trial starts after
     ``deadline`` (``time.monotonic()``; ``None``: no time budget)."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        objective.best = study.best_value
+    observer.sweep_started(study.study_name, target, finished_trials(study))
     if grid is None:
         _optimise(study, objective, target, observer, killed, heartbeat, deadline)
     else:
