@@ -32,6 +32,8 @@ _EXPORTS = {
     "report": "sweeplab.api",
     "trainer": "sweeplab.trainers.function",
     "TrialStopped": "sweeplab.trainers.loop",
+    "StaleResumeState": "sweeplab.trainers.loop",
+    "Resumed": "sweeplab.core",
     "Task": "sweeplab.core",
     "TrialEnv": "sweeplab.core",
     "Evaluation": "sweeplab.core",

@@ -68,7 +68,7 @@ def _uri(store_dir: Path, tracking_uri: str | None) -> str:
 def run(
     task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval, sentiment, a task an installed package offers, or your own training function as FILE.py:FUNCTION or package.module:FUNCTION.")],
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).", rich_help_panel="Search")] = 6,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds after which no trial starts (the running ones finish); with --trials, whichever comes first.", rich_help_panel="Search")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds the sweep may run: no trial starts after, and running trials stop at their next evaluation, keeping their best so far; with --trials, whichever comes first.", rich_help_panel="Search")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).", rich_help_panel="Search")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Space file, or a built-in space name (see `sweep spaces`).", rich_help_panel="Search")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="tpe, grid (every cell once) or random.", rich_help_panel="Search")] = "tpe",
@@ -93,6 +93,8 @@ def run(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.", rich_help_panel="Search")] = 0.2,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total); default: one per entry of --gpus, else 1.", rich_help_panel="Runtime")] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, round robin (sets CUDA_VISIBLE_DEVICES): --gpus 0,1; several workers on one card with --gpus 0 --workers 4 or --gpus 0,0,1,1 --workers 4 (a trial out of GPU memory there runs once more alone on the card).", rich_help_panel="Runtime")] = None,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="Times a killed, preempted or interrupted trial is run again with the same parameters, from its latest resume state (0: never).", rich_help_panel="Runtime")] = 3,
+    checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="Minutes of training between saves of a trial's resume state (at the first evaluation after; also at a stop signal).", rich_help_panel="Runtime")] = 10.0,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each trial's model (its compile time counts in the trial; tag sweeplab.compile).", rich_help_panel="Runtime")] = False,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.", rich_help_panel="Tracking")] = 60,
     outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
@@ -114,6 +116,7 @@ def run(
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
             val_fraction=val_fraction, workers=workers if workers is not None else len(gpus.split(",")) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
             gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), compile=compile_,
+            max_retries=max_retries, checkpoint_minutes=checkpoint_minutes,
         )
         from sweeplab.console import RichObserver
         from sweeplab.sweeps.driver import run_sweep

@@ -136,6 +136,8 @@ except SystemExit as exc:
         (["retrieval", "--set", "freeze_text=maybe"], "--set freeze_text=maybe: expected a bool"),
         (["retrieval", "--set", "batch_size=1"], "--set batch_size=1: expected an integer >= 2"),
         (["news", "--set", "layout=cnews2"], "--set layout=cnews2: expected one of auto, cnews, thucnews, ccf"),
+        (["news", "--max-retries", "-1"], "--max-retries -1: expected a whole number >= 0"),
+        (["news", "--checkpoint-minutes", "0"], "--checkpoint-minutes 0: expected a number of minutes > 0"),
     ],
 )
 def test_a_mistake_needing_no_task_is_answered_before_torch_is_imported(tmp_path: Path, args: list[str], expected: str) -> None:

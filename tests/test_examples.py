@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
 import sweeplab
+from sweeplab.core import Resumed
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -33,3 +37,36 @@ def test_the_digits_example_is_swept_and_its_checkpoint_loads_into_its_model(tmp
     with torch.no_grad():
         accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
     assert accuracy == pytest.approx(row.value, abs=1e-6)  # the checkpoint is the best epoch's model
+
+
+class _Report:
+    """Stands in for sweeplab's ``report``: keeps each evaluation's metrics and the resume state
+    handed over last (copied, as sweeplab writes it to a file at once)."""
+
+    def __init__(self, resumed: Resumed | None = None) -> None:
+        self.resumed = resumed
+        self.points: dict[int, dict[str, float]] = {}
+        self.saved: Resumed | None = None
+
+    def __call__(self, step: int, metrics: dict[str, float], state: Any = None, resume: Any = None) -> bool:
+        self.points[step] = dict(metrics)
+        self.saved = Resumed(step, copy.deepcopy(resume() if callable(resume) else resume))
+        return False
+
+
+def test_the_digits_example_goes_on_from_its_resume_state_as_if_never_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES / "digits"))
+    fit = importlib.import_module("digits").fit
+    config = {"lr": 3e-3, "batch_size": 64, "hidden": 64, "layers": 2, "dropout": 0.2, "weight_decay": 1e-4, "epochs": 4}
+    torch.manual_seed(0)
+    whole = _Report()
+    fit(config, whole)
+    torch.manual_seed(0)
+    stopped = _Report()
+    fit({**config, "epochs": 2}, stopped)  # the same first two epochs, then its resume state
+    torch.manual_seed(1)  # a retry is seeded again: the state carries the random state on
+    retry = _Report(resumed=stopped.saved)
+    fit(config, retry)
+    assert list(retry.points) == [3, 4]
+    for epoch in (3, 4):
+        assert retry.points[epoch] == pytest.approx(whole.points[epoch], abs=1e-6)

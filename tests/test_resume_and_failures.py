@@ -92,7 +92,7 @@ def test_sigkill_mid_trial_then_rerun_completes_and_loses_nothing(tmp_path: Path
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == study.trials[killed_trial].params
     after = _status(store)
     assert after["status"] == "FINISHED" and after["target"] == 3
-    assert after["counts"] == {"complete": 3, "pruned": 0, "failed": 0, "killed": 1, "running": 0}
+    assert after["counts"] == {"complete": 3, "pruned": 0, "failed": 0, "killed": 0, "running": 0}  # the killed one, retried
     assert study.user_attrs["sweeplab.parent_run_id"] == after["run_id"]  # later workers join this parent
 
 
@@ -222,7 +222,7 @@ def test_a_grid_resumed_after_ctrl_c_runs_the_interrupted_cell_and_every_other_o
         sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
     interrupt["armed"] = False
     outcome = sweep_task(task, tmp_path, 5, space_text=_GRID, sampler="grid", pruner="none")
-    assert outcome.counts["complete"] == 5 and outcome.counts["killed"] == 1 and outcome.counts["queued"] == 0
+    assert outcome.counts["complete"] == 5 and outcome.counts["killed"] == 0 and outcome.counts["queued"] == 0  # one trial with its retry
     client = MlflowClient(outcome.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("interruptible-grid").experiment_id],
                               "tags.`sweeplab.role` = 'trial'")
@@ -230,6 +230,7 @@ def test_a_grid_resumed_after_ctrl_c_runs_the_interrupted_cell_and_every_other_o
     assert complete == [0.0, 0.25, 0.5, 0.75, 1.0]
     (interrupted,) = [r for r in runs if r.data.tags["sweeplab.state"] == "killed"]
     assert interrupted.data.tags["sweeplab.fail_reason"] == "interrupted" and interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["sweeplab.retried_by"] in {r.info.run_id for r in runs}
 
 
 def test_a_trial_another_process_failed_is_dropped_and_the_sweep_goes_on(tmp_path: Path) -> None:

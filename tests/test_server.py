@@ -1,4 +1,5 @@
-"""A sweep whose workers log to an MLflow tracking server started on 127.0.0.1 by the test."""
+"""A sweep whose workers log to an MLflow tracking server started on 127.0.0.1 by the test, and
+the resume state that reaches every machine through it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeplab.cli import app
+from sweeplab.sweeps.resume_states import SharedResume
+from sweeplab.tracker.resume_artifacts import ArtifactVersions
+from sweeplab.trainers.resume_file import ResumeFile
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -58,3 +62,25 @@ def test_the_server_answers_workers_that_name_it_by_this_machines_name_and_no_ot
     assert _status_for_host(server, f"{socket.gethostname()}:{port}") == 200  # MLflow's default alone refuses this
     assert _status_for_host(server, f"10.1.2.3:{port}") == 200  # a private address, as MLflow allows
     assert _status_for_host(server, f"attacker.example.com:{port}") != 200  # DNS-rebinding protection stays
+
+
+def test_a_resume_state_reaches_another_machine_through_the_server_and_a_cut_upload_loses_nothing(
+        mlflow_server: Callable[..., str], tmp_path: Path) -> None:
+    client = MlflowClient(mlflow_server())
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    versions = ArtifactVersions(client, run_id, "resume/trial-0")
+    here = SharedResume(ResumeFile(tmp_path / "here" / "trial-0.pt"), versions)
+    here.save({"step": 1})
+    here.save({"step": 2})
+    assert len(versions.newest_first()) == 1  # the older version removed once the newer was stored
+    elsewhere = SharedResume(ResumeFile(tmp_path / "elsewhere" / "trial-0.pt"), versions)  # no local file there
+    assert elsewhere.load() == {"step": 2}
+
+    cut = tmp_path / "state-99999999999999999999.pt"  # the newest name: an upload a kill cut short
+    cut.write_bytes(b"PK\x03\x04 half a zip")
+    client.log_artifact(run_id, str(cut), "resume/trial-0")
+    assert elsewhere.load() == {"step": 2}
+
+    here.delete()
+    assert versions.newest_first() == [] and not (tmp_path / "here" / "trial-0.pt").exists()
+    assert elsewhere.load() is None

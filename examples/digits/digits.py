@@ -7,7 +7,9 @@ The function is all sweeplab needs: it reads its data, builds the model a trial'
 describes, trains it and calls ``report`` once an epoch. ``report`` logs the curves to MLflow,
 lets Optuna prune a trial that is far behind, keeps the state of the best epoch as the trial's
 checkpoint and answers ``True`` when the trial should stop (pruned, or past its overfitting
-onset).
+onset). It also hands ``report`` its resume state (model, optimizer, torch's random state), so
+that a trial killed, preempted or stopped by a signal goes on, when it is retried, from the epoch
+after the last one saved (``report.resumed``), with the curve it would have had uninterrupted.
 """
 
 from __future__ import annotations
@@ -46,12 +48,23 @@ def _model(config: dict[str, Any]) -> nn.Module:
 
 @sweeplab.trainer(name="digits-mlp", metric="val_accuracy", space="digits.toml")
 def fit(config: dict[str, Any], report: Any) -> None:
-    """Train one configuration, reporting validation loss and accuracy after every epoch."""
+    """Train one configuration, reporting validation loss and accuracy after every epoch; a retry
+    of a stopped trial starts at the epoch after its resume state."""
     x_train, y_train, x_val, y_val = _data()
     model = _model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(1, config["epochs"] + 1):
+    start = 1
+    if report.resumed is not None:  # a retry of this trial: go on from the state handed over below
+        model.load_state_dict(report.resumed.state["model"])
+        optimizer.load_state_dict(report.resumed.state["optimizer"])
+        torch.set_rng_state(report.resumed.state["rng"])  # the shuffles and dropout masks of an unstopped run
+        start = int(report.resumed.step) + 1
+
+    def resume_state() -> dict[str, Any]:  # built only when sweeplab saves it (every --checkpoint-minutes, at a stop)
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+
+    for epoch in range(start, config["epochs"] + 1):
         model.train()
         total = 0.0
         for batch in torch.randperm(len(x_train)).split(config["batch_size"]):
@@ -68,5 +81,5 @@ def fit(config: dict[str, Any], report: Any) -> None:
             "val_loss": loss_fn(logits, y_val).item(),
             "val_accuracy": accuracy_score(y_val.numpy(), logits.argmax(1).numpy()),
         }
-        if report(epoch, metrics, state=model.state_dict()):
+        if report(epoch, metrics, state=model.state_dict(), resume=resume_state):
             break

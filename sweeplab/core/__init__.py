@@ -9,6 +9,9 @@ it costs no torch, Optuna or MLflow.
   generalization loss, overfitting onset), shared by early stopping in the trainers and the
   summary the tracker logs.
 * :mod:`~sweeplab.core.data_report` -- what a data reader skipped and why.
+* :mod:`~sweeplab.core.resume` -- a trial's resume state, saved as it trains and taken back by
+  a later attempt; :mod:`~sweeplab.core.stopping` -- a stop asked for by a signal, answered at
+  the next step.
 
 Dependencies point here and never back (``tests/test_layers.py``). The names of the task
 contract and the direction rule are importable from here (``from sweeplab.core import Task``);
@@ -18,6 +21,7 @@ the curve analysis and the read report from their modules.
 from __future__ import annotations
 
 from sweeplab.core.direction import LOWER_IS_BETTER, Direction, direction_of
+from sweeplab.core.resume import Resumed, Resumption, ResumeStore
 from sweeplab.core.task import (
     BOOLEAN,
     FRACTION,
@@ -53,6 +57,9 @@ __all__ = [
     "Limit",
     "Loaded",
     "Reporter",
+    "ResumeStore",
+    "Resumed",
+    "Resumption",
     "RoundTrainer",
     "Scalar",
     "Task",

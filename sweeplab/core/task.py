@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from sweeplab.core.curves import OnsetRule
 from sweeplab.core.data_report import ReadReport
 from sweeplab.core.direction import Direction
+from sweeplab.core.resume import Resumption
 
 if TYPE_CHECKING:
     import torch
@@ -218,11 +219,17 @@ class RoundTrainer(Protocol):
 
 class Reporter(Protocol):
     """Hears the plan (how many rounds) and every evaluation; ``on_eval`` returns ``True`` when
-    the trial should be pruned."""
+    the trial should be pruned, ``out_of_time`` whether the sweep's time budget is spent (the
+    trial stops and keeps its best evaluation). ``on_resume`` hears the evaluations an earlier
+    attempt of the trial made, when this attempt goes on from its resume state."""
 
     def on_start(self, rounds: int) -> None: ...
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool: ...
+
+    def on_resume(self, history: list[dict[str, float]]) -> None: ...
+
+    def out_of_time(self) -> bool: ...
 
 
 @dataclass
@@ -234,7 +241,7 @@ class FitResult:
     state: dict[str, Any] | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     predictions: Any = None
-    stopped: str | None = None  # "pruned", "overfit", "diverged" or None (ran every round)
+    stopped: str | None = None  # "pruned", "overfit", "diverged", "time budget" or None (ran every round)
     stop_reason: str | None = None  # for "diverged": which loss became non-finite, and where
 
 
@@ -282,6 +289,7 @@ class TrialEnv:
     metric: str = "val_accuracy"
     direction: Direction = "maximize"
     compile: bool = False  # torch.compile the trial's model (``sweep run --compile``)
+    resume: Resumption | None = None  # the trial's resume state: taken back at the start, saved as it trains
 
 
 def evaluations_per_epoch(config: Mapping[str, Any]) -> int | None:

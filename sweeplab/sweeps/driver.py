@@ -110,7 +110,7 @@ def _search(checked: Checked, opened: Opened, env: TrialEnv, observer: SweepObse
         recover(study, opened.killed)  # the last worker killed mid-trial: its trial and its run
         close_runs_of_ended_trials(study, opened.recorder)
         return notes
-    objective = Objective(checked, env, opened.recorder, observer, staging)
+    objective = Objective(checked, env, opened.recorder, observer, staging, deadline)
     grid = checked.space if options.search.sampler == "grid" else None
     search(study, objective, observer, _target(checked), opened.killed, options.tracking.heartbeat, grid,
            options.search.seed, deadline)

@@ -13,7 +13,9 @@ stops the sweep, as ``catch`` does in Optuna's ``study.optimize``: a trial its t
 error, anywhere in the trial (suggesting its configuration, opening its run, taking its card,
 inside the trainer's call, logging its artifacts, telling Optuna), is told FAIL with its reason,
 its traceback goes to ``STORE/logs/errors.log`` and the sweep stops with
-:class:`~sweeplab.errors.InternalError` (exit 70).
+:class:`~sweeplab.errors.InternalError` (exit 70). A trial interrupted (Ctrl-C, a stop signal)
+is told FAIL as ``interrupted`` and queued again (:class:`~sweeplab.sweeps.recovery.KilledTrials`),
+so that the same command goes on with it from its resume state.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sweeplab.sweeps.heartbeats import trial_heartbeat
 from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.sweeps.outcomes import DUPLICATE, UNTOLD
 from sweeplab.sweeps.recovery import KilledTrials, recover
+from sweeplab.sweeps.signals import stop_requested
 from sweeplab.sweeps.space import Space
 from sweeplab.sweeps.trial import Abandoned, Failed, Finished, still_running
 from sweeplab.tracker.runs import TrialRecorder
@@ -68,18 +71,21 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
     """Tell Optuna the trial failed, with ``reason`` unless it already has one (recorded where
-    it failed); a trial another process ended meanwhile is left as it is."""
+    it failed); a trial another process ended meanwhile is left as it is. Returns whether this
+    process failed it."""
     stored = optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial))
     if stored.state.is_finished():
-        return
+        return False
     if "fail_reason" not in stored.user_attrs:
         trial.set_user_attr("fail_reason", reason)
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    return True
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int) -> None:
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int,
+             killed: KilledTrials) -> None:
     """Run one trial (asked from the sampler or taken from the queue) with its heartbeat, then tell
     Optuna how it ended (see the module docstring). A trial that ran to its end is told first and
     its run closed after (:class:`~sweeplab.sweeps.trial.Finished`); one another process failed
@@ -98,7 +104,8 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         except Unreachable:
             raise  # the storage or the tracking store is away: the trial stays RUNNING, a rerun handles it
         except KeyboardInterrupt:
-            _fail(study, trial, "interrupted")
+            if _fail(study, trial, "interrupted"):  # queued again, to go on from its resume state
+                killed(study, optuna_private.storage_of(study).get_trial(optuna_private.trial_id(trial)))
             raise
         except Exception as exc:
             reason = internal_reason(exc)
@@ -110,6 +117,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         ended.run.close("pruned" if ended.pruned else "complete")
     elif ended is not None and ended.stop is not None:  # the user's bad input: every later trial would fail alike
         raise ended.stop
+    stop_requested()  # a stop signal came as the trial ended: no other starts
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished) -> bool:
@@ -140,7 +148,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished) -> bool:
 
 def _out_of_time(deadline: float | None) -> bool:
     """Whether the sweep's time budget (``--timeout``, a ``time.monotonic()`` deadline) is spent:
-    then no trial starts, and a running one finishes."""
+    then no trial starts, and a running one stops at its next evaluation (its reporter's
+    ``out_of_time``)."""
     return deadline is not None and time.monotonic() >= deadline
 
 
@@ -166,7 +175,7 @@ def _optimise(study: optuna.Study, objective: Objective, target: int, observer: 
         with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _run_one beats
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        _run_one(study, trial, objective, heartbeat)
+        _run_one(study, trial, objective, heartbeat, killed)
 
 
 #: How often a process whose remaining trials are all running elsewhere looks again.
@@ -198,7 +207,7 @@ def _drain_queue(study: optuna.Study, objective: Objective, observer: SweepObser
             optuna_private.storage_of(study).set_trial_user_attr(trial_id, "fail_reason", DUPLICATE)
             optuna_private.storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
             continue
-        _run_one(study, optuna_private.trial_by_id(study, trial_id), objective, heartbeat)
+        _run_one(study, optuna_private.trial_by_id(study, trial_id), objective, heartbeat, killed)
 
 
 def search(study: optuna.Study, objective: Objective, observer: SweepObserver, target: int, killed: KilledTrials,

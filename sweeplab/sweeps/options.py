@@ -14,6 +14,7 @@ flat, as the command line and :func:`sweeplab.run` do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ class Search:
     """What is searched and how a trial is judged."""
 
     trials: int = 6  # finished trials the study should hold (a total across processes)
-    timeout: float | None = None  # seconds from the start after which no trial starts
+    timeout: float | None = None  # seconds the sweep may run: no trial starts after, running ones stop at their next evaluation
     space: str | None = None  # a space file or a built-in space's name; None: the task's
     sampler: Any = "tpe"  # a name of SAMPLERS, or an Optuna sampler object (from Python)
     pruner: Any = None  # a name of PRUNERS, or an Optuna pruner object; None: the study's own (see pruners.pruner_name)
@@ -103,9 +104,17 @@ class Runtime:
     workers: int = 1  # processes on this machine sharing the study
     gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES); repeated: workers share a card
     compile: bool = False  # torch.compile each trial's model (its compile time counted in the trial)
+    max_retries: int = 3  # times a killed, preempted or interrupted trial is run again, from its resume state
+    checkpoint_minutes: float = 10.0  # minutes of training between a trial's resume-state saves
 
     def __post_init__(self) -> None:
         _one_of("--precision", self.precision, PRECISIONS)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise UsageError(f"--max-retries {self.max_retries}: expected a whole number >= 0 (0: never run a killed trial again)")
+        if not (isinstance(self.checkpoint_minutes, (int, float)) and math.isfinite(self.checkpoint_minutes)
+                and self.checkpoint_minutes > 0):
+            raise UsageError(f"--checkpoint-minutes {self.checkpoint_minutes:g}: expected a number of minutes > 0 "
+                             "(fractions allowed, such as 0.5)")
         if self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
         if any(not gpu for gpu in self.gpus):

@@ -4,17 +4,21 @@ sweeplab needs a few things Optuna does not offer publicly: the storage and ids 
 and a trial (to read a trial's state fresh from the storage while another process may change
 it), the atomic pop of a queued trial that ``study.ask()`` uses (so that each queued grid cell
 runs once under parallel workers), a trial object for a popped id, the heartbeat machinery of
-RDB storages (to beat for a trial run outside ``study.optimize`` and to find stale trials), and
-the trial cache ``optuna.load_study`` puts in front of an RDB storage (to put the reconnecting
-wrapper around it). When Optuna changes any of these, this module and its contract test
+RDB storages (to beat for a trial run outside ``study.optimize`` and to find stale trials), the
+trial cache ``optuna.load_study`` puts in front of an RDB storage (to put the reconnecting
+wrapper around it), and a view of a study that shows a pruner only some of its trials (a study
+reads its trials through its storage, and so do the brackets HyperbandPruner builds on it). When
+Optuna changes any of these, this module and its contract test
 (``tests/sweeps/test_optuna_private.py``, run against the journal file, SQLite and PostgreSQL
 storages) are what break, and what to fix.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 from optuna.storages import BaseStorage
@@ -22,9 +26,9 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BaseHeartbeat", "cached", "has_heartbeat", "heartbeat_thread", "pop_waiting_trial_id", "stale_trial_ids",
+__all__ = ["BaseHeartbeat", "cached", "filtered_study", "has_heartbeat", "heartbeat_thread", "pop_waiting_trial_id", "stale_trial_ids",
            "storage_of", "study_id", "trial_by_id", "trial_id"]
 
 
@@ -76,3 +80,32 @@ def cached(rdb: optuna.storages.RDBStorage) -> BaseStorage:
     """``rdb`` behind the trial cache ``optuna.load_study`` puts in front of an RDB storage."""
     return _CachedStorage(rdb)
 
+
+class _FilteredStorage:
+    """``storage`` whose :meth:`get_all_trials` answers ``keep`` of the study's trials; every other
+    call (reads of one trial or of the study, every write) goes to ``storage`` itself. Not a
+    ``BaseStorage`` subclass, whose abstract methods it would have to repeat one by one:
+    ``optuna.Study`` takes any object it is given as its storage."""
+
+    def __init__(self, storage: BaseStorage, keep: Callable[[list[FrozenTrial]], list[FrozenTrial]]) -> None:
+        self._storage = storage
+        self._keep = keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        # ``keep`` judges the trials whole (a retry names the attempts it replaces), states or not.
+        kept = [t for t in self._keep(self._storage.get_all_trials(study_id, deepcopy=False))
+                if states is None or t.state in states]
+        return copy.deepcopy(kept) if deepcopy else kept
+
+
+def filtered_study(study: optuna.Study, keep: Callable[[list[FrozenTrial]], list[FrozenTrial]]) -> optuna.Study:
+    """A view of ``study`` whose trials (``get_trials``, ``trials``, and those of the brackets
+    ``HyperbandPruner`` builds on the storage of the study it is given) are ``keep`` of all of
+    ``study``'s; what a pruner writes (a trial's rung values) goes to ``study``'s storage. Each
+    view reads the study's id and directions from the storage once."""
+    storage = cast(BaseStorage, _FilteredStorage(storage_of(study), keep))
+    return optuna.Study(study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner)

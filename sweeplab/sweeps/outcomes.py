@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["DUPLICATE", "INTERNAL_ERROR", "OUTCOMES", "UNTOLD", "count_outcomes", "outcome"]
+__all__ = ["DUPLICATE", "INTERNAL_ERROR", "OUTCOMES", "UNTOLD", "count_outcomes", "outcome", "retried_numbers"]
 
 #: What became of a trial: failed means the trial raised, killed that its process was killed or
 #: interrupted while it ran.
@@ -37,10 +39,23 @@ def outcome(trial: FrozenTrial) -> str:
             TrialState.WAITING: "queued"}[trial.state]
 
 
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The numbers of the trials that another of ``trials`` retries: every number in a trial's
+    ``system_attrs["retry_history"]``, the list of earlier attempts that Optuna's retry callbacks
+    (:class:`sweeplab.sweeps.recovery.KilledTrials`) put on a retry. Such an attempt and its retry
+    are one trial of the sweep: the attempt's process died and the retry carries on in its place."""
+    return {number for trial in trials for number in trial.system_attrs.get("retry_history", ())}
+
+
 def count_outcomes(study: optuna.Study) -> dict[str, int]:
-    """The study's trials by outcome; queued grid cells that another trial ran are not counted."""
+    """The study's trials by outcome, each trial once: an attempt that a retry replaced is not
+    counted (its retry is), and neither are queued grid cells that another trial ran."""
     counts = dict.fromkeys(OUTCOMES, 0)
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    for trial in trials:
+        if trial.number in retried:
+            continue
         word = outcome(trial)
         if word in counts:
             counts[word] += 1

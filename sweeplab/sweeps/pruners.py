@@ -14,6 +14,10 @@ not the curve's step, so a rung or a warm-up counts evaluations for every task:
   (:func:`most_evaluations`; found by Optuna from the first finished trial when the task cannot
   tell it from the config).
 * ``none``: no trial is stopped early.
+
+Every pruner judges each trial once, however many attempts it took: an attempt whose process died
+and that a retry replaced is left out of the trials the pruner sees (:class:`RetryAwarePruner`),
+or its rung values would count twice in successive halving and Hyperband's brackets.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import optuna
 
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
+from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.outcomes import retried_numbers
 from sweeplab.sweeps.space import Param, Space
 
-__all__ = ["PRUNERS", "make_pruner", "most_evaluations", "pruner_name", "prunes"]
+__all__ = ["PRUNERS", "RetryAwarePruner", "make_pruner", "most_evaluations", "pruner_name", "prunes"]
 
 Factory = Callable[[Space, Task], optuna.pruners.BasePruner]
 
@@ -65,6 +71,25 @@ PRUNERS: dict[str, Factory] = {
 }
 
 
+def _latest_attempts(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """``trials`` less the attempts that a retry replaced (:func:`~sweeplab.sweeps.outcomes.retried_numbers`)."""
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.number not in retried]
+
+
+class RetryAwarePruner(optuna.pruners.BasePruner):
+    """``wrapped``, shown the study without the attempts that a retry replaced. Optuna's
+    successive halving (and so Hyperband) ranks a trial among the rung values of every trial of
+    the study, failed ones included; a retry inherits its killed attempt's values, so the two would
+    count as two trials at each rung they share."""
+
+    def __init__(self, wrapped: optuna.pruners.BasePruner) -> None:
+        self.wrapped = wrapped
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self.wrapped.prune(optuna_private.filtered_study(study, _latest_attempts), trial)
+
+
 def pruner_name(options: SweepOptions, recorded: str | None) -> str:
     """The pruner of a sweep: the one ``--pruner`` names (the class of an object given from
     Python); else the one the study was started with (a resumed sweep keeps its rules); else
@@ -82,11 +107,12 @@ def pruner_name(options: SweepOptions, recorded: str | None) -> str:
 
 
 def make_pruner(options: SweepOptions, space: Space, task: Task) -> optuna.pruners.BasePruner:
-    """The pruner of ``options`` (whose ``pruner`` is resolved, see :func:`pruner_name`)."""
+    """The pruner of ``options`` (whose ``pruner`` is resolved, see :func:`pruner_name`), seeing
+    each trial once (:class:`RetryAwarePruner`)."""
     pruner = options.search.pruner
-    if isinstance(pruner, optuna.pruners.BasePruner):
+    if isinstance(pruner, RetryAwarePruner):
         return pruner
-    return PRUNERS[pruner](space, task)
+    return RetryAwarePruner(pruner if isinstance(pruner, optuna.pruners.BasePruner) else PRUNERS[pruner](space, task))
 
 
 def prunes(options: SweepOptions) -> bool:

@@ -13,9 +13,12 @@ in three ways, all run between trials by every process of the sweep:
   line) is dead after :data:`ORPHAN_SECONDS`.
 
 Either way the trial goes to :class:`KilledTrials`: its MLflow run is closed as KILLED with the
-reason and its partial curve, and its parameters are queued once more (Optuna's retry callback:
-one retry, so a configuration that kills its process twice is given up), so the kill costs the
-sweep the time the trial had run and nothing else. The storage lets exactly one process fail a
+reason and its partial curve, and its parameters are queued once more (Optuna's retry callback,
+up to ``--max-retries`` times, so a configuration that kills its process every time is given
+up). The retry inherits the killed attempt's evaluations and goes on from its resume state
+(:mod:`sweeplab.sweeps.trial`), so the kill costs the sweep the time since that state was saved.
+A trial interrupted by Ctrl-C or a stop signal is queued again the same way
+(:mod:`sweeplab.sweeps.loops`). The storage lets exactly one process fail a
 given trial, and only that one handles it. A trial failed while its process was in fact alive (a
 lost heartbeat) is dropped by that process when it next reaches the storage (:class:`sweeplab.sweeps.trial.Abandoned`).
 """
@@ -40,10 +43,24 @@ from sweeplab.sweeps.storage import ReconnectingStorage
 from sweeplab.tracker.runs import SweepRecorder
 from sweeplab.tracker.tags import STATE
 
-__all__ = ["ATTEMPT_ATTRS", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials", "fail_stale_trials", "recover"]
+__all__ = ["ATTEMPT_ATTRS", "PREVIOUS_RUN", "KilledTrials", "close_runs_of_ended_trials", "fail_dead_trials",
+           "fail_stale_trials", "first_attempt", "recover"]
 
 #: Trial user attributes that describe one attempt, not the configuration: a retry starts without them.
 ATTEMPT_ATTRS = ("worker", "worker_process", "heartbeat", "heartbeat_seconds", "mlflow_run_id", "fail_reason")
+
+#: The user attribute of a retry naming the MLflow run of the attempt it repeats.
+PREVIOUS_RUN = "previous_run"
+
+
+def first_attempt(trial: optuna.Trial | FrozenTrial) -> int:
+    """The number of ``trial``'s first attempt: its own, or, for a retry, the number its retries
+    go back to (Optuna's retry convention, ``system_attrs["failed_trial"]``)."""
+    if isinstance(trial, FrozenTrial):
+        attrs = trial.system_attrs
+    else:
+        attrs = optuna_private.storage_of(trial.study).get_trial(optuna_private.trial_id(trial)).system_attrs
+    return int(attrs.get("failed_trial", trial.number))
 
 #: A trial records its process within milliseconds of starting; one still without after this long is orphaned.
 ORPHAN_SECONDS = 120
@@ -52,14 +69,16 @@ ORPHAN_SECONDS = 120
 class KilledTrials:
     """What happens to a trial whose process was killed, however it was found (see the module
     docstring): close its MLflow run as KILLED with the reason, then queue its parameters once
-    more (``system_attrs["failed_trial"]`` on the retry names the killed trial). Optuna calls it
-    for trials it fails for want of heartbeats (the RDB storage's stale-trial callback);
-    :func:`fail_dead_trials` calls it for the trials it fails itself.
+    more, up to ``max_retries`` times (``system_attrs["failed_trial"]`` on the retry names the
+    first attempt, ``retry_history`` every earlier one). Optuna calls it for trials it fails for
+    want of heartbeats (the RDB storage's stale-trial callback); :func:`fail_dead_trials` calls
+    it for the trials it fails itself, and the run loop for an interrupted trial.
 
-    The retry does not inherit the killed attempt's intermediate values: it trains with its own
-    seed, and Optuna would ignore its reports at those steps and prune it on the dead attempt's."""
+    The retry inherits the killed attempt's intermediate values: it trains with the first
+    attempt's seed and goes on from its resume state, so its evaluations are the same ones, and
+    the pruner sees one trial."""
 
-    def __init__(self, heartbeat: float) -> None:
+    def __init__(self, heartbeat: float, max_retries: int = 3) -> None:
         self.heartbeat = heartbeat
         self.silent = f"killed: no heartbeat from its worker for {2 * heartbeat:g} s"
         self.beats: dict[int, tuple[object, float]] = {}  # journal: trial id -> (last beat seen, monotonic time it was first seen)
@@ -67,7 +86,7 @@ class KilledTrials:
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = retry(max_retry=1, inherit_intermediate_values=False)
+            self.retry = retry(max_retry=max_retries, inherit_intermediate_values=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = str(trial.user_attrs.get("fail_reason") or self.silent)
@@ -82,6 +101,8 @@ class KilledTrials:
         attempt = copy.deepcopy(trial)
         # The retry must not inherit the dead worker: another process would take it for dead too.
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        if run_id:
+            attempt.user_attrs[PREVIOUS_RUN] = run_id
         self.retry(study, attempt)
 
     def silent_for(self, trial: FrozenTrial) -> float:

@@ -10,6 +10,8 @@ does with it. A metric name MLflow cannot take is the trainer's input, refused
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from sweeplab.boundary import engine_code, refuse
 from sweeplab.errors import UsageError
 from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.tracker.runs import TrialRecorder, metric_name_problem
+from sweeplab.tracker.tags import RESUMED_FROM
 
 __all__ = ["TrialReporter", "with_log_lr"]
 
@@ -34,14 +37,29 @@ def with_log_lr(metrics: Mapping[str, float]) -> Mapping[str, float]:
 
 class TrialReporter:
     """One trial's reporter: logs each evaluation on the trial's run, shows it, and reports the
-    task's ``metric`` to Optuna, which may prune (``prune``: the sweep's pruner can)."""
+    task's ``metric`` to Optuna, which may prune (``prune``: the sweep's pruner can). ``deadline``
+    (``time.monotonic()``) is the sweep's time budget, after which the trial stops."""
 
     def __init__(self, trial: optuna.Trial, run: TrialRecorder, observer: SweepObserver, metric: str, prune: bool,
-                 config: Mapping[str, Any]) -> None:
+                 config: Mapping[str, Any], deadline: float | None = None) -> None:
         self.trial, self.run, self.observer, self.metric, self.prune = trial, run, observer, metric, prune
-        self.config = config
+        self.config, self.deadline = config, deadline
         self.evaluations = 0
         self.rounds = 0
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """This attempt goes on from an earlier one's resume state: the run gets the curve up to
+        there (each step once: the attempt logs only what comes after) and the tag
+        ``sweeplab.resumed_from`` with the step; Optuna already holds those evaluations (the
+        retry inherits them), so the next one is reported as the one after."""
+        for point in history:
+            self.run.log_point(int(point["step"]), with_log_lr({k: v for k, v in point.items() if k != "step"}))
+        self.run.set_tags({RESUMED_FROM: f"{history[-1]['step']:g}"})
+        self.observer.evaluated(self.trial.number, int(history[-1]["step"]), history[-1])
+        self.evaluations = len(history)
 
     def on_start(self, rounds: int) -> None:
         with engine_code():
@@ -64,6 +82,10 @@ class TrialReporter:
             return False  # pruning at the last evaluation would save nothing and only relabel the trial
         # Optuna hears the evaluation's index (1, 2, ...), not the curve's step: trials with other
         # batch sizes evaluate at other optimizer steps, and the pruner compares trials at equal
-        # keys; its warm-up then counts evaluations for every task.
-        self.trial.report(value, self.evaluations)
+        # keys; its warm-up then counts evaluations for every task. A retry holds the evaluations
+        # its killed attempt made (one trial to the pruner); those it makes again after going on
+        # from an earlier save are the same ones, which Optuna keeps and ignores here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            self.trial.report(value, self.evaluations)
         return self.trial.should_prune()

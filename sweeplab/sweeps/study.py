@@ -124,7 +124,7 @@ def open_sweep(checked: Checked) -> Opened:
     """Create or resume the study (refusing one made with other settings) and its parent run."""
     options, store = checked.options, checked.store
     name = study_name(options, checked.space)
-    killed = KilledTrials(options.tracking.heartbeat)
+    killed = KilledTrials(options.tracking.heartbeat, options.runtime.max_retries)
     storage = open_optuna_storage(store.optuna_storage, options.tracking.heartbeat, killed, options.tracking.outage_limit)
     try:
         return _opened(checked, storage, name, killed)

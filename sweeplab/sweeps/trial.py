@@ -13,16 +13,25 @@ How a trial ends is a value, not a guess from an exception type (:mod:`sweeplab.
 * :class:`Failed` -- the trainer or the task's code raised (a
   :class:`~sweeplab.errors.TrainerError`): its run is closed as failed with the reason, and the
   sweep goes on (unless the error is the user's input, ``stop``);
+* run again at once, in a new run (:class:`_Again`): a GPU out of memory on a card shared with
+  other workers (alone on the card this time), or a resume state that no longer loads into the
+  trainer (from the start this time);
 * anything :class:`Objective` raises is sweeplab's own error (its run closed as failed), an
   outage (:class:`~sweeplab.errors.Unreachable`), an interruption, or
   :class:`Abandoned`; the run loop (:mod:`sweeplab.sweeps.loops`) tells
   Optuna and stops the sweep.
+
+Each trial trains with its resume state (:mod:`sweeplab.core.resume`, kept where
+:mod:`sweeplab.sweeps.resume_states` says), so that a retry of a killed or interrupted trial
+(:mod:`sweeplab.sweeps.recovery`) goes on from it; the state is deleted once the trial has ended
+on its own (finished, or failed by its trainer). A stop signal while it trains is answered
+at its next step (:func:`~sweeplab.sweeps.signals.stop_at_next_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +40,7 @@ from typing import Any
 import optuna
 
 from sweeplab.boundary import Boundary
-from sweeplab.core import TrialEnv
+from sweeplab.core import Resumption, TrialEnv
 from sweeplab.errors import SweeplabError, TrainerError, Unreachable, UsageError
 from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.artifacts import log_trial_artifacts
@@ -41,12 +50,16 @@ from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.sweeps.processes import worker_attrs
 from sweeplab.sweeps.pruners import prunes
 from sweeplab.sweeps.reporter import TrialReporter
+from sweeplab.sweeps.resume_states import TrialResume, resume_store
 from sweeplab.sweeps.samplers import sampler_name
+from sweeplab.sweeps.recovery import PREVIOUS_RUN, first_attempt
 from sweeplab.sweeps.sharing import Card
+from sweeplab.sweeps.signals import stop_at_next_step
 from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.summary import summarise
-from sweeplab.tracker.tags import DEVICE, RETRY_OF
+from sweeplab.tracker.tags import DEVICE, RETRIED_BY, RETRY_OF
 from sweeplab.trainers.device import device_label, memory_now, peak_memory, release_memory, reset_peak_memory
+from sweeplab.trainers.loop import StaleResumeState
 from sweeplab.trainers.oom import out_of_memory
 
 __all__ = ["Abandoned", "Failed", "Finished", "Objective", "still_running"]
@@ -80,12 +93,14 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class _RetryAlone:
-    """A trial ran out of GPU memory on a card it shared with other workers: its run (``run_id``)
-    is closed as killed, and the trial runs once more alone on the card (see
-    :mod:`sweeplab.sweeps.sharing`)."""
+class _Again:
+    """An attempt whose run (``run_id``) was closed as killed, to be run once more at once:
+    ``alone`` on the card after it ran out of GPU memory on a card it shared with other workers
+    (see :mod:`sweeplab.sweeps.sharing`), or from the start after its resume state no longer
+    loaded."""
 
     run_id: str
+    alone: bool
 
 
 class Abandoned(Exception):
@@ -101,9 +116,10 @@ class Objective:
     """One call is one trial of the sweep ``checked`` (see the module docstring)."""
 
     def __init__(self, checked: Checked, env: TrialEnv, recorder: SweepRecorder, observer: SweepObserver,
-                 staging: Path) -> None:
+                 staging: Path, deadline: float | None = None) -> None:
         self.checked, self.task, self.options = checked, checked.task, checked.options
         self.env, self.recorder, self.observer, self.staging = env, recorder, observer, staging
+        self.deadline = deadline  # time.monotonic() at which the sweep's time budget is spent
         self.errors_log = checked.store.root / "logs" / "errors.log"  # tracebacks of sweeplab's own errors
         self.best: float | None = None
         self.calls = 0  # trials this process started
@@ -113,14 +129,13 @@ class Objective:
         for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
             trial.set_user_attr(key, value)
         self.calls += 1
+        resume = resume_store(self.checked, self.recorder, trial.study.study_name, first_attempt(trial))
         with self.card.beside_others():
-            first = self._attempt(trial, may_retry=self.card.shared)
-        if not isinstance(first, _RetryAlone):
-            return first
-        with self.card.alone(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The reported value is ignored")  # the first run's evaluations, told again
-            ended = self._attempt(trial, may_retry=False, retry_of=first.run_id)
-        assert not isinstance(ended, _RetryAlone)
+            ended = self._attempt(trial, resume, may_retry=self.card.shared)
+        while isinstance(ended, _Again):
+            with self.card.alone() if ended.alone else contextlib.nullcontext():
+                ended = self._attempt(trial, resume, may_retry=False, retry_of=ended.run_id)
+        resume.delete()  # the trial ended on its own: no attempt will go on from it
         return ended
 
     def _better(self, value: float) -> bool:
@@ -128,23 +143,26 @@ class Objective:
             return True
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
-    def _attempt(self, trial: optuna.Trial, may_retry: bool, retry_of: str | None = None) -> Finished | Failed | _RetryAlone:
-        """Run the trial once, in a child run of its own; ``may_retry``: an out-of-GPU-memory
-        error closes the run as killed and asks for a retry alone on the card instead of failing
-        the trial; ``retry_of``: the run of the attempt this one repeats."""
+    def _attempt(self, trial: optuna.Trial, resume: TrialResume, may_retry: bool,
+                 retry_of: str | None = None) -> Finished | Failed | _Again:
+        """Run the trial once, in a child run of its own, going on from ``resume`` when an
+        earlier attempt saved a state there; ``may_retry``: an out-of-GPU-memory error closes
+        the run as killed and asks for a retry alone on the card instead of failing the trial;
+        ``retry_of``: the run of the attempt this one repeats (else the trial's previous attempt's,
+        when it is a retry)."""
         release_memory()  # whatever the previous trial (or a failed one's traceback) kept alive
         device = self.env.device
         at_start = {f"{k}_start": v for k, v in memory_now(device).items()}  # flat from trial to trial: nothing leaks
         reset_peak_memory(device)
         config = {**self.task.defaults, **self.checked.space.suggest(trial)}
-        run = self._start_run(trial, config, device, retry_of)
+        run = self._start_run(trial, config, device, retry_of or trial.user_attrs.get(PREVIOUS_RUN))
         try:
-            finished = self._train(trial, run, config, device, at_start)
+            finished = self._train(trial, run, config, device, at_start, resume)
             if not finished.pruned and self._better(finished.value):
                 self.best = finished.value
             self.observer.trial_finished(trial.number, "pruned" if finished.pruned else "complete", finished.value, self.best)
         except TrainerError as failed:
-            return self._failed(trial, run, failed, may_retry, device)
+            return self._failed(trial, run, failed, may_retry, device, resume)
         except Unreachable as exc:
             # The trial stays RUNNING in Optuna (it cannot be told); the next start of the sweep
             # fails it as killed and runs its parameters again.
@@ -174,25 +192,30 @@ class Objective:
         options = self.options
         tags = {"sweeplab.sampler": sampler_name(options), "sweeplab.space": self.checked.space.name,
                 DEVICE: device_label(device), "sweeplab.compile": str(self.env.compile).lower()}
-        if retry_of is not None:
+        if retry_of:
             tags[RETRY_OF] = retry_of
         inactive = self.checked.space.inactive(config)  # another family's settings: the trainer ignores them
         params = {**{k: v for k, v in config.items() if k not in inactive}, **self.checked.rule.as_params(),
                   "seed": options.search.seed}
-        return self.recorder.start_trial(trial.number, params, tags, options.tracking.flush_seconds)
+        run = self.recorder.start_trial(trial.number, params, tags, options.tracking.flush_seconds)
+        if retry_of:  # status and the report count the trial once: its latest attempt
+            self.recorder.trial(retry_of).set_tags({RETRIED_BY: run.run_id})
+        return run
 
     def _train(self, trial: optuna.Trial, run: TrialRecorder, config: Mapping[str, Any], device: Any,
-               at_start: Mapping[str, float]) -> Finished:
+               at_start: Mapping[str, float], resume: TrialResume) -> Finished:
         """Fit, summarise the curve and log the summary and artifacts; what the trainer's or the
         task's code raised comes out as :class:`~sweeplab.errors.TrainerError`."""
         loaded, task, options = self.checked.loaded, self.task, self.options
         majority = {} if loaded.majority is None else {"val_majority_accuracy": loaded.majority}
         run.log_summary({**at_start, **majority}, {})
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        env = replace(self.env, trial_seed=options.search.seed * 100_003 + trial.number)
-        reporter = TrialReporter(trial, run, self.observer, task.metric, prunes(options), config)
+        env = replace(self.env, trial_seed=options.search.seed * 100_003 + first_attempt(trial),
+                      resume=Resumption(resume, options.runtime.checkpoint_minutes * 60))
+        reporter = TrialReporter(trial, run, self.observer, task.metric, prunes(options), config, self.deadline)
         boundary = Boundary()
-        result = boundary.call("fit", task.fit, loaded, config, env, reporter)
+        with stop_at_next_step():
+            result = boundary.call("fit", task.fit, loaded, config, env, reporter)
         summary = summarise(result.history, task.metric, task.direction, self.checked.rule, task.x_axis)
         if summary.value is None:
             raise TrainerError(RuntimeError(f"no finite {task.metric} in any evaluation"), "fit")
@@ -222,19 +245,25 @@ class Objective:
         run.close(state, reason)
 
     def _failed(self, trial: optuna.Trial, run: TrialRecorder, failed: TrainerError, may_retry: bool,
-                device: Any) -> Failed | _RetryAlone:
-        """Close the run of a trial its trainer failed, with the reason; or, for a GPU out of
-        memory on a shared card, as killed, asking for the retry alone."""
+                device: Any, resume: TrialResume) -> Failed | _Again:
+        """Close the run of a trial its trainer failed, with the reason; or, as killed, asking for
+        the attempt again: for a GPU out of memory on a shared card (alone), for a resume state
+        that no longer loads (from the start, the state deleted)."""
         drop_locals(failed.error)
         if not still_running(trial):  # another process failed it meanwhile, and handles it
             raise Abandoned(run) from None
         reason = failure_reason(failed)
+        if isinstance(failed.error, StaleResumeState):
+            logging.getLogger(__name__).warning("trial %d: %s; it runs again from the start", trial.number, failed.error)
+            resume.delete()
+            self._close_failed(run, f"killed: {failed.error}; run again from the start", device, "killed")
+            return _Again(run.run_id, alone=False)
         retry = may_retry and out_of_memory(failed.error) == "gpu"
         if not retry:
             trial.set_user_attr("fail_reason", reason)
         if retry:  # the card's other trials may have held the memory it lacked
             self._close_failed(run, self.card.retry_note(reason), device, "killed")
-            return _RetryAlone(run.run_id)
+            return _Again(run.run_id, alone=True)
         self._close_failed(run, reason, device)
         self.observer.trial_finished(trial.number, "failed", None, self.best)
         return Failed(reason, failed.error if isinstance(failed.error, UsageError) else None)

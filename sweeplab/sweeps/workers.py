@@ -15,7 +15,8 @@ slow down several times) and, with ``--gpus 0,1``, one GPU in turn through
 several workers on one card (:mod:`sweeplab.sweeps.sharing`). Their output goes to ``STORE/workers/worker-N.log``; the main process
 shows progress from the study, then scores the test split and closes the parent run. A worker
 killed mid-trial is found by the others (``sweeps.recovery``), which run its parameters again;
-Ctrl-C in the main process, or its death by any signal, interrupts every worker.
+Ctrl-C in the main process, or its death by any signal, interrupts every worker; a stop signal
+(``SIGTERM``...) is passed on to each as itself, so that each trial saves its resume state.
 
 Each worker is the program :mod:`sweeplab.sweeps.worker` (``python -m sweeplab.sweeps.worker
 OPTIONS.json``).
@@ -35,6 +36,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeplab.core.stopping import Stopped
 from sweeplab.errors import InternalError, SweepFailed, SweeplabError, Unreachable, UsageError
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.sharing import worker_environment
@@ -137,10 +139,13 @@ def run_workers(options: SweepOptions, study: optuna.Study, target: int, observe
                 break
             time.sleep(1.0)
         _report_new(study, seen, observer, best, maximise)
-    except BaseException:  # Ctrl-C, or the storage stayed unreachable: stop every worker, then say why
+    except BaseException as exc:  # Ctrl-C, a stop signal, or the storage stayed unreachable: stop every worker, then say why
+        # A stop signal is passed on as itself: each worker's trial stops at its next step and saves
+        # its resume state; otherwise an interruption (each closes its running trial as killed).
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         for process in processes.values():
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # each closes its running trial as killed
+                process.send_signal(signum)
         for process in processes.values():
             try:
                 process.wait(timeout=30)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from sweeplab.tracker.reading import Curve, StoredRun
-from sweeplab.tracker.tags import PARENT, STATE, TRIAL
+from sweeplab.tracker.tags import PARENT, RETRIED_BY, STATE, TRIAL
 
 __all__ = ["ClientReader"]
 
@@ -85,6 +85,8 @@ class ClientReader:
         experiments = self._experiments()
         for parent in parents:
             for run in self._search(experiments, [f"tags.`{PARENT}` = '{_quoted(parent)}'"], []):
+                if RETRIED_BY in run.data.tags:
+                    continue
                 state = run.data.tags.get(STATE, "running")
                 counts[parent][state] = counts[parent].get(state, 0) + 1
         return counts

@@ -15,7 +15,8 @@ from typing import Any
 
 from sweeplab.core import direction_of
 from sweeplab.tracker.reading import Curve, Reader, StoredRun
-from sweeplab.tracker.tags import DEVICE, DIRECTION, METRIC, OVERFIT, PARENT, RETRY_OF, ROLE, SPEC, STATE, STUDY, TARGET, TASK, TRIAL
+from sweeplab.tracker.tags import (DEVICE, DIRECTION, METRIC, OVERFIT, PARENT, RETRIED_BY, RETRY_OF, ROLE, SPEC, STATE, STUDY, TARGET,
+                                   TASK, TRIAL)
 
 __all__ = ["SweepRow", "SweepTrials", "TrialCurve", "TrialRow", "best_trials", "metric_direction", "recorded_metric", "sweep_trials",
            "sweeps", "task_of_spec"]
@@ -165,11 +166,21 @@ class SweepRow:
 TRIAL_STATES = ("complete", "pruned", "failed", "killed", "running")
 
 
+def _latest_attempts(children: list[StoredRun]) -> list[StoredRun]:
+    """The child runs of ``children`` that stand for a trial: less the runs of attempts that a
+    later attempt replaced, named by its ``sweeplab.retry_of`` (a trial retried alone on a shared
+    GPU) or tagged ``sweeplab.retried_by`` (an attempt whose process died, retried as a new
+    Optuna trial), so that each trial shows once, by its latest attempt."""
+    replaced = {c.tags[RETRY_OF] for c in children if RETRY_OF in c.tags}
+    return [c for c in children if c.run_id not in replaced and RETRIED_BY not in c.tags]
+
+
 def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | None = None,
            study: str | None = None) -> list[SweepRow]:
     """Every sweep of the store (newest first, at most 1,000), optionally of one task or study,
-    with its child runs counted by ``sweeplab.state`` and the best ``best_metric_of[task]`` among
-    complete ones (while a sweep runs, this is the best so far)."""
+    with its trials counted by ``sweeplab.state`` (a child run each, less the runs of attempts that
+    a later attempt replaced, tagged ``sweeplab.retried_by``: see :meth:`Reader.states`) and the
+    best ``best_metric_of[task]`` among complete ones (while a sweep runs, this is the best so far)."""
     reader = reader_for(tracking_uri)
     parents = reader.runs(_sweep_filter(task, study), limit=1000)
     counted = reader.states([p.run_id for p in parents])
@@ -182,7 +193,7 @@ def sweeps(tracking_uri: str, best_metric_of: Mapping[str, str], task: str | Non
         counts = dict.fromkeys(TRIAL_STATES, 0) | counted[parent.run_id]
         best = reader.runs({PARENT: parent.run_id}, states=("complete",), metric=metric,
                            descending=metric_direction(metric, direction) == "DESC", limit=1) if metric else []
-        running = reader.runs({PARENT: parent.run_id}, states=("running",)) if counts.get("running") else []
+        running = _latest_attempts(reader.runs({PARENT: parent.run_id}, states=("running",))) if counts.get("running") else []
         trials = parent.tags.get(TARGET) or parent.params.get("trials")
         rows.append(SweepRow(
             run_id=parent.run_id, experiment=parent.experiment, study=parent.tags.get(STUDY, ""), task=name,
@@ -250,9 +261,7 @@ def sweep_trials(tracking_uri: str, task: str | None = None, study: str | None =
     parent = found[0]
     metric = parent.tags.get(METRIC) or "val_accuracy"
     direction = parent.tags.get(DIRECTION) or direction_of(metric)
-    children = reader.runs({PARENT: parent.run_id})
-    retried = {c.tags[RETRY_OF] for c in children if RETRY_OF in c.tags}  # a trial run again alone: its later run
-    children = [c for c in children if c.run_id not in retried]
+    children = _latest_attempts(reader.runs({PARENT: parent.run_id}))
     curves = reader.curves(parent.run_id, [metric, "val_loss"])
     x_axis = next((_x_axis(c.metrics) for c in children if any(k.endswith("s_run") for k in c.metrics)), "epoch")
     trials = []

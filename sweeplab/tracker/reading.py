@@ -51,7 +51,8 @@ class Reader(Protocol):
 
     def states(self, parents: Sequence[str]) -> dict[str, dict[str, int]]:
         """For each parent run id, its child runs counted by ``sweeplab.state`` (``running`` for a
-        child without one)."""
+        child without one), less the runs of attempts that a later attempt replaced (tagged
+        ``sweeplab.retried_by``): each trial counts once, by its latest attempt."""
         ...
 
     def curves(self, parent: str, keys: Sequence[str]) -> dict[str, dict[str, Curve]]:

@@ -29,7 +29,7 @@ from sweeplab.errors import InternalError, Unreachable, UsageError
 from sweeplab.tracker.reading import Curve, StoredRun
 from sweeplab.tracker.reconnect import is_connection_error
 from sweeplab.tracker.store import redact
-from sweeplab.tracker.tags import PARENT, STATE, TRIAL
+from sweeplab.tracker.tags import PARENT, RETRIED_BY, STATE, TRIAL
 
 __all__ = ["SqlReader", "dispose_engines", "held_engines"]
 
@@ -167,8 +167,10 @@ class SqlReader:
     def _count_states(self, parents: list[str], counts: dict[str, dict[str, int]]) -> None:
         sql = ("SELECT p.value, s.value, COUNT(*) FROM tags p JOIN runs r ON r.run_uuid = p.run_uuid "
                "LEFT JOIN tags s ON s.run_uuid = p.run_uuid AND s.key = :state "
-               "WHERE p.key = :parent AND p.value IN :parents AND r.lifecycle_stage = 'active' GROUP BY p.value, s.value")
-        for parent, state, count in self._rows(sql, state=STATE, parent=PARENT, parents=list(parents)):
+               "WHERE p.key = :parent AND p.value IN :parents AND r.lifecycle_stage = 'active' "
+               "AND NOT EXISTS (SELECT 1 FROM tags x WHERE x.run_uuid = p.run_uuid AND x.key = :retried) "
+               "GROUP BY p.value, s.value")
+        for parent, state, count in self._rows(sql, state=STATE, parent=PARENT, parents=list(parents), retried=RETRIED_BY):
             state = state or "running"
             counts[parent][state] = counts[parent].get(state, 0) + int(count)
 

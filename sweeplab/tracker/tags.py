@@ -3,8 +3,8 @@ the read commands filter on. Plain strings, so that reading a store needs no MLf
 
 from __future__ import annotations
 
-__all__ = ["DEVICE", "DIRECTION", "EXPERIMENT_KIND", "METRIC", "MODEL_TRAINING", "OVERFIT", "PARENT", "RETRY_OF", "ROLE",
-           "SPEC", "STATE", "STUDY", "TARGET", "TASK", "TRIAL"]
+__all__ = ["DEVICE", "DIRECTION", "EXPERIMENT_KIND", "METRIC", "MODEL_TRAINING", "OVERFIT", "PARENT", "RESUMED_FROM",
+           "RETRIED_BY", "RETRY_OF", "ROLE", "SPEC", "STATE", "STUDY", "TARGET", "TASK", "TRIAL"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
 #: The experiment tag MLflow's UI (3.x) reads to choose its view: model training (runs, metrics,
@@ -21,5 +21,9 @@ OVERFIT = "sweeplab.overfit"  # none, or the half of the onset criterion that fi
 PARENT = "mlflow.parentRunId"  # MLflow's own tag: a child run's parent
 DEVICE = "sweeplab.device"  # where a trial runs: cpu, cuda:0...
 SPEC = "sweeplab.spec"  # FILE.py:FUNCTION or package.module:FUNCTION a sweep was started with (see tasks.spec_name)
-RETRY_OF = "sweeplab.retry_of"  # on the run of a trial retried alone on a shared GPU: the run of its first attempt
+#: On the run of a later attempt of a trial (retried alone on a shared GPU, or after its process
+#: died): the run of the attempt it repeats.
+RETRY_OF = "sweeplab.retry_of"
+RETRIED_BY = "sweeplab.retried_by"  # on the run of an attempt that a later attempt replaced: the later one's run
+RESUMED_FROM = "sweeplab.resumed_from"  # on the run of a resumed attempt: the step it continued from
 TARGET = "sweeplab.target"  # the --trials of the sweep's latest start (a param cannot change when a resume asks for more)

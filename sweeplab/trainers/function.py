@@ -19,6 +19,31 @@ function that ignores the answer is stopped by :class:`~sweeplab.trainers.loop.T
 its next ``report`` (one more epoch trained, none recorded). Whatever the function raises fails
 its trial with that reason; the sweep goes on.
 
+Long trials hand over their resume state, so that a trial killed, preempted or stopped by a
+signal goes on where it stopped instead of from its first epoch::
+
+    def fit(config, report):
+        model, optimizer = build(config)
+        start = 1
+        if report.resumed is not None:  # a retry of this trial: go on from its saved state
+            model.load_state_dict(report.resumed.state["model"])
+            optimizer.load_state_dict(report.resumed.state["optimizer"])
+            start = int(report.resumed.step) + 1
+        for epoch in range(start, config["epochs"] + 1):
+            ...
+            if report(epoch, metrics, state=model.state_dict,
+                      resume=lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}):
+                break
+
+``resume`` (a value, or a callable that builds it) is saved every ``--checkpoint-minutes`` of
+training, at the first ``report`` after that is due, and at the first ``report`` after a stop
+signal (which then ends the trial as interrupted). A retried attempt finds it in
+``report.resumed`` (a :class:`~sweeplab.core.Resumed`: the ``step`` of the last evaluation saved
+and the ``state``), with the curve up to that step already recorded; a function that hands over
+no resume state is run again from its start, as before. A function that finds the state no
+longer fits its model (it was edited since) raises ``sweeplab.StaleResumeState``: the trial
+then runs again from its start, with a warning.
+
 Before each call Python's, NumPy's and torch's generators are seeded with the trial's seed, so a
 trial runs the same again. A function may declare its name, metric, default space and defaults
 with :func:`trainer`; undeclared, the task is named after the file or module and function
@@ -88,12 +113,14 @@ def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None 
 
 def _fit(function: Callable[..., Any], loaded: Loaded, config: Mapping[str, Any], env: TrialEnv,
          reporter: Reporter) -> FitResult:
-    """One trial: call the function with the config and a ``report`` bound to the trial."""
-    progress = Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state)
+    """One trial: call the function with the config and a ``report`` bound to the trial (the
+    :class:`~sweeplab.trainers.loop.Progress` itself, which also tells what it resumes from)."""
+    progress = Progress(reporter, env.metric, env.direction, env.early_stop, env.keep_state, env.resume)
     reporter.on_start(evaluations_per_epoch(config) or 0)
     seed_everything(env.trial_seed)
+    progress.take_resume_state()
     try:
-        function(dict(config), progress.report)
+        function(dict(config), progress)
     except TrialStopped:
         pass  # the function went on after report() said stop; the trial ends where it was told
     except SystemExit as exc:  # sys.exit() in a trainer ends its trial, not the sweep

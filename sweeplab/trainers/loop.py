@@ -13,7 +13,14 @@ steps) and owns what must be the same for every task:
   (:func:`sweeplab.core.curves.overfit_onset`), when an ``early_stop`` rule is given;
 * a non-finite training or validation loss ends the trial: with :class:`Diverged` when no
   evaluation was finite yet, else as a stopped trial (``stopped = "diverged"``) that keeps its
-  best evaluation, since a trial's value is its best epoch, not its last.
+  best evaluation, since a trial's value is its best epoch, not its last;
+* once the sweep's time budget is spent (the reporter's ``out_of_time``) the trial stops at its
+  evaluation (``stopped = "time budget"``) and keeps its best evaluation;
+* the trial's resume state (``env.resume``, :mod:`sweeplab.core.resume`) is saved at the first
+  evaluation after it is due, and at a stop asked for by a signal (:mod:`sweeplab.core.stopping`),
+  which the built-in trainers answer before their next batch; an attempt that finds a saved state
+  goes on from it, with the curve so far, the best evaluation and its kept state, the trainer's
+  model, optimizer, scheduler, scaler, generators and its place in the data.
 
 The seam passes plain values (floats, dicts, numpy arrays), so the loop knows nothing of Optuna
 or MLflow.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import math
 import random
 import sys
@@ -31,15 +39,24 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from sweeplab.boundary import engine_code, refuse, task_code
-from sweeplab.core import Direction, FitResult, Reporter, RoundTrainer, TrialEnv
+from sweeplab.core import Direction, FitResult, Reporter, Resumed, Resumption, RoundTrainer, TrialEnv, stopping
 from sweeplab.core.curves import OnsetRule, best_index, overfit_onset
 from sweeplab.errors import UsageError
 
-__all__ = ["Diverged", "Progress", "TrialStopped", "fit", "fit_and_close", "keep_copy", "seed_everything"]
+__all__ = ["Diverged", "Progress", "StaleResumeState", "TrialStopped", "fit", "fit_and_close", "keep_copy", "random_states",
+           "seed_everything", "set_random_states"]
+
+#: ``FitResult.stopped`` of a trial stopped because the sweep's time budget was spent.
+TIME_BUDGET = "time budget"
 
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the trial cannot go on."""
+
+
+class StaleResumeState(RuntimeError):
+    """The trial's saved resume state no longer loads into its trainer (the model changed since it
+    was saved): the attempt is run again from the start."""
 
 
 class TrialStopped(Exception):
@@ -89,22 +106,84 @@ class Progress:
     raises :class:`TrialStopped`. :attr:`result` is the fit so far."""
 
     def __init__(self, reporter: Reporter, metric: str, direction: Direction = "maximize",
-                 early_stop: OnsetRule | None = None, keep_state: bool = True) -> None:
+                 early_stop: OnsetRule | None = None, keep_state: bool = True, resume: Resumption | None = None) -> None:
         self.reporter, self.metric, self.direction = reporter, metric, direction
-        self.early_stop, self.keep_state = early_stop, keep_state
+        self.early_stop, self.keep_state, self.resumption = early_stop, keep_state, resume
         self.result = FitResult(history=[], best=None)
+        self.resumed: Resumed | None = None
+        self.saved_at_stop = False  # a stop signal was answered at an evaluation, its resume state saved
+
+    def __call__(self, step: int | float, metrics: Mapping[str, float], state: Any = None,
+                 outputs: Mapping[str, Any] | None = None, predictions: Any = None, resume: Any = None) -> bool:
+        """:meth:`report`: a user's training function is handed the progress itself as its
+        ``report``, so that it can also read :attr:`resumed`."""
+        return self.report(step, metrics, state, outputs, predictions, resume)
+
+    def take_resume_state(self) -> Any | None:
+        """Go on from the resume state an earlier attempt saved, if there is one
+        (:meth:`restore`); returns the trainer's state in it, ``None`` when there is none."""
+        saved = self.resumption.take() if self.resumption is not None else None
+        if saved is None:
+            return None
+        self.restore(saved)
+        return saved["trainer"]
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Go on from ``saved``, a resume state: the curve so far, the best evaluation and what
+        was kept there are restored, the reporter hears the evaluations made, and
+        :attr:`resumed` holds the step and the trainer's state."""
+        progress = saved["progress"]
+        self.result = FitResult(history=list(progress["history"]), best=progress["best"], state=progress["state"],
+                                outputs=dict(progress["outputs"]), predictions=progress["predictions"])
+        self.resumed = Resumed(step=self.result.history[-1]["step"], state=saved["trainer"])
+        on_resume = getattr(self.reporter, "on_resume", None)
+        if on_resume is not None:
+            with engine_code():
+                on_resume(self.result.history)
+
+    def save_resume_state(self, trainer_state: Any) -> None:
+        """Save the resume state: this fit's curve, best evaluation and kept state, with
+        ``trainer_state`` (a value, or a callable that builds it: the trainer's). A state that
+        cannot be written is logged and training goes on: the trial loses only its resumability."""
+        if self.resumption is None or not self.result.history:
+            return
+        built = task_code(trainer_state) if callable(trainer_state) else trainer_state
+        result = self.result
+        saved = {"progress": {"history": result.history, "best": result.best, "state": result.state,
+                              "outputs": result.outputs, "predictions": result.predictions},
+                 "trainer": built}
+        try:
+            self.resumption.save(saved)
+        except Exception as exc:  # a full disk or a lost mount: the trial can still finish
+            logging.getLogger(__name__).warning("could not save the trial's resume state: %s", exc)
 
     @property
     def stopped(self) -> bool:
         return self.result.stopped is not None
 
     def report(self, step: int | float, metrics: Mapping[str, float], state: Any = None,
-               outputs: Mapping[str, Any] | None = None, predictions: Any = None) -> bool:
+               outputs: Mapping[str, Any] | None = None, predictions: Any = None, resume: Any = None) -> bool:
         """Hear one evaluation at ``step`` (the epoch, or the optimizer step): ``metrics`` by name,
         ``state`` to keep if it is the best so far (a value, or a callable that builds it),
         ``outputs`` for the tracker's artifacts (``y_true``, ``y_pred``...), ``predictions`` on
-        the unlabelled split. Returns whether to stop: pruned, past the overfitting onset, or a
-        loss that became non-finite (the trial keeps its best evaluation)."""
+        the unlabelled split, ``resume`` the trainer's resume state (a value, or a callable that
+        builds it), saved when due and at a stop signal. Returns whether to stop: pruned, past
+        the overfitting onset, out of the sweep's time, or a loss that became non-finite (the
+        trial keeps its best evaluation). A stop signal raises
+        :class:`~sweeplab.core.stopping.StoppedAtStep` once the resume state is saved."""
+        stopped = self._hear(step, metrics, state, outputs, predictions)
+        if stopped:
+            return True
+        if resume is not None and self.resumption is not None:
+            if stopping.requested() is not None or self.resumption.due():
+                self.save_resume_state(resume)
+        if stopping.requested() is not None:
+            self.saved_at_stop = resume is not None
+            stopping.check()
+        return False
+
+    def _hear(self, step: int | float, metrics: Mapping[str, float], state: Any, outputs: Mapping[str, Any] | None,
+              predictions: Any) -> bool:
         if self.stopped:
             raise TrialStopped(self.result.stopped)
         values = {str(k): float(v) for k, v in metrics.items()}
@@ -136,7 +215,18 @@ class Progress:
             with engine_code():
                 if overfit_onset([p["val_loss"] for p in history], self.early_stop) is not None:
                     self.result.stopped = "overfit"
+        if not self.stopped and _out_of_time(self.reporter):
+            self.result.stopped, self.result.stop_reason = TIME_BUDGET, "stopped: time budget"
         return self.stopped
+
+
+def _out_of_time(reporter: Reporter) -> bool:
+    """Whether the sweep's time budget is spent, for a reporter that knows one."""
+    out_of_time = getattr(reporter, "out_of_time", None)
+    if out_of_time is None:
+        return False
+    with engine_code():
+        return bool(out_of_time())
 
 
 def fit(
@@ -147,24 +237,77 @@ def fit(
     direction: Direction = "maximize",
     early_stop: OnsetRule | None = None,
     keep_state: bool = True,
+    resume: Resumption | None = None,
 ) -> FitResult:
     """Train ``rounds`` rounds, evaluating after each; see the module docstring for the rules."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    progress = Progress(reporter, metric, direction, early_stop, keep_state)
+    progress = Progress(reporter, metric, direction, early_stop, keep_state, resume)
     reporter.on_start(rounds)
-    for _ in range(rounds):
-        step, train_loss = trainer.train_round()
-        if not math.isfinite(train_loss):
-            if progress.report(step, {"train_loss": train_loss}):
+    resume_state = getattr(trainer, "resume_state", None)  # a trainer without one is not resumable
+    if resume_state is not None:
+        _go_on(trainer, progress)
+    try:
+        for _ in range(rounds - len(progress.result.history)):
+            step, train_loss = trainer.train_round()
+            if not math.isfinite(train_loss):
+                if progress.report(step, {"train_loss": train_loss}):
+                    break
+            evaluation = trainer.evaluate()
+            metrics = {"train_loss": train_loss, **evaluation.metrics}
+            if math.isfinite(metrics.get("val_loss", 0.0)):
+                trainer.after_evaluation(evaluation.metrics)
+            if progress.report(step, metrics, trainer.snapshot, evaluation.outputs, trainer.predict_unlabelled,
+                               resume_state):
                 break
-        evaluation = trainer.evaluate()
-        metrics = {"train_loss": train_loss, **evaluation.metrics}
-        if math.isfinite(metrics.get("val_loss", 0.0)):
-            trainer.after_evaluation(evaluation.metrics)
-        if progress.report(step, metrics, trainer.snapshot, evaluation.outputs, trainer.predict_unlabelled):
-            break
+    except stopping.StoppedAtStep:
+        if resume_state is not None and not progress.saved_at_stop:  # raised between two batches
+            progress.save_resume_state(resume_state)
+        raise
     return progress.result
+
+
+def _go_on(trainer: RoundTrainer, progress: Progress) -> None:
+    """Put ``trainer`` where the trial's saved resume state left it (if there is one); a state
+    it cannot take is :class:`StaleResumeState`."""
+    saved = progress.resumption.take() if progress.resumption is not None else None
+    if saved is None:
+        return
+    try:
+        trainer.load_resume_state(saved["trainer"])  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise StaleResumeState(f"the saved resume state no longer loads: {exc}") from exc
+    progress.restore(saved)
+
+
+def random_states() -> dict[str, Any]:
+    """The state of Python's generator, and NumPy's and torch's (CPU and every CUDA device) when
+    they are loaded: what a resumed trial needs to draw the same dropout masks and augmentations
+    as one never interrupted."""
+    states: dict[str, Any] = {"python": random.getstate()}
+    if "numpy" in sys.modules:
+        states["numpy"] = sys.modules["numpy"].random.get_state()
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        states["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: Mapping[str, Any]) -> None:
+    """Put back the generators' states :func:`random_states` took."""
+    random.setstate(states["python"])
+    if "numpy" in states:
+        import numpy
+
+        numpy.random.set_state(states["numpy"])
+    if "torch" in states:
+        import torch
+
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +326,7 @@ def fit_and_close(trainer: RoundTrainer, rounds: int, reporter: Reporter, env: T
     (when it has one: give the trial's memory back), however the fit ended."""
     try:
         return fit(trainer, rounds=rounds, reporter=reporter, metric=env.metric, direction=env.direction,
-                   early_stop=env.early_stop, keep_state=env.keep_state)
+                   early_stop=env.early_stop, keep_state=env.keep_state, resume=env.resume)
     finally:
         close = getattr(trainer, "close", None)
         if close is not None:

@@ -6,16 +6,22 @@ the usual BERT / CLIP practice), a learning-rate schedule (a transformers warm-u
 once per optimizer step, :func:`warmup_schedule`, or ReduceLROnPlateau stepped on the validation
 loss, :func:`plateau_schedule`), gradient clipping, mixed precision (a ``GradScaler`` for fp16),
 the best state kept on the CPU, and the trial's memory given back at the end. A task's trainer
-subclasses it, builds its model and data, and writes ``train_round`` (calling
-:meth:`ModelTrainer.optimise` once per batch, its losses summed by a :class:`LossTally`) and
+subclasses it, builds its model and data, and writes ``train_round`` (taking its batches from
+:meth:`ModelTrainer.shuffled_batches`, calling :meth:`ModelTrainer.optimise` once per batch, its
+losses summed by the round's :class:`LossTally`, :meth:`ModelTrainer.round_tally`) and
 ``evaluate`` (class probabilities read back once by :func:`class_probabilities`). Every built-in
 trainer runs under :func:`~sweeplab.trainers.loop.fit_and_close`.
+
+Its resume state (:meth:`ModelTrainer.resume_state`) is the model, optimizer, scheduler, scaler,
+the generators, the place in the epoch's data order, the loss tally of the round under way and
+the trainer's counters (:attr:`ModelTrainer.counters`): a trial stopped between two batches and
+resumed from it ends with the curve and value of one never stopped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,11 +30,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from sweeplab.core import TrialEnv
+from sweeplab.core import TrialEnv, stopping
 from sweeplab.trainers.backbones import quiet_loaders
 from sweeplab.trainers.device import autocast, compile_in_place
+from sweeplab.trainers.loop import random_states, set_random_states
 
-__all__ = ["LossTally", "ModelTrainer", "Schedule", "adamw", "class_probabilities", "decay_groups", "plateau_schedule",
+__all__ = ["BatchOrder", "LossTally", "ModelTrainer", "Schedule", "adamw", "class_probabilities", "decay_groups", "plateau_schedule",
            "save_with_tokenizer", "warmup_schedule"]
 
 #: Makes a trial's learning-rate scheduler for its optimizer.
@@ -116,6 +123,46 @@ class LossTally:
         """The weighted mean of the losses added (NaN when none was)."""
         return float(self.total) / self.count if self.total is not None else math.nan
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sum so far (on the CPU), its weight and its steps."""
+        return {"total": None if self.total is None else self.total.cpu(), "count": self.count, "steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        total = state["total"]
+        self.total = None if total is None else total.to(device)
+        self.count, self.steps = int(state["count"]), int(state["steps"])
+
+
+class BatchOrder:
+    """The order the training rows are visited in: a fresh permutation from the trial's
+    ``generator`` every epoch, cut into batches, and the place in it. Before each batch it asks
+    whether a stop was asked for (:func:`sweeplab.core.stopping.check`), so that a stop comes
+    between two whole steps; its state, saved with the trial's, lets a resumed trial see the same
+    batches from the same place."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.order: torch.Tensor | None = None  # the epoch under way
+        self.position = 0  # batches of it taken
+
+    def epoch(self, rows: int, batch_size: int) -> Iterator[torch.Tensor]:
+        """The batches of row indices ``0 .. rows - 1`` left in the epoch under way, or in a new
+        epoch's order (the last batch may be shorter)."""
+        if self.order is None or len(self.order) != rows:
+            self.order, self.position = torch.randperm(rows, generator=self.generator), 0
+        batches = self.order.split(batch_size)
+        while self.position < len(batches):
+            stopping.check()
+            self.position += 1
+            yield batches[self.position - 1]
+        self.order = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.order, self.position = state["order"], int(state["position"])
+
 
 class ModelTrainer:
     """Optimizer, schedule, clipping, precision and memory of one model's trial (see the module
@@ -129,7 +176,12 @@ class ModelTrainer:
     :func:`plateau_schedule`). The config gives ``lr``, ``weight_decay`` and ``max_grad_norm``
     (absent or 0: no clipping). A step reads nothing back from the device (:meth:`optimise`;
     clipping and a bf16 or fp32 step queue kernels only, an fp16 ``GradScaler`` alone reads its
-    inf check every step)."""
+    inf check every step).
+
+    :attr:`counters` names the attributes a subclass counts its progress in (``step``,
+    ``epoch``), saved with the resume state."""
+
+    counters: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module | Mapping[str, nn.Module], config: Mapping[str, Any], env: TrialEnv,
                  schedule: Schedule) -> None:
@@ -141,6 +193,8 @@ class ModelTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=env.precision == "fp16")
         self.clip = float(config.get("max_grad_norm", 0.0))
         self.generator = torch.Generator().manual_seed(env.trial_seed)
+        self.batch_order = BatchOrder(self.generator)
+        self.tally: LossTally | None = None  # the round under way's
 
     def _parts(self) -> list[nn.Module]:
         """The modules a forward pass calls: the named parts, or the one model."""
@@ -165,10 +219,23 @@ class ModelTrainer:
             self.scheduler.step()
         return loss.detach()
 
-    def shuffled_batches(self, rows: int, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """The row indices ``0 .. rows - 1`` in a fresh order from the trial's generator, cut into
-        batches of ``batch_size`` (the last may be shorter)."""
-        return torch.randperm(rows, generator=self.generator).split(batch_size)
+    def shuffled_batches(self, rows: int, batch_size: int) -> Iterator[torch.Tensor]:
+        """The batches left in the epoch under way of the row indices ``0 .. rows - 1``, in an
+        order from the trial's generator (:class:`BatchOrder`): a new epoch's, or the rest of the
+        epoch a resumed trial was stopped in."""
+        return self.batch_order.epoch(rows, batch_size)
+
+    def round_tally(self) -> LossTally:
+        """The loss tally of the round that starts: the one a resumed trial was stopped in, or a
+        new one. ``train_round`` ends the round with :meth:`end_round`."""
+        if self.tally is None:
+            self.tally = LossTally()
+        return self.tally
+
+    def end_round(self) -> float:
+        """The round's mean training loss; the next round starts a new tally."""
+        tally, self.tally = self.round_tally(), None
+        return tally.mean()
 
     def learning_rate(self) -> float:
         """The first parameter group's learning rate now (the curves' ``lr``)."""
@@ -186,6 +253,37 @@ class ModelTrainer:
         if isinstance(self.model, nn.ModuleDict):
             return {name: part.state_dict() for name, part in self.model.items()}
         return self.model.state_dict()
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a later attempt needs to go on exactly where this one is (see the module
+        docstring); live tensors, written out before training goes on."""
+        return {"model": self.snapshot(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state(), "order": self.batch_order.state_dict(),
+                "tally": None if self.tally is None else self.tally.state_dict(), "random": random_states(),
+                "counters": {name: getattr(self, name) for name in self.counters}}
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        """Go on from ``state``, a :meth:`resume_state` of an earlier attempt of this trial; a
+        model whose shapes changed since raises (``load_state_dict``)."""
+        if isinstance(self.model, nn.ModuleDict):
+            if set(state["model"]) != set(self.model):
+                raise ValueError(f"the saved model has parts {sorted(state['model'])}, this one {sorted(self.model)}")
+            for name, part in self.model.items():
+                part.load_state_dict(state["model"][name])
+        else:
+            self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.batch_order.load_state_dict(state["order"])
+        if state["tally"] is not None:
+            self.tally = LossTally()
+            self.tally.load_state_dict(state["tally"], self.device)
+        set_random_states(state["random"])
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
 
     def predict_unlabelled(self) -> Any:
         """None by default: a task with a labelled test split scores it once after the search."""

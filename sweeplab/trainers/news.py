@@ -50,7 +50,7 @@ from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, save_with_tokenizer, warmup_schedule
+from sweeplab.trainers.model_trainer import ModelTrainer, class_probabilities, save_with_tokenizer, warmup_schedule
 from sweeplab.trainers.settings.news import DEFAULTS, LIMITS  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.text_models import FAMILIES, build_text_model, load_text_model, parse_kernel_sizes, save_text_model
 from sweeplab.trainers.tokens import SCRATCH, TOKEN_CAP, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
@@ -176,6 +176,8 @@ class _NewsTrainer(ModelTrainer):
     """One trial of the news task as a :class:`~sweeplab.trainers.loop.RoundTrainer`: a round is
     ``eval_every`` optimizer steps (or one epoch), the step returned is the global step."""
 
+    counters = ("step",)
+
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         _check(config)
         tokenizer, key = load_tokenizer_for(_tokenizer_of(config))
@@ -205,8 +207,9 @@ class _NewsTrainer(ModelTrainer):
     def train_round(self) -> tuple[int, float]:
         self.model.train()
         max_length = int(self.config["max_length"])
-        tally = LossTally()
-        for _ in range(min(self.every, self.total_steps - self.step)):
+        tally = self.round_tally()
+        end = min(self.total_steps, (self.step // self.every + 1) * self.every)  # a resumed round ends where it would have
+        while self.step < end:
             rows = next(self.batches)
             inputs = to_device_all(batch_inputs(self.train.texts, rows, max_length, *self.frame), self.device)
             labels = to_device(self.train.labels[rows], self.device)
@@ -215,7 +218,7 @@ class _NewsTrainer(ModelTrainer):
             self.step += 1
             if tally.add(self.optimise(nn.functional.cross_entropy(logits.float(), labels))):
                 break
-        return self.step, tally.mean()
+        return self.step, self.end_round()
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.val, self.frame, self.config, self.env, "val_")

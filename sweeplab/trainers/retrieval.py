@@ -53,7 +53,7 @@ from sweeplab.trainers.backbones import BackboneError, quiet_loaders
 from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import recall_at_k
-from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, save_with_tokenizer, warmup_schedule
+from sweeplab.trainers.model_trainer import ModelTrainer, save_with_tokenizer, warmup_schedule
 from sweeplab.trainers.settings.retrieval import DEFAULTS, LIMITS  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.tokens import SCRATCH, TokenisedTexts, batch_inputs, frame_ids, load_tokenizer_for, tokenise
 from sweeplab.trainers.transfer import normalise_channels, to_device, to_device_all
@@ -230,6 +230,8 @@ class _RetrievalTrainer(ModelTrainer):
     """One trial of the retrieval task as a :class:`~sweeplab.trainers.loop.RoundTrainer` (a
     round is an epoch)."""
 
+    counters = ("epoch",)
+
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if int(config[key]) < 1:
@@ -253,7 +255,7 @@ class _RetrievalTrainer(ModelTrainer):
     def train_round(self) -> tuple[int, float]:
         self.model.train()
         max_length = int(self.config["max_length"])
-        tally = LossTally()
+        tally = self.round_tally()
         for rows in self.shuffled_batches(len(self.train.texts), self.batch_size):
             if len(rows) < 2:
                 continue  # a contrastive batch needs negatives
@@ -268,7 +270,7 @@ class _RetrievalTrainer(ModelTrainer):
             if diverged:
                 break
         self.epoch += 1
-        return self.epoch, tally.mean()
+        return self.epoch, self.end_round()
 
     def evaluate(self) -> Evaluation:
         evaluation = _evaluate(self.model, self.valid, self.frame, self.config, self.env, "val_")

@@ -40,7 +40,7 @@ from sweeplab.trainers.backbones import ImageBackbone, TextBackbone, load_image_
 from sweeplab.trainers.device import autocast
 from sweeplab.trainers.loop import fit_and_close, seed_everything
 from sweeplab.trainers.metrics import classification_metrics
-from sweeplab.trainers.model_trainer import LossTally, ModelTrainer, class_probabilities, plateau_schedule
+from sweeplab.trainers.model_trainer import ModelTrainer, class_probabilities, plateau_schedule
 from sweeplab.trainers.settings.sentiment import DEFAULTS, LIMITS, MODALITIES  # torch-free: `sweep run` checks --set against them first
 from sweeplab.trainers.transfer import to_device, trimmed_to_device
 
@@ -205,6 +205,8 @@ class _SentimentTrainer(ModelTrainer):
     ``image``); AdamW decays every parameter and ReduceLROnPlateau follows the validation loss,
     as in the report."""
 
+    counters = ("epoch",)
+
     def __init__(self, loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
         if config["modality"] not in MODALITIES:
             raise DataError(f"modality must be one of {', '.join(MODALITIES)}, got {config['modality']!r}")
@@ -285,7 +287,7 @@ class _SentimentTrainer(ModelTrainer):
         """One epoch over the training rows in a fresh order, one optimizer step per batch; returns
         the epoch and the mean cross-entropy per training example."""
         self.model.train()
-        tally = LossTally()
+        tally = self.round_tally()
         for idx in self.shuffled_batches(len(self.train.rows), self.batch_size):
             labels = to_device(self.train.labels[idx], self.device)
             with autocast(self.device, self.env.precision):
@@ -293,7 +295,7 @@ class _SentimentTrainer(ModelTrainer):
             if tally.add(self.optimise(loss), len(idx)):
                 break
         self.epoch += 1
-        return self.epoch, tally.mean()
+        return self.epoch, self.end_round()
 
     def _probabilities(self, split: _Split) -> np.ndarray:
         batches = split.rows.split(max(self.batch_size, 256 if self.frozen else 64))

@@ -108,12 +108,13 @@ def test_sweeplabs_own_error_fails_the_trial_logs_it_and_stops_the_search(tmp_pa
     assert run.closed == ("failed" if where == "telling Optuna an invalid value" else None)
 
 
-def test_an_interruption_fails_the_trial_as_interrupted_and_stops_the_search(tmp_path: Path) -> None:
+def test_an_interruption_fails_the_trial_as_interrupted_queues_it_again_and_stops_the_search(tmp_path: Path) -> None:
     def script(n: int, trial: optuna.Trial) -> Finished:
         raise KeyboardInterrupt
 
     study = optuna.create_study()
     with pytest.raises(KeyboardInterrupt):
         search(study, _Scripted(script, tmp_path / "errors.log"), Silent(), 3, KilledTrials(60), heartbeat=60)
-    (trial,) = study.trials
+    trial, retry = study.trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == trial.number  # the rerun goes on with it

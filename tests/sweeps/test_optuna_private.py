@@ -71,3 +71,25 @@ def test_the_cached_rdb_storage_is_a_storage(sweep_storage: SweepStorage) -> Non
         assert len(rdb.get_all_trials(optuna_private.study_id(study))) == 2  # written through to the database
     finally:
         close_storage(rdb)
+
+
+def test_a_filtered_study_shows_a_pruner_and_hyperbands_brackets_only_the_trials_kept(
+        storage: optuna.storages.BaseStorage) -> None:
+    """HyperbandPruner builds its brackets on the storage of the study it is given, so a view
+    whose storage leaves trials out leaves them out of every bracket; what the pruner writes (a
+    trial's rung value) still reaches the storage."""
+    study = optuna.create_study(storage=storage, direction="maximize")
+    for value in (0.9, 0.8):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: value},
+                                                  system_attrs={"completed_rung_0": value}))
+    among_all, alone = study.ask(), study.ask()
+    for trial in (among_all, alone):
+        trial.report(0.5, 1)
+    view = optuna_private.filtered_study(study, lambda trials: [t for t in trials if t.number == alone.number])
+    assert [t.number for t in view.trials] == [alone.number] and view.get_trials(states=(TrialState.COMPLETE,)) == []
+    assert view.direction == study.direction and len(study.trials) == 4  # the study itself is untouched
+    hyperband = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=1, reduction_factor=2)  # one bracket
+    frozen = {t.number: t for t in study.get_trials()}
+    assert hyperband.prune(study, frozen[among_all.number])  # 0.5 below 0.9 and 0.8: stopped at the first rung
+    assert not hyperband.prune(view, frozen[alone.number])  # alone at the rung: promoted
+    assert storage.get_trial(optuna_private.trial_id(alone)).system_attrs["completed_rung_0"] == 0.5

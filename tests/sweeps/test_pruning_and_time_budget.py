@@ -1,8 +1,10 @@
 """Multi-fidelity pruners (``--pruner asha`` / ``hyperband``) on a scripted task: a clearly worse
-trial is stopped at an early rung, keeps its curve and is recorded as pruned."""
+trial is stopped at an early rung, keeps its curve and is recorded as pruned. A time budget
+(``--timeout``) starts no trial once spent and stops a running one at its next evaluation."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from mlflow import MlflowClient
 
 from sweeplab.core import Evaluation, FitResult, Loaded, Reporter, Task, TrialEnv
 from sweeplab.errors import UsageError
+from sweeplab.sweeps import loops as loops_module
+from sweeplab.sweeps import reporter as reporter_module
 from sweeplab.sweeps.pruners import make_pruner, most_evaluations, pruner_name
 from sweeplab.sweeps.study import PRUNER
 from sweeplab.tasks import get_task
@@ -72,7 +76,7 @@ def test_hyperband_is_sized_by_the_most_evaluations_the_task_counts_for_the_spac
     assert most_evaluations(news, news_task) == 10
     assert most_evaluations(news.with_overrides({"eval_every": 100}), news_task) is None  # steps, not epochs
     pruner = make_pruner(SweepOptions.of("sentiment", pruner="hyperband"), sentiment, sentiment_task)
-    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert isinstance(pruner.wrapped, optuna.pruners.HyperbandPruner)
 
 
 def test_a_spent_time_budget_starts_no_trial_and_the_same_command_resumes(tmp_path: Path) -> None:
@@ -124,3 +128,40 @@ def test_grid_cells_left_queued_by_a_time_budget_wait_for_a_larger_trials(tmp_pa
     sweep_task(task, tmp_path, 5, space_text=grid, sampler="grid", timeout=1e-9)
     assert sweep_task(task, tmp_path, 2, space_text=grid, sampler="grid").counts["complete"] == 2
     assert sweep_task(task, tmp_path, 5, space_text=grid, sampler="grid").counts["complete"] == 5
+
+
+class _Clock:
+    """The ``time`` module with a ``monotonic`` that a test moves forward."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_budget_spent_mid_trial_stops_it_at_its_next_evaluation_with_its_best_so_far(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(reporter_module, "time", clock)
+    monkeypatch.setattr(loops_module, "time", clock)
+
+    class Late(Replay):
+        def train_round(self) -> tuple[int, float]:
+            if self.epoch == 3:
+                clock.ahead = 7200.0  # the hour's budget is spent while the fourth round trains
+            return super().train_round()
+
+    def fit_late(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv, reporter: Reporter) -> FitResult:
+        return fit(Late(10), 10, reporter, "val_accuracy")
+
+    outcome = sweep_task(make_task("late", fit_late), tmp_path, 3, pruner="none", timeout=3600)
+    assert outcome.counts["complete"] == 1  # stopped, and kept; no trial started after
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("late").experiment_id], "tags.`sweeplab.role` = 'trial'")
+    assert run.data.tags["sweeplab.stopped"] == "time budget" and run.data.tags["sweeplab.stop_reason"] == "stopped: time budget"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3, 4]
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(0.4)  # its value: the best evaluation before the stop

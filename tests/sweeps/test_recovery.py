@@ -129,8 +129,8 @@ def test_a_dead_local_trial_is_failed_once_its_run_closed_and_its_parameters_que
     assert sorted(retries) == sorted([dead.number, mine.number])
     retry = retries[dead.number]
     assert retry.params == {"b": 2}
-    assert retry.intermediate_values == {}  # it trains anew, with its own seed: not pruned on the dead attempt's values
-    assert retry.user_attrs == {"note": "kept"}  # not the dead worker, its run or its reason
+    assert retry.intermediate_values == {1: 0.5}  # one trial to the pruner: it goes on from the dead attempt's state
+    assert retry.user_attrs == {"note": "kept", "previous_run": run.run_id}  # not the dead worker, its run or its reason
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
 
 
@@ -248,3 +248,19 @@ def test_only_runs_of_ended_trials_are_closed(tmp_path: Path) -> None:
         live.number: "RUNNING", ended.number: "KILLED", done.number: "FINISHED", closed_by_owner.number: "FINISHED"}
     assert stored[done.number].data.tags["sweeplab.state"] == "complete"  # the state Optuna recorded
     assert close_runs_of_ended_trials(study, recorder) == 0
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_a_killed_trial_is_run_again_up_to_max_retries_times(max_retries: int) -> None:
+    study = optuna.create_study()
+    killed = KilledTrials(heartbeat=60, max_retries=max_retries)
+    trial = study.ask({"b": optuna.distributions.IntDistribution(1, 3)})
+    while True:  # every attempt is killed
+        storage = optuna_private.storage_of(study)
+        storage.set_trial_state_values(optuna_private.trial_id(trial), state=TrialState.FAIL)
+        killed(study, storage.get_trial(optuna_private.trial_id(trial)))
+        if not study.get_trials(states=(TrialState.WAITING,)):
+            break
+        trial = study.ask()
+        assert trial.params == study.trials[0].params
+    assert len(study.trials) == 1 + max_retries  # --max-retries 0: a killed trial stays killed

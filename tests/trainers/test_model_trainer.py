@@ -81,11 +81,11 @@ def test_close_gives_the_optimizer_state_back(tmp_path: Path) -> None:
 def test_shuffled_batches_cover_every_row_once_in_a_seeded_order(tmp_path: Path) -> None:
     first = ModelTrainer(nn.Linear(3, 2), CONFIG, _env(tmp_path), plateau_schedule(0.5, 1))
     again = ModelTrainer(nn.Linear(3, 2), CONFIG, _env(tmp_path), plateau_schedule(0.5, 1))
-    batches = first.shuffled_batches(10, 4)
+    batches = list(first.shuffled_batches(10, 4))
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sorted(torch.cat(batches).tolist()) == list(range(10))
-    assert torch.equal(torch.cat(batches), torch.cat(again.shuffled_batches(10, 4)))  # the trial's seed
-    assert not torch.equal(torch.cat(batches), torch.cat(first.shuffled_batches(10, 4)))  # a fresh order each call
+    assert torch.equal(torch.cat(batches), torch.cat(list(again.shuffled_batches(10, 4))))  # the trial's seed
+    assert not torch.equal(torch.cat(batches), torch.cat(list(first.shuffled_batches(10, 4))))  # a fresh order each epoch
 
 
 def test_class_probabilities_are_the_softmax_of_each_batch_in_order() -> None:

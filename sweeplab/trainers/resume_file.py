@@ -1,0 +1,69 @@
+"""A trial's resume state in one file (:class:`~sweeplab.core.ResumeStore`), written so that a
+kill during the write leaves the state saved before it whole.
+
+The state is written to a temporary file beside the target, flushed to the disk, and renamed
+over the target (``os.replace``, atomic on a POSIX file system): a reader sees the old file or
+the new one, never half of one. It is written with ``torch.save`` when torch is loaded (tensors
+stream to the file without a copy in memory), else with ``pickle`` (a user's training function
+that uses no torch pays no torch import); :meth:`ResumeFile.load` reads either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResumeFile"]
+
+_ZIP = b"PK"  # torch.save's files are zip archives
+
+
+class ResumeFile:
+    """One trial's resume state at ``path`` (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Any | None:
+        """The state saved last; ``None`` when there is none, or when it cannot be read (logged:
+        the trial then starts from its beginning)."""
+        try:
+            with self.path.open("rb") as file:
+                if file.read(2) == _ZIP:
+                    import torch
+
+                    return torch.load(self.path, map_location="cpu", weights_only=False)
+                file.seek(0)
+                return pickle.load(file)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # written by another version, or damaged on the disk
+            logging.getLogger(__name__).warning("the resume state %s does not load (%s); the trial starts from its beginning",
+                                                self.path, exc)
+            return None
+
+    def save(self, state: Any) -> None:
+        """Write ``state`` in place of the saved one (see the module docstring)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            with partial.open("wb") as file:
+                if "torch" in sys.modules:
+                    sys.modules["torch"].save(state, file)
+                else:
+                    pickle.dump(state, file, protocol=pickle.HIGHEST_PROTOCOL)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, self.path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def delete(self) -> None:
+        """Remove the state (its trial has ended), and partial writes of killed processes."""
+        self.path.unlink(missing_ok=True)
+        for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
+            partial.unlink(missing_ok=True)
