@@ -3,8 +3,8 @@ accuracy of the model it hands back, beside the classic baseline measured in the
 
 sweeplab: ``run_sweep`` on task ``news`` with its default space (``news``: TPE over the model
 family, TextCNN, fastText-style or a small BERT from scratch, and each family's settings) and
-``--timeout`` so that no trial starts after the budget, then the best trial's checkpoint scored
-once on the 10k test titles, exactly as ``sweep run news --data-dir DIR --trials N --timeout S``.
+``--timeout`` (no trial starts after it, and the running ones stop at their next evaluation with
+their best so far), then the best trial's checkpoint scored once on the 10k test titles, exactly as ``sweep run news --data-dir DIR --trials N --timeout S``.
 The wall time reported covers everything: data preparation, every trial, test scoring.
 
 The peer, measured in the same run on the same split: the strong classical baseline of this set,
@@ -53,8 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--minutes", type=float, default=30.0, help="the whole budget, preparation and test scoring included")
-    parser.add_argument("--last-trial-minutes", type=float, default=5.0,
-                        help="kept free at the end: no trial starts later than --minutes less this")
+    parser.add_argument("--last-trial-minutes", type=float, default=1.0,
+                        help="kept free at the end for the running trials' last evaluation and the test scoring: "
+                             "--timeout is --minutes less this")
     parser.add_argument("--trials", type=int, default=24, help="an upper bound (TPE samples its first quarter at random); the time budget ends the sweep")
     parser.add_argument("--space", default="news")
     parser.add_argument("--pruner", default=None, help="default: sweep run's default")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from sweeplab.errors import SweeplabError, TrainerError, UsageError
@@ -22,8 +22,31 @@ from sweeplab.errors import SweeplabError, TrainerError, UsageError
 T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
-console = Console()
-errors = Console(stderr=True)
+
+
+class Screen(Console):
+    """A console that does not break lines when its output is not a terminal: piped to a file
+    or another program, each line a command prints, and each row of a table, stays one line
+    however long (rich would break them at 80 columns, or at the width of the terminal the
+    command's input comes from, mid-phrase). In a terminal rich wraps at the terminal's width,
+    between words; a width given (``COLUMNS``) is kept either way."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        return size if self._width is not None or self.is_terminal else ConsoleDimensions(UNBROKEN, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+#: The width of a :class:`Screen` whose output is not a terminal: wide enough for any line.
+UNBROKEN = 10_000
+
+
+console = Screen()
+errors = Screen(stderr=True)
 
 StoreDir = Annotated[Path, typer.Option("--store-dir", help="Folder of the embedded store (SQLite + artifacts + Optuna journal).")]
 OnlyStudy = Annotated[Optional[str], typer.Option("--study", help="Only this study.")]
@@ -91,6 +114,7 @@ def run(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric that picks the best evaluation and trial (default: the task's, val_accuracy).", rich_help_panel="Search")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log curve and confusion-matrix PNGs.", rich_help_panel="Tracking")] = True,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled rows held out for validation.", rich_help_panel="Search")] = 0.2,
+    allow_bad_rows: Annotated[bool, typer.Option("--allow-bad-rows", help="Go on when a data file's last line is cut short or it loses more than 1% of its rows to problems (they are reported either way).", rich_help_panel="Search")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total); default: one per entry of --gpus, else 1.", rich_help_panel="Runtime")] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, round robin (sets CUDA_VISIBLE_DEVICES): --gpus 0,1; several workers on one card with --gpus 0 --workers 4 or --gpus 0,0,1,1 --workers 4 (a trial out of GPU memory there runs once more alone on the card).", rich_help_panel="Runtime")] = None,
     max_retries: Annotated[int, typer.Option("--max-retries", help="Times a killed, preempted or interrupted trial is run again with the same parameters, from its latest resume state (0: never).", rich_help_panel="Runtime")] = 3,
@@ -116,7 +140,7 @@ def run(
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
             val_fraction=val_fraction, workers=workers if workers is not None else len(gpus.split(",")) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
             gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), compile=compile_,
-            max_retries=max_retries, checkpoint_minutes=checkpoint_minutes,
+            max_retries=max_retries, checkpoint_minutes=checkpoint_minutes, allow_bad_rows=allow_bad_rows,
         )
         from sweeplab.console import RichObserver
         from sweeplab.sweeps.driver import run_sweep
@@ -132,28 +156,14 @@ def run(
     except KeyboardInterrupt as exc:  # Ctrl-C 130; SIGTERM, SIGHUP, SIGUSR1: 128 + the signal's number
         said = str(exc) if isinstance(exc, Stopped) else "interrupted"
         raise _fail(f"{said}; run the same command again to resume", code=getattr(exc, "exit_code", 130)) from None
-    for line in outcome.data_report:
-        console.print(f"[yellow]data:[/] {line}", highlight=False)
-    counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items() if v)
-    finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
-    if finished < outcome.target and timeout is not None:
-        console.print(f"{finished} of {outcome.target} trials finished within --timeout {timeout:g} s; "
-                      "the same command resumes the sweep", highlight=False)
-    if finished < outcome.target and (timeout is None or outcome.counts.get("failed", 0)):
-        errors.print(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished; failures are tagged "
-                     "sweeplab.fail_reason in MLflow; run the same command again to retry", highlight=False)
-    console.print(f"study [bold]{outcome.study}[/]: {counts}; best value {outcome.best_value} (trial {outcome.best_trial})")
-    if outcome.majority is not None and outcome.best_value is not None and metric in (None, "val_accuracy"):
-        from sweeplab.console import majority_line
+    from sweeplab.console import Phrases, sweep_summary
 
-        console.print(f"majority class on validation: {majority_line(outcome.best_value, outcome.majority)}", highlight=False)
-    if outcome.test:
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.test.items()))
-        console.print(f"test split, best trial's checkpoint: {shown}", highlight=False)
-    for note in outcome.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"MLflow: {outcome.tracking_uri}  experiment {outcome.experiment}  parent run {outcome.parent_run_id}")
-    console.print(f"next: sweep best --task {outcome.task}    sweep ui")
+    for line in sweep_summary(outcome, metric, timeout):  # after the sweep's line, which the observer left
+        console.print(line, highlight=False)
+    finished = outcome.counts.get("complete", 0) + outcome.counts.get("pruned", 0)
+    if finished < outcome.target and (timeout is None or outcome.counts.get("failed", 0)):
+        errors.print(Phrases(f"[yellow]warning:[/] {finished} of {outcome.target} trials finished;",
+                             "failures are tagged sweeplab.fail_reason in MLflow;", "run the same command again to retry"))
 
 
 @app.command()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,45 @@ def test_header_error_names_the_file_and_line(tmp_path: Path, sentiment_dir: Pat
     result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir))
     assert result.exit_code == 2
     assert f"{sentiment_dir / 'train.txt'}:1: expected the header 'guid,tag'" in result.output.replace("\n", "")
+    assert not (tmp_path / "store").exists()
+
+
+def _cut_last_line(train: Path) -> str:
+    """A copy that stopped mid-line: ``60,posi``, no newline."""
+    train.write_text(train.read_text(encoding="utf-8")[:-5], encoding="utf-8")
+    return (f"{train}:61: the last line is cut short (no newline at the end of the file: a copy or download that "
+            "stopped?); expected a complete file (fix it, or pass --allow-bad-rows to go on with the 59 usable rows)")
+
+
+def _two_malformed_rows(train: Path) -> str:
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2], lines[4] = "3;positive\n", "5\n"
+    train.write_text("".join(lines), encoding="utf-8")
+    return (f"{train}: 2 of 60 rows skipped (3.3%, more than 1%): 2 x malformed row (expected guid,tag) at lines 3, 5; "
+            "fix them, or pass --allow-bad-rows to go on with the 58 rows left")
+
+
+@pytest.mark.parametrize("damage", [_cut_last_line, _two_malformed_rows])
+def test_bad_rows_stop_the_sweep_before_any_trial_with_their_lines(
+        tmp_path: Path, sentiment_dir: Path, damage: Callable[[Path], str], caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated file or more than 1% of a file's rows skipped: one line naming the file, the
+    line numbers and --allow-bad-rows, exit 2, before any store or trial; with the flag the sweep
+    goes on and says what it skipped before its first trial."""
+    train = sentiment_dir / "train.txt"
+    expected = damage(train)
+    result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", *TINY)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert expected in message, message
+    assert not (tmp_path / "store").exists()
+
+    with caplog.at_level(logging.WARNING, logger="sweeplab"):
+        checked = check(SweepOptions.of("sentiment", data_dir=sentiment_dir, store_dir=tmp_path / "store",
+                                        allow_bad_rows=True))
+    assert checked.loaded.reports[0].lost == (1 if damage is _cut_last_line else 2)
+    shown = [r.getMessage() for r in caplog.records]
+    assert shown == [f"data: {line}" for line in checked.loaded.reports[0].problems()] and shown, shown
     assert not (tmp_path / "store").exists()
 
 

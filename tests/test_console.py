@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sweeplab.console import sweep_panels
-from sweeplab.tracker.query import SweepRow
+from sweeplab.console import sweep_panels, trial_panels
+from sweeplab.tracker.query import SweepRow, TrialRow
 
 
 def test_sweep_panels_keep_names_ids_and_counts_whole_in_80_columns() -> None:
@@ -78,3 +78,28 @@ def test_a_preparation_between_trials_leaves_the_sweeps_bar_whole() -> None:
         observer.evaluated(0, 1, {"val_accuracy": 0.5})
         observer.trial_finished(0, "complete", 0.5, 0.5)
     assert "trial 0: complete val_accuracy=0.5000" in console.export_text()
+
+
+def _trial(trial: int, checkpoint: str | None = None, predictions: str | None = None) -> TrialRow:
+    return TrialRow(run_id=f"run{trial}", run_name=f"trial-{trial:03d}", experiment="e", study="s", trial=trial,
+                    state="complete", metric="best_val_accuracy", value=0.9 - trial / 100, params={"lr": "0.1"},
+                    summary={"best_epoch": 3.0}, checkpoint=checkpoint, predictions=predictions, overfit="none")
+
+
+def _checkpoint_line(rows: list[TrialRow], rank: int = 0) -> str:
+    console = Console(width=300, record=True)
+    console.print(trial_panels(rows)[rank])
+    return next(line for line in console.export_text().splitlines() if line.strip().startswith("checkpoint"))
+
+
+def test_best_says_why_a_trial_has_no_checkpoint() -> None:
+    # Its predictions were kept, so its checkpoint was due: the trainer handed over no state.
+    assert "no checkpoint: the training function passed no state to report()" in _checkpoint_line(
+        [_trial(1, predictions="runs:/run1/predictions/test_predictions.txt")])
+    # Another trial of the study has one: this one was not among those kept (--checkpoints best).
+    kept = _checkpoint_line([_trial(1, checkpoint="runs:/run1/checkpoint"), _trial(2)], rank=1)
+    assert "not kept: --checkpoints best" in kept and "no state" not in kept
+    # None has one: no state, or --checkpoints none (the trial's run does not record the option).
+    none = _checkpoint_line([_trial(1)])
+    assert "passed no state to report()" in none and "--checkpoints none" in none
+    assert "runs:/run1/checkpoint" in _checkpoint_line([_trial(1, checkpoint="runs:/run1/checkpoint")])

@@ -100,7 +100,7 @@ def _fit(config: Mapping[str, Any], report: Any) -> None:
     calls = CALLS
     calls.append(None if report.resumed is None else report.resumed.step)
     start, weight = 1, 0.0
-    if report.resumed is not None:
+    if report.resumed is not None and config["hand_over"] != "ignores":
         if config["hand_over"] == "stale":  # the model was edited since the save
             raise sweeplab.StaleResumeState("the saved weight has another shape")
         start, weight = int(report.resumed.step) + 1, report.resumed.state["weight"]
@@ -112,8 +112,9 @@ def _fit(config: Mapping[str, Any], report: Any) -> None:
         report(epoch, {"val_loss": 1 - weight, "val_accuracy": weight}, resume=resume)
 
 
-@pytest.mark.parametrize(("hand_over", "calls"), [("yes", [None, 3]), ("no", [None, None]), ("stale", [None, 3, None])],
-                         ids=["hands-over-state", "hands-over-nothing", "finds-its-state-stale"])
+@pytest.mark.parametrize(("hand_over", "calls"),
+                         [("yes", [None, 3]), ("no", [None, None]), ("stale", [None, 3, None]), ("ignores", [None, 3])],
+                         ids=["hands-over-state", "hands-over-nothing", "finds-its-state-stale", "ignores-its-state"])
 def test_a_function_that_hands_over_its_state_resumes_and_one_that_does_not_reruns(
         tmp_path: Path, hand_over: str, calls: list) -> None:
     CALLS.clear()
@@ -131,7 +132,7 @@ def test_a_function_that_hands_over_its_state_resumes_and_one_that_does_not_reru
                               "tags.`sweeplab.role` = 'trial'", order_by=["attributes.start_time"])
     interrupted, *_, retry = runs
     assert interrupted.data.tags["sweeplab.fail_reason"] == "interrupted"
-    assert ("sweeplab.resumed_from" in retry.data.tags) == (hand_over == "yes")
+    assert ("sweeplab.resumed_from" in retry.data.tags) == (hand_over in ("yes", "ignores"))
     assert len(runs) == (3 if hand_over == "stale" else 2)  # a stale state: a run that stopped there, and one from the start
     assert [m.step for m in client.get_metric_history(retry.info.run_id, "val_accuracy")] == [1, 2, 3, 4, 5, 6]
     assert retry.data.metrics["best_val_accuracy"] == pytest.approx(0.6)

@@ -17,7 +17,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeplab.sweeps.signals import STOP_SIGNALS, Stopped, stop_on_signals
+from sweeplab.core import stopping
+from sweeplab.sweeps import signals
+from sweeplab.sweeps.signals import STOP_SIGNALS, Stopped, stop_at_next_step, stop_on_signals
 from tests.checks import wait_for
 from tests.storages import SweepStorage
 
@@ -58,6 +60,26 @@ def test_a_second_signal_does_not_cut_the_first_ones_clean_up_short() -> None:
             time.sleep(0.05)
             cleaned = True
     assert cleaned
+
+
+def test_while_a_trial_trains_a_signal_asks_for_its_next_step_and_the_grace_interrupts_one_that_never_comes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals, "GRACE_SECONDS", 0.2)
+    with pytest.raises(Stopped) as caught, stop_on_signals(), stop_at_next_step():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.requested() == signal.SIGTERM  # asked for, not raised
+        time.sleep(5)  # a step that never ends: the grace timer interrupts it
+    assert not isinstance(caught.value, stopping.StoppedAtStep) and caught.value.exit_code == 143
+    assert stopping.requested() is None  # forgotten with the handlers
+
+
+def test_a_trial_that_answers_at_its_next_step_is_given_the_time_its_save_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals, "GRACE_SECONDS", 0.2)
+    with stop_on_signals(), stop_at_next_step():
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(stopping.StoppedAtStep):
+            stopping.check()  # the next step: the trial stops here
+        time.sleep(0.5)  # its save, past the grace: no interruption cuts it short
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])

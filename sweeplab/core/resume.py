@@ -31,8 +31,10 @@ class ResumeStore(Protocol):
 
 @dataclass(frozen=True)
 class Resumed:
-    """What a resumed attempt starts from: the ``step`` of the last evaluation the saved
-    attempt made, and the trainer's ``state`` it handed over there."""
+    """What a resumed attempt starts from: the ``step`` where the saved attempt stood (for a
+    user's function, the step of its last ``report`` before the save; for a built-in trainer,
+    the optimizer step, or the epoch and the share of the next one done), and the trainer's
+    ``state`` it handed over there."""
 
     step: float
     state: Any

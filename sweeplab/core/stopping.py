@@ -8,7 +8,8 @@ step whether one was asked for (:func:`check`): the built-in trainers before eac
 :class:`StoppedAtStep`, at a point where the trial's resume state is whole (the step done, its
 loss counted), so the training loop saves that state before the trial unwinds. A trainer that
 never asks is stopped by the signal handler itself after a grace period
-(:mod:`sweeplab.sweeps.signals`).
+(:mod:`sweeplab.sweeps.signals`); a trainer that answers calls the request's ``answered``
+callback first (:func:`answer`), which ends that grace period, so that the save is not cut short.
 
 The request is the process's: a process runs one trial at a time.
 """
@@ -16,10 +17,12 @@ The request is the process's: a process runs one trial at a time.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
-__all__ = ["Stopped", "StoppedAtStep", "check", "clear", "request_stop", "requested"]
+__all__ = ["Stopped", "StoppedAtStep", "answer", "check", "clear", "request_stop", "requested"]
 
 _requested: int | None = None
+_answered: Callable[[], None] | None = None
 
 
 class Stopped(KeyboardInterrupt):
@@ -43,11 +46,20 @@ class StoppedAtStep(Stopped):
     training loop saves it before the stop goes on."""
 
 
-def request_stop(signum: int) -> None:
-    """Ask the trial running in this process to stop at its next step (the first request counts)."""
-    global _requested
+def request_stop(signum: int, answered: Callable[[], None] | None = None) -> None:
+    """Ask the trial running in this process to stop at its next step (the first request
+    counts); ``answered`` is called once when the trial answers (:func:`answer`)."""
+    global _requested, _answered
     if _requested is None:
-        _requested = signum
+        _requested, _answered = signum, answered
+
+
+def answer() -> None:
+    """The trial is stopping at this step: call the request's ``answered`` callback (once)."""
+    global _answered
+    callback, _answered = _answered, None
+    if callback is not None:
+        callback()
 
 
 def requested() -> int | None:
@@ -56,12 +68,14 @@ def requested() -> int | None:
 
 
 def clear() -> None:
-    """Forget the request (the trial it was for has ended)."""
-    global _requested
-    _requested = None
+    """Forget the request."""
+    global _requested, _answered
+    _requested, _answered = None, None
 
 
 def check() -> None:
-    """Raise :class:`StoppedAtStep` when a stop was asked for; a step of training calls it."""
+    """Raise :class:`StoppedAtStep` when a stop was asked for, once it is answered; a step of
+    training calls it."""
     if _requested is not None:
+        answer()
         raise StoppedAtStep(_requested)

@@ -13,8 +13,9 @@ Bad rows are skipped and counted with their line numbers in each file's
 :class:`~sweeplab.core.data_report.ReadReport`: a line without a tab, a duplicate id, base64 that
 does not decode, a line that is not JSON or lacks a field, an empty text, ``image_ids`` that name
 no image of the split (ids that name no image are dropped from a text that names others, and
-counted). Images whose bytes are not a picture are found when the images are decoded, once per
-sweep, and reported then. A file with nothing usable is a
+counted); such a last line with no newline after it is counted as a last line cut short.
+Images whose bytes are not a picture are found when the images are decoded, once per sweep, and
+reported then. A file with nothing usable is a
 :class:`~sweeplab.datasets.errors.DataError`.
 """
 
@@ -75,7 +76,10 @@ class MugeData:
 def _lines(path: Path, report: ReadReport) -> list[tuple[int, str]]:
     """``(line number, text)`` of the non-empty UTF-8 lines; others are counted."""
     out = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    chunks = path.read_bytes().split(b"\n")
+    if chunks[-1].strip():
+        report.open_end = len(chunks)  # no newline after the last line: a malformed row there was cut short
+    for number, raw in enumerate(chunks, start=1):
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             continue

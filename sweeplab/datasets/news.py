@@ -25,10 +25,11 @@ Three layouts, detected from the file names in the data directory (or named with
 
 Common rules: files are UTF-8 (a leading BOM is dropped). A line that is not UTF-8, has no tab,
 has empty text or a label outside the label set is skipped and counted, with its line number, in
-the file's :class:`~sweeplab.core.data_report.ReadReport`. A file that exists but holds nothing
-usable is a :class:`~sweeplab.datasets.errors.DataError` (one line, exit 2). A missing
-validation file is replaced by a stratified hold-out of the training rows; a missing test file
-means no test evaluation.
+the file's :class:`~sweeplab.core.data_report.ReadReport`; such a last line with no newline after
+it (or a CSV file ending inside a quoted field) is counted as a last line cut short. A file that
+exists but holds nothing usable is a :class:`~sweeplab.datasets.errors.DataError` (one line, exit
+2). A missing validation file is replaced by a stratified hold-out of the training rows; a missing
+test file means no test evaluation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeplab.core.data_report import ReadReport
+from sweeplab.core.data_report import CUT_SHORT, EMPTY_LINE, ReadReport
 from sweeplab.datasets.errors import DataError
 from sweeplab.datasets.splits import stratified_split
 
@@ -98,12 +99,15 @@ def detect_layout(data_dir: Path) -> str:
     return found[0]
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """``(line number, text)`` of every line; text is ``None`` when the line is not UTF-8."""
+def _decoded_lines(path: Path, report: ReadReport) -> Iterator[tuple[int, str | None]]:
+    """``(line number, text)`` of every line; text is ``None`` when the line is not UTF-8. A last
+    line with no newline after it is marked as the report's ``open_end``."""
     text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the file ends with a newline
+    elif lines[-1].strip():
+        report.open_end = len(lines)  # a malformed last row there was cut short
     for number, line in enumerate(lines, start=1):
         line = line.removesuffix("\r")
         yield number, None if _UNDECODABLE.search(line) else line
@@ -122,13 +126,13 @@ def _read_tab_file(path: Path, label_of: dict[str, int] | None, label_first: boo
     whose label set comes from the data), indexed later by :func:`_index_labels`."""
     report = ReadReport(source=str(path))
     texts, labels, origin = [], [], []
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, report):
         report.rows += 1
         if line is None:
             report.skip("not UTF-8", number)
             continue
         if not line.strip():
-            report.skip("empty line", number)
+            report.skip(EMPTY_LINE, number)
             continue
         if "\t" not in line:
             report.skip("no tab", number)
@@ -222,13 +226,23 @@ def _csv_rows(path: Path, report: ReadReport, columns: tuple[str, ...]) -> Itera
         raise DataError(f"{path}:1: expected a header with {', '.join(columns)}, found {','.join(header)!r}")
     where = {c: header.index(c) for c in columns}
     line = reader.line_num
+    rows: list[tuple[int, list[str]]] = []
     for fields in reader:
         start, line = line + 1, reader.line_num  # a row starts after the previous one ends
-        if not fields:
-            continue  # a blank line
+        if fields:  # else a blank line
+            rows.append((start, fields))
+    open_quote = False
+    if rows and not text.endswith(("\n", "\r")):
+        report.open_end = rows[-1][0]  # a malformed last row there was cut short
+        # A quoted field the end of the file left open takes in a newline put after it; a closed one does not.
+        open_quote = list(csv.reader(io.StringIO(text + "\n", newline="")))[-1] != rows[-1][1]
+    for start, fields in rows:
         report.rows += 1
         if any(_UNDECODABLE.search(v) for v in fields):
             report.skip("not UTF-8", start)
+            continue
+        if open_quote and start == report.open_end:
+            report.skip(CUT_SHORT, start)
             continue
         yield start, {c: (fields[i] if i < len(fields) else "").strip() for c, i in where.items()}
 

@@ -71,7 +71,8 @@ def read_list(path: Path, labelled: bool) -> tuple[list[tuple[int, str, str]], R
     """Rows ``(line number, guid, tag)`` of a ``guid,tag`` list, guids kept as text.
 
     A missing header is an error (the file is not this format); a malformed row or an unknown
-    tag is skipped and reported with its line number.
+    tag is skipped and reported with its line number, as a last line cut short when it is the
+    last line and no newline follows it (see :mod:`sweeplab.core.data_report`).
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected a 'guid,tag' list)")
@@ -82,7 +83,9 @@ def read_list(path: Path, labelled: bool) -> tuple[list[tuple[int, str, str]], R
     header = lines[0].strip().lstrip("\ufeff") if lines else ""
     if header.replace(" ", "") != HEADER:
         raise DataError(f"{path}:1: expected the header {HEADER!r}, found {header[:40]!r}")
-    report = ReadReport(source=path.name)
+    report = ReadReport(source=str(path))
+    if lines and lines[-1].strip() and not text.endswith(("\n", "\r")):
+        report.open_end = len(lines)  # a malformed last row there was cut short
     rows: list[tuple[int, str, str]] = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():

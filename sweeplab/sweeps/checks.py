@@ -7,6 +7,7 @@ leaves no trace. Each refusal is one line naming the value and what was expected
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from sweeplab.sweeps.samplers import make_sampler
 from sweeplab.sweeps.space import Space, load_space
 from sweeplab.tasks import get_task, read_setting
 from sweeplab.core.curves import OnsetRule
+from sweeplab.core.data_report import bad_rows
+from sweeplab.datasets.errors import DataError
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.store import Store, resolve_store
 from sweeplab.trainers.device import pick_device
@@ -31,9 +34,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Checked", "check", "parse_override", "task_call", "with_metric"]
+__all__ = ["Checked", "check", "check_rows", "parse_override", "task_call", "with_metric"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,21 @@ def task_call(where: str, fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
+def check_rows(loaded: Loaded, options: SweepOptions) -> None:
+    """Stop on data that lost too much while read (a last line cut short, more than 1% of a
+    file's rows skipped: :func:`~sweeplab.core.data_report.bad_rows`), one line naming the file,
+    the lines and ``--allow-bad-rows``, unless that flag is given; else show every problem found
+    now, before the first trial (a warning per line, on stderr), not only in the final summary
+    (which repeats them, with the notes).
+    Worker processes (``--workers``) read the same data as the main process, which said it."""
+    refusal = bad_rows(loaded.reports)
+    if refusal is not None and not options.search.allow_bad_rows:
+        raise DataError(refusal)
+    if options.role == "main":
+        for line in (line for report in loaded.reports for line in report.problems()):
+            _log.warning("data: %s", line)
+
+
 def check(options: SweepOptions) -> Checked:
     """Check the task, the stores, the space against the task's limits, the sampler's arguments
     and the data, in that order (cheapest first); nothing is written."""
@@ -114,5 +134,6 @@ def check(options: SweepOptions) -> Checked:
     data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data
     loaded = task_call("load", task.load, data_dir, options.search.split_seed, options.search.val_fraction,
                        {**task.defaults, **space.fixed})
+    check_rows(loaded, options)
     return Checked(options, task, store, space, OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha),
                    device, data_dir, loaded)

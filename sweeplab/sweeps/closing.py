@@ -26,7 +26,7 @@ from sweeplab.tracker.note import NOTE, comparison_link, sweep_note
 from sweeplab.tracker.query import best_trials, sweep_trials
 from sweeplab.tracker.runs import SweepRecorder
 
-__all__ = ["close_sweep", "describer", "drawer"]
+__all__ = ["MODEL_KEYS", "close_sweep", "describer", "drawer", "model_line", "sweep_settings"]
 
 
 def close_sweep(study: optuna.Study, recorder: SweepRecorder, status: str, stopped_by: Unreachable | None,
@@ -115,13 +115,45 @@ def drawer(recorder: SweepRecorder, tracking_uri: str) -> Callable[[], None]:
     return draw
 
 
-def describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | None, recorder: SweepRecorder,
-               tracking_uri: str, study_name: str) -> Callable[[Mapping[str, int]], str]:
-    """What the parent run's description says (see :func:`sweeplab.tracker.note.sweep_note`):
-    the sweep's settings, and its top 5 complete trials, read back from the store."""
+#: The parameters that say which model a trial trains (its family or checkpoint, its backbones,
+#: its inputs, whether the backbones learn), in the order the description names them.
+MODEL_KEYS = ("model", "text_model", "image_model", "modality", "freeze_backbones", "freeze_text", "freeze_vision")
+
+
+def _shown(value: object) -> str:
+    """A value as ``--set`` takes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def model_line(task: Task, space: Space) -> str:
+    """Which model the sweep trains, from its resolved config (the task's defaults, the space's
+    fixed values and ``--set``, and what it searches), not from the task's summary:
+    ``text_model=minilm, image_model=efficientnet-lite0, modality=fusion, freeze_backbones=true``,
+    or ``model ∈ {textcnn, fasttext, scratch}``; a parameter no trial of the space uses (the image
+    backbone of a text-only sweep) is left out. Empty when the task has none of :data:`MODEL_KEYS`."""
+    fixed = {**task.defaults, **space.fixed}
+    searched = [(name, param.choices) for name, param in space.params.items() if param.kind == "categorical"]
+    configs = [{**fixed, name: choice} for name, choices in searched for choice in choices] or [fixed]
+    unused = set.intersection(*(space.inactive(config) for config in configs))
+    parts = []
+    for key in MODEL_KEYS:
+        param = space.params.get(key)
+        if param is not None:
+            parts.append(f"{key} ∈ {{{', '.join(map(_shown, param.choices))}}}" if param.kind == "categorical" else f"{key} searched")
+        elif key in fixed and key not in unused:
+            parts.append(f"{key}={_shown(fixed[key])}")
+    return ", ".join(parts)
+
+
+def sweep_settings(task: Task, space: Space, options: SweepOptions, data_dir: Path | None) -> dict[str, str]:
+    """The ``name: value`` lines that open the parent run's description: the task, the model it
+    trains (:func:`model_line`; then a built-in task's summary, fixed words about its models in
+    general, is left out), the data, space, sampler, pruner, metric, seed and onset rule."""
     rule = OnsetRule(s=options.search.onset_s, alpha=options.search.onset_alpha)
-    settings = {
-        "task": f"{task.name} ({task.summary})",
+    model = model_line(task, space)
+    return {
+        "task": task.name if model and not task.open else f"{task.name} ({task.summary})",
+        **({"model": model} if model else {}),
         "data": str(data_dir) if data_dir is not None else "read by the trainer",
         "space": str(space.path),
         "sampler": sampler_name(options),
@@ -130,6 +162,13 @@ def describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | 
         "seed": str(options.search.seed),
         "overfitting onset": rule.name + ("; trials stop there" if options.search.early_stop else ""),
     }
+
+
+def describer(task: Task, space: Space, options: SweepOptions, data_dir: Path | None, recorder: SweepRecorder,
+               tracking_uri: str, study_name: str) -> Callable[[Mapping[str, int]], str]:
+    """What the parent run's description says (see :func:`sweeplab.tracker.note.sweep_note`):
+    the sweep's settings (:func:`sweep_settings`), and its top 5 complete trials, read back from the store."""
+    settings = sweep_settings(task, space, options, data_dir)
 
     def describe(counts: Mapping[str, int]) -> str:
         rows = best_trials(tracking_uri, task.name, task.best_metric, top=5, study=study_name, direction=task.direction,

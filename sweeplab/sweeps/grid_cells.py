@@ -52,8 +52,8 @@ def requeue_killed_grid_cells(study: optuna.Study) -> int:
     """Queue once more, when a sweep starts, the grid cells whose every attempt was killed,
     interrupted or failed by sweeplab's own error (none finished, failed on its own, or is queued
     or running), so that a rerun completes the grid: a rerun is the user's word that the cell
-    should run. (Within a run a killed trial is retried once, by :class:`KilledTrials`; a cell
-    whose trial fails on its own is not run again.) Returns how many were queued."""
+    should run. (Within a run a killed trial is retried up to ``--max-retries`` times, by
+    :class:`KilledTrials`; a cell whose trial fails on its own is not run again.) Returns how many were queued."""
     attempts: dict[tuple, list[FrozenTrial]] = collections.defaultdict(list)
     for trial in study.get_trials(deepcopy=False):
         if (trial.params or trial.system_attrs.get("fixed_params")) and not _is_duplicate(trial):

@@ -89,7 +89,15 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
     """Run one trial (asked from the sampler or taken from the queue) with its heartbeat, then tell
     Optuna how it ended (see the module docstring). A trial that ran to its end is told first and
     its run closed after (:class:`~sweeplab.sweeps.trial.Finished`); one another process failed
-    meanwhile is left as that process recorded it."""
+    meanwhile is left as that process recorded it. A stop signal that came as the trial ended
+    (it was answered by a trial that finished there) stops the search here: no other starts."""
+    _run_and_tell(study, trial, objective, heartbeat, killed)
+    stop_requested()
+
+
+def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective, heartbeat: int,
+                  killed: KilledTrials) -> None:
+    """:func:`_run_one` up to the stop."""
     ended: Finished | Failed | None = None
     with trial_heartbeat(study, optuna_private.trial_id(trial), heartbeat):
         try:
@@ -117,7 +125,6 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, hea
         ended.run.close("pruned" if ended.pruned else "complete")
     elif ended is not None and ended.stop is not None:  # the user's bad input: every later trial would fail alike
         raise ended.stop
-    stop_requested()  # a stop signal came as the trial ended: no other starts
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished) -> bool:

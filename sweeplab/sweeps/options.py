@@ -54,6 +54,7 @@ class Search:
     onset_alpha: float | None = 5.0
     val_fraction: float = 0.2
     data_dir: Path | None = None  # None: the task's packaged sample
+    allow_bad_rows: bool = False  # go on when a file's last line is cut short or it loses > 1% of its rows (core.data_report)
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -113,7 +114,7 @@ class Runtime:
             raise UsageError(f"--max-retries {self.max_retries}: expected a whole number >= 0 (0: never run a killed trial again)")
         if not (isinstance(self.checkpoint_minutes, (int, float)) and math.isfinite(self.checkpoint_minutes)
                 and self.checkpoint_minutes > 0):
-            raise UsageError(f"--checkpoint-minutes {self.checkpoint_minutes:g}: expected a number of minutes > 0 "
+            raise UsageError(f"--checkpoint-minutes {self.checkpoint_minutes}: expected a number of minutes > 0 "
                              "(fractions allowed, such as 0.5)")
         if self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")

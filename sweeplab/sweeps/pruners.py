@@ -22,6 +22,7 @@ or its rung values would count twice in successive halving and Hyperband's brack
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -72,22 +73,36 @@ PRUNERS: dict[str, Factory] = {
 
 
 def _latest_attempts(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """``trials`` less the attempts that a retry replaced (:func:`~sweeplab.sweeps.outcomes.retried_numbers`)."""
+    """``trials`` less the attempts that a retry replaced (:func:`~sweeplab.sweeps.outcomes.retried_numbers`),
+    each retry under its first attempt's number (:func:`_as_first_attempt`)."""
     retried = retried_numbers(trials)
-    return [t for t in trials if t.number not in retried]
+    return [_as_first_attempt(t) for t in trials if t.number not in retried]
+
+
+def _as_first_attempt(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """``trial``, or for a retry a copy under its first attempt's number (Optuna's retry
+    convention, ``system_attrs["failed_trial"]``): Hyperband picks a trial's bracket from its
+    number, and a retry goes on in its first attempt's bracket, at the rungs it reached there."""
+    first = trial.system_attrs.get("failed_trial")
+    if first is None or first == trial.number:
+        return trial
+    twin = copy.copy(trial)
+    twin.number = int(first)
+    return twin
 
 
 class RetryAwarePruner(optuna.pruners.BasePruner):
-    """``wrapped``, shown the study without the attempts that a retry replaced. Optuna's
-    successive halving (and so Hyperband) ranks a trial among the rung values of every trial of
-    the study, failed ones included; a retry inherits its killed attempt's values, so the two would
-    count as two trials at each rung they share."""
+    """``wrapped``, shown the study as one trial per configuration: without the attempts that a
+    retry replaced, and each retry under its first attempt's number. Optuna's successive halving
+    (and so Hyperband) ranks a trial among the rung values of every trial of the study, failed
+    ones included; a retry inherits its killed attempt's values, so the two would count as two
+    trials at each rung they share, and Hyperband would put the retry in another bracket."""
 
     def __init__(self, wrapped: optuna.pruners.BasePruner) -> None:
         self.wrapped = wrapped
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        return self.wrapped.prune(optuna_private.filtered_study(study, _latest_attempts), trial)
+        return self.wrapped.prune(optuna_private.filtered_study(study, _latest_attempts), _as_first_attempt(trial))
 
 
 def pruner_name(options: SweepOptions, recorded: str | None) -> str:

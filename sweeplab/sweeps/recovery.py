@@ -32,6 +32,7 @@ import logging
 import socket
 import time
 import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -83,6 +84,9 @@ class KilledTrials:
         self.silent = f"killed: no heartbeat from its worker for {2 * heartbeat:g} s"
         self.beats: dict[int, tuple[object, float]] = {}  # journal: trial id -> (last beat seen, monotonic time it was first seen)
         self.recorder: SweepRecorder | None = None  # set once the parent run is open
+        self.max_retries = max_retries
+        #: Deletes the resume state of a trial given up (by its study and first attempt's number); set once it is known.
+        self.forget: Callable[[optuna.Study, int], None] | None = None
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -103,7 +107,13 @@ class KilledTrials:
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
         if run_id:
             attempt.user_attrs[PREVIOUS_RUN] = run_id
-        self.retry(study, attempt)
+        if len(trial.system_attrs.get("retry_history", ())) < self.max_retries:
+            self.retry(study, attempt)
+        elif self.forget is not None:  # given up: no attempt will go on from its state
+            try:
+                self.forget(study, first_attempt(trial))
+            except Exception as exc:
+                logging.getLogger(__name__).warning("could not delete the resume state of trial %d: %s", trial.number, exc)
 
     def silent_for(self, trial: FrozenTrial) -> float:
         """Seconds this process has seen the trial's journal heartbeat stand still (0 the first

@@ -48,17 +48,21 @@ class TrialReporter:
         self.rounds = 0
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """Whether the sweep's time budget is spent, at an evaluation that is not the trial's last
+        (a trial that ran every round is complete, not stopped)."""
+        last = 0 < self.rounds <= self.evaluations
+        return self.deadline is not None and not last and time.monotonic() >= self.deadline
 
-    def on_resume(self, history: list[dict[str, float]]) -> None:
-        """This attempt goes on from an earlier one's resume state: the run gets the curve up to
-        there (each step once: the attempt logs only what comes after) and the tag
-        ``sweeplab.resumed_from`` with the step; Optuna already holds those evaluations (the
-        retry inherits them), so the next one is reported as the one after."""
+    def on_resume(self, history: list[dict[str, float]], step: float) -> None:
+        """This attempt goes on from an earlier one's resume state, saved at ``step``: the run
+        gets the curve up to there (each step once: the attempt logs only what comes after) and
+        the tag ``sweeplab.resumed_from`` with the step; Optuna already holds those evaluations
+        (the retry inherits them), so the next one is reported as the one after."""
         for point in history:
             self.run.log_point(int(point["step"]), with_log_lr({k: v for k, v in point.items() if k != "step"}))
-        self.run.set_tags({RESUMED_FROM: f"{history[-1]['step']:g}"})
-        self.observer.evaluated(self.trial.number, int(history[-1]["step"]), history[-1])
+        self.run.set_tags({RESUMED_FROM: f"{step:.6g}"})
+        if history:
+            self.observer.evaluated(self.trial.number, int(history[-1]["step"]), history[-1])
         self.evaluations = len(history)
 
     def on_start(self, rounds: int) -> None:

@@ -7,15 +7,18 @@ run's artifacts (:class:`SharedResume`), so that a retry on another machine goes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections.abc import Callable
 
+from sweeplab.errors import Unreachable
 from sweeplab.sweeps.checks import Checked
-from sweeplab.tracker.resume_artifacts import ArtifactVersions
+from sweeplab.tracker.resume_artifacts import ArtifactVersions, version_time
 from sweeplab.tracker.runs import SweepRecorder
 from sweeplab.trainers.resume_file import ResumeFile
 
-__all__ = ["SharedResume", "TrialResume", "resume_store"]
+__all__ = ["AttemptsResume", "SharedResume", "TrialResume", "resume_store"]
 
 
 class SharedResume:
@@ -27,10 +30,23 @@ class SharedResume:
         self.file, self.versions = file, versions
 
     def load(self) -> object | None:
-        for local in self.versions.fetched():
-            state = ResumeFile(local).load()
-            if state is not None:
-                return state
+        """The newest state that loads: the local file when it is newer than every stored version
+        (the same machine saved it, and its upload was cut short), else the newest stored version
+        that loads, else the local file. A store that cannot be read now (other than away:
+        :class:`~sweeplab.errors.Unreachable` goes on) is logged, and the local file read."""
+        try:
+            newest = self.versions.newest_first()
+            if self.file.path.exists() and (not newest or self.file.path.stat().st_mtime_ns > version_time(newest[0])):
+                return self.file.load()
+            for local in self.versions.fetched():
+                state = ResumeFile(local).load()
+                if state is not None:
+                    return state
+        except Unreachable:
+            raise
+        except Exception as exc:
+            logging.getLogger(__name__).warning("could not read the resume states stored in %s (%s); "
+                                                "reading this machine's", self.versions.folder, exc)
         return self.file.load()
 
     def save(self, state: object) -> None:
@@ -52,9 +68,46 @@ class SharedResume:
 TrialResume = ResumeFile | SharedResume
 
 
-def resume_store(checked: Checked, recorder: SweepRecorder, study: str, first_attempt: int) -> TrialResume:
-    """The resume state of the trial whose first attempt is ``first_attempt`` in ``study``."""
-    file = ResumeFile(checked.store.root / "resume" / re.sub(r"[^A-Za-z0-9_.-]+", "_", study) / f"trial-{first_attempt}.pt")
+def resume_store(checked: Checked, recorder: SweepRecorder, study: str, study_id: int, first_attempt: int) -> TrialResume:
+    """The resume state of the trial whose first attempt is ``first_attempt`` in ``study``: in a
+    folder named after the study, its storage id and a hash of its name (study names that differ
+    only in characters a file name cannot hold, or a study deleted and made again under its name,
+    never share one)."""
+    tag = hashlib.sha1(study.encode()).hexdigest()[:8]
+    folder = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', study)[:80]}-{study_id}-{tag}"
+    file = ResumeFile(checked.store.root / "resume" / folder / f"trial-{first_attempt}.pt")
     if checked.store.is_default:
         return file
     return SharedResume(file, ArtifactVersions(recorder.client, recorder.parent_run_id, f"resume/trial-{first_attempt}"))
+
+
+class AttemptsResume:
+    """A trial's resume state as this process's attempts of it use it (``store``: where it is
+    kept). It is written and deleted only while the trial is still this process's
+    (``still_ours``): another process may have failed it for a lost heartbeat and queued its
+    retry, whose state this one must not overwrite or delete. After a state proved stale (it no
+    longer loads into the trainer) it is deleted and not read again (:meth:`start_afresh`), so
+    that the trial runs once more from its start, and only once."""
+
+    def __init__(self, store: TrialResume, still_ours: Callable[[], bool]) -> None:
+        self.store, self.still_ours = store, still_ours
+        self.fresh = False
+
+    def load(self) -> object | None:
+        return None if self.fresh else self.store.load()
+
+    def save(self, state: object) -> None:
+        if self.still_ours():
+            self.store.save(state)
+        else:
+            logging.getLogger(__name__).warning("the trial is no longer this process's (another failed it): "
+                                                "its resume state is left to its retry")
+
+    def delete(self) -> None:
+        if self.still_ours():
+            self.store.delete()
+
+    def start_afresh(self) -> None:
+        """Delete the stale state and read none from now on."""
+        self.delete()
+        self.fresh = True

@@ -5,8 +5,9 @@ sends before its time limit).
 While a trial trains (within :func:`stop_at_next_step`), a signal asks the trial to stop at its
 next step (:mod:`sweeplab.core.stopping`): the built-in trainers stop before their next batch,
 a user's function at its next ``report()``, each after saving its resume state there. A trainer
-that has not stopped within :data:`GRACE_SECONDS` (a step longer than that, or a function that
-never reports) is interrupted where it is, without saving. Elsewhere (between trials, opening
+that has not reached its next step within :data:`GRACE_SECONDS` (a step longer than that, or a
+function that never reports) is interrupted where it is, without saving; one that has is given
+the time its save takes. ``SIGALRM`` is the sweep's while it runs (its timer is that grace). Elsewhere (between trials, opening
 the study) a signal raises :class:`Stopped` (a ``KeyboardInterrupt``) at once.
 
 Either way everything that Ctrl-C does happens: the running trial writes its points and closes
@@ -79,7 +80,7 @@ def stop_on_signals() -> Iterator[None]:
             return
         received.append(signum)
         if _training and hasattr(signal, "setitimer"):
-            stopping.request_stop(signum)
+            stopping.request_stop(signum, answered=lambda: signal.setitimer(signal.ITIMER_REAL, 0))
             signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
             return
         raise Stopped(signum)

@@ -40,6 +40,7 @@ family.
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from typing import Any, Literal
 import optuna
 
 from sweeplab.errors import UsageError
+from sweeplab.tasks import SETTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,9 +134,17 @@ class Space:
         return config
 
     def inactive(self, config: Mapping[str, Any]) -> set[str]:
-        """The conditional parameters that do not apply to ``config`` (another family's), which
-        a trial neither samples nor records."""
-        return {name for name, param in self.params.items() if param.when and not param.applies(config)}
+        """The parameters that do not apply to ``config`` (another family's), which a trial
+        neither samples nor records: the space's conditional parameters whose condition
+        ``config`` does not meet, and the fixed and default values that a built-in task's trainer
+        reads for another model family only (its ``USED_WHEN``, see
+        :mod:`sweeplab.trainers.settings`: a TextCNN trial does not record the BERT's ``heads``).
+        A parameter the space searches without a condition is the space's own: it is kept."""
+        dropped = {name for name, param in self.params.items() if param.when and not param.applies(config)}
+        for name, when in _used_when(self.task).items():
+            if name in config and name not in self.params and not _meets(config, when):
+                dropped.add(name)
+        return dropped
 
     @property
     def conditional(self) -> bool:
@@ -183,6 +193,20 @@ class Space:
         """A copy where each overridden name becomes a fixed value (and is no longer searched)."""
         params = {k: v for k, v in self.params.items() if k not in overrides}
         return Space(self.name, self.path, self.task, params, {**self.fixed, **overrides})
+
+
+def _used_when(task: str) -> Mapping[str, Mapping[str, tuple[Scalar, ...]]]:
+    """A built-in task's ``USED_WHEN`` (:mod:`sweeplab.trainers.settings`, torch-free); nothing
+    for another task (a user's function declares no families: its space's ``when`` does)."""
+    if task not in SETTINGS:
+        return {}
+    return getattr(importlib.import_module(SETTINGS[task]), "USED_WHEN", {})
+
+
+def _meets(config: Mapping[str, Any], when: Mapping[str, tuple[Scalar, ...]]) -> bool:
+    """Whether ``config`` has one of the listed values of each parameter ``when`` names (one it
+    does not hold is not judged), compared as :meth:`Param.applies` compares them."""
+    return all(_canonical(config[name]) in {_canonical(v) for v in values} for name, values in when.items() if name in config)
 
 
 def _canonical(value: Any) -> Any:

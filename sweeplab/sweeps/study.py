@@ -19,11 +19,13 @@ import optuna
 
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
+from sweeplab.sweeps import optuna_private
 from sweeplab.sweeps.checks import Checked
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.processes import process_ended, worker_attrs
 from sweeplab.sweeps.pruners import make_pruner, pruner_name
 from sweeplab.sweeps.recovery import KilledTrials
+from sweeplab.sweeps.resume_states import resume_store
 from sweeplab.sweeps.samplers import make_sampler, sampler_name, sampler_seed
 from sweeplab.sweeps.space import Space
 from sweeplab.sweeps.storage import close_storage, open_optuna_storage
@@ -150,6 +152,8 @@ def _opened(checked: Checked, storage: optuna.storages.BaseStorage, name: str, k
         study.set_user_attr(PRUNER, pruner)
     recorder = _open_parent_run(checked, options, study, name, pruner, created)
     killed.recorder = recorder
+    killed.forget = lambda study, first: resume_store(checked, recorder, study.study_name, optuna_private.study_id(study),
+                                                      first).delete()
     return Opened(options, study, name, killed, recorder, options.tracking.experiment or f"sweeplab-{task.name}")
 
 

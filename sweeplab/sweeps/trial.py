@@ -50,7 +50,7 @@ from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.sweeps.processes import worker_attrs
 from sweeplab.sweeps.pruners import prunes
 from sweeplab.sweeps.reporter import TrialReporter
-from sweeplab.sweeps.resume_states import TrialResume, resume_store
+from sweeplab.sweeps.resume_states import AttemptsResume, resume_store
 from sweeplab.sweeps.samplers import sampler_name
 from sweeplab.sweeps.recovery import PREVIOUS_RUN, first_attempt
 from sweeplab.sweeps.sharing import Card
@@ -129,7 +129,9 @@ class Objective:
         for key, value in worker_attrs().items():  # first: a kill after this point is found by its process
             trial.set_user_attr(key, value)
         self.calls += 1
-        resume = resume_store(self.checked, self.recorder, trial.study.study_name, first_attempt(trial))
+        store = resume_store(self.checked, self.recorder, trial.study.study_name, optuna_private.study_id(trial.study),
+                             first_attempt(trial))
+        resume = AttemptsResume(store, lambda: still_running(trial))
         with self.card.beside_others():
             ended = self._attempt(trial, resume, may_retry=self.card.shared)
         while isinstance(ended, _Again):
@@ -143,7 +145,7 @@ class Objective:
             return True
         return value > self.best if self.task.direction == "maximize" else value < self.best
 
-    def _attempt(self, trial: optuna.Trial, resume: TrialResume, may_retry: bool,
+    def _attempt(self, trial: optuna.Trial, resume: AttemptsResume, may_retry: bool,
                  retry_of: str | None = None) -> Finished | Failed | _Again:
         """Run the trial once, in a child run of its own, going on from ``resume`` when an
         earlier attempt saved a state there; ``may_retry``: an out-of-GPU-memory error closes
@@ -199,11 +201,17 @@ class Objective:
                   "seed": options.search.seed}
         run = self.recorder.start_trial(trial.number, params, tags, options.tracking.flush_seconds)
         if retry_of:  # status and the report count the trial once: its latest attempt
-            self.recorder.trial(retry_of).set_tags({RETRIED_BY: run.run_id})
+            try:
+                self.recorder.trial(retry_of).set_tags({RETRIED_BY: run.run_id})
+            except Unreachable:
+                raise
+            except Exception as exc:  # the earlier run was deleted: nothing to count twice
+                logging.getLogger(__name__).warning("trial %d: could not tag its earlier run %s: %s", trial.number,
+                                                    retry_of, exc)
         return run
 
     def _train(self, trial: optuna.Trial, run: TrialRecorder, config: Mapping[str, Any], device: Any,
-               at_start: Mapping[str, float], resume: TrialResume) -> Finished:
+               at_start: Mapping[str, float], resume: AttemptsResume) -> Finished:
         """Fit, summarise the curve and log the summary and artifacts; what the trainer's or the
         task's code raised comes out as :class:`~sweeplab.errors.TrainerError`."""
         loaded, task, options = self.checked.loaded, self.task, self.options
@@ -245,7 +253,7 @@ class Objective:
         run.close(state, reason)
 
     def _failed(self, trial: optuna.Trial, run: TrialRecorder, failed: TrainerError, may_retry: bool,
-                device: Any, resume: TrialResume) -> Failed | _Again:
+                device: Any, resume: AttemptsResume) -> Failed | _Again:
         """Close the run of a trial its trainer failed, with the reason; or, as killed, asking for
         the attempt again: for a GPU out of memory on a shared card (alone), for a resume state
         that no longer loads (from the start, the state deleted)."""
@@ -253,9 +261,9 @@ class Objective:
         if not still_running(trial):  # another process failed it meanwhile, and handles it
             raise Abandoned(run) from None
         reason = failure_reason(failed)
-        if isinstance(failed.error, StaleResumeState):
+        if isinstance(failed.error, StaleResumeState) and not resume.fresh:  # once: a fresh start cannot be stale
             logging.getLogger(__name__).warning("trial %d: %s; it runs again from the start", trial.number, failed.error)
-            resume.delete()
+            resume.start_afresh()
             self._close_failed(run, f"killed: {failed.error}; run again from the start", device, "killed")
             return _Again(run.run_id, alone=False)
         retry = may_retry and out_of_memory(failed.error) == "gpu"

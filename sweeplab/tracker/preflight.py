@@ -12,19 +12,26 @@ exits 2) within a few seconds:
 * the database driver a URL needs must be installed;
 * a database server must accept a connection and answer ``SELECT 1`` (nothing is created in it);
 * an MLflow tracking server must answer ``GET /health`` with 200;
-* each folder the sweep will write (store, cache, journal, SQLite database) must be creatable.
+* each folder the sweep will write (store, cache, journal, SQLite database) must be creatable:
+  its nearest existing ancestor must be a folder that takes a new folder and a file in it, tried
+  for real (and removed at once) since permission bits do not stop root, while ``/proc``, a
+  read-only mount or a full disk do.
 
-Network probes run side by side, each bounded by ``timeout`` seconds (a blackholed address, where
-a connection neither succeeds nor is refused, costs the same as a refused one).
+Nothing is left behind: the one thing created, a hidden probe folder holding a one-byte file, is
+removed before the check returns. Network probes run side by side, each bounded by ``timeout``
+seconds (a blackholed address, where a connection neither succeeds nor is refused, costs the same
+as a refused one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.metadata
 import os
 import queue
 import re
+import secrets
 import socket
 import ssl
 import stat
@@ -86,14 +93,14 @@ class _Probe:
 
 
 def check_store(store: Store, cache_dir: Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Raise a one-line :class:`UsageError` when ``store`` cannot be used; write nothing.
+    """Raise a one-line :class:`UsageError` when ``store`` cannot be used; leave nothing written.
 
     ``cache_dir`` is the ``--cache-dir`` flag as given (None: the default ``STORE_DIR/cache``), so
     that a message names the flag a path came from. Local checks (schemes, drivers, folders) run
     first and cost nothing; then the database and tracking servers are probed concurrently, each
     for at most ``timeout`` seconds plus a second of grace."""
-    probes = [*_check_tracking(store, timeout), *_check_storage(store, timeout)]
     _check_folder(store.root, "--store-dir")  # always written: staging, workers' logs, artifacts
+    probes = [*_check_tracking(store, timeout), *_check_storage(store, timeout)]
     if store.artifact_root is not None and store.artifact_root.startswith("file:"):
         _check_folder(_file_uri_path(store.artifact_root), "--store-dir")
     if cache_dir is None:
@@ -260,6 +267,36 @@ def _check_folder(folder: Path, flag: str, shown: Path | None = None) -> None:
         raise UsageError(f"{flag} {shown}: cannot write there ({existing} is a file, not a folder)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {shown}: cannot write there ({existing} is not writable)")
+    refused = _try_writing(existing)
+    if refused is not None:
+        raise UsageError(f"{flag} {shown}: cannot write there (cannot create anything in {existing}: "
+                         f"{refused.strerror or type(refused).__name__})")
+
+
+def _try_writing(folder: Path) -> OSError | None:
+    """Create a hidden folder in ``folder`` and a one-byte file in it, then remove both; the
+    error that stopped it, or None. ``os.access`` says yes to root for any folder of a file
+    system mounted read-write, even one that refuses every new entry (``/proc``, ``/sys``), and
+    cannot see a full disk."""
+    probe = folder / f".sweeplab-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(probe)
+    except OSError as exc:
+        return exc
+    try:
+        fd = os.open(probe / "probe", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe / "probe")
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+    return None
 
 
 def _nearest_existing(path: Path) -> tuple[Path, int]:

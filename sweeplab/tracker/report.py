@@ -1,8 +1,11 @@
 """``sweep report``: one self-contained HTML page about a sweep, from the store alone, for sharing.
 
 The page holds what the sweep was (task, metric, sampler, pruner), its trials by outcome, the
-five best trials with their searched parameters, best epoch and overfitting onset, and the five
-pictures of :mod:`sweeplab.tracker.sweep_plots`, inline as PNG (no file or server beside it).
+five best trials with their searched parameters, best step or epoch and overfitting onset, and the
+five pictures of :mod:`sweeplab.tracker.sweep_plots`, inline as PNG (no file or server beside it),
+captioned in the x axis they were drawn on. Each trial, the parent run and the trials side by side
+link to the MLflow UI (:func:`ui_root`); the table of trials stays within the page's width however
+many parameters the sweep varied.
 
 A finished sweep's parent run already holds those pictures (``sweep/*.png``, drawn when it
 ended): they are read back, which keeps the command under a second on a 1,000-trial store. The
@@ -19,19 +22,21 @@ import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from sweeplab.tracker.note import comparison_link, run_link
 from sweeplab.tracker.query import SweepTrials, TrialCurve
 
-__all__ = ["CAPTIONS", "FOLDER", "PICTURES", "report_html", "signature", "sweep_images"]
+__all__ = ["CAPTIONS", "FOLDER", "LOCAL_UI", "PICTURES", "caption", "report_html", "signature", "sweep_images", "ui_root"]
 
-#: What each picture shows, as the page says it.
+#: What each picture shows, as the page says it; ``{x_axis}`` is the axis the sweep's curves were
+#: drawn on (``step`` or ``epoch``, :attr:`SweepTrials.x_axis`), see :func:`caption`.
 CAPTIONS = {
     "optimisation_history": "Optimisation history: each complete trial's value and the best so far.",
     "param_importances": "Which parameters mattered: PED-ANOVA importance of each searched parameter for the metric.",
-    "parallel_coordinates": "Parameters against the metric: one line per complete trial.",
-    "curves_by_epoch": "Every trial's validation curve by epoch, with its best epoch (dot) and overfitting onset (cross).",
-    "onset_by_params": "Where trials began to overfit, against the learning rate and the batch size "
+    "parallel_coordinates": "Parameters against the metric: one line per complete trial, darker for a better value.",
+    "curves_by_epoch": "Every trial's validation curve by {x_axis}, with its best {x_axis} (dot) and overfitting onset (cross).",
+    "onset_by_params": "The {x_axis} where trials began to overfit, against the learning rate and the batch size "
                        "(or the two most important parameters when the space has neither).",
 }
 
@@ -39,6 +44,28 @@ CAPTIONS = {
 FOLDER = "sweep"
 #: The parent run's tag saying which trials its pictures show (:func:`signature`).
 PICTURES = "sweeplab.pictures"
+#: Where ``sweep ui`` serves the MLflow UI of a store on this machine (its default address).
+LOCAL_UI = "http://127.0.0.1:5000/"
+
+
+def caption(name: str, x_axis: str) -> str:
+    """Picture ``name``'s caption (:data:`CAPTIONS`) in the sweep's own x axis, so that a curve
+    drawn by step is not captioned by epoch."""
+    return CAPTIONS[name].format(x_axis=x_axis)
+
+
+def _server(source: str) -> bool:
+    return urlsplit(source).scheme in ("http", "https")
+
+
+def ui_root(source: str) -> str:
+    """The address of the MLflow UI that shows the store ``source``: a tracking server's own
+    (it serves the UI), without the user and password of the address; else the one ``sweep ui``
+    opens on this machine by default (:data:`LOCAL_UI`)."""
+    if not _server(source):
+        return LOCAL_UI
+    parts = urlsplit(source)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")).rstrip("/") + "/"
 
 
 def signature(sweep: SweepTrials) -> str:
@@ -102,13 +129,15 @@ def _top(sweep: SweepTrials, count: int = 5) -> list[TrialCurve]:
 _LABELS = {"trials": "target", "sampler": "sampler", "pruner": "pruner", "seed": "seed", "space": "space"}
 
 
-def _param(text: str) -> str:
-    """A param as the table shows it: a float to 4 significant digits, anything else as logged."""
+def _param_cell(text: str) -> str:
+    """A param's cell in the table of trials: a number as logged, a float to 4 significant digits,
+    on one line; a text (a model's name) as logged, wrapped where the column is narrow."""
     try:
         number = float(text)
     except ValueError:
-        return text
-    return text if number.is_integer() or not math.isfinite(number) else f"{number:.4g}"
+        return f'<td class="text">{html.escape(text)}</td>'
+    shown = text if number.is_integer() or not math.isfinite(number) else f"{number:.4g}"
+    return f"<td>{html.escape(shown)}</td>"
 
 
 def _varied(sweep: SweepTrials) -> list[str]:
@@ -121,49 +150,79 @@ def _varied(sweep: SweepTrials) -> list[str]:
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 980px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 980px; padding: 0 1em; color: #222; }
+.fits { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
+.trials td { white-space: nowrap; } .trials td.text { white-space: normal; overflow-wrap: anywhere; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
 .muted { color: #777; font-size: 0.85em; }
 """
 
 
+def _breakable(name: str) -> str:
+    """A parameter's name as HTML that breaks after its underscores when its column is narrow
+    (``weight_<wbr>decay``), rather than running into the next column."""
+    return "_<wbr>".join(html.escape(part) for part in name.split("_"))
+
+
+def _link(href: str, text: str) -> str:
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+
+
+def _trials_table(sweep: SweepTrials, ui: str) -> str:
+    """The best trials side by side, one column each (as MLflow compares runs), one row per
+    fact: their number (a link to the run in the MLflow UI at ``ui``), value, best step or epoch,
+    overfitting onset and every varied parameter. Five columns fit the page however many
+    parameters the sweep varied, where one column per parameter ran off it."""
+    top = _top(sweep)
+    if not top:
+        return "<table><tr><td>no complete trial yet</td></tr></table>"
+    experiment = sweep.parent.experiment_id
+    rows = [("trial", [f"<td>{_link(ui + run_link(experiment, t.run_id), str(t.number))}</td>" for t in top]),
+            (sweep.metric, [f"<td>{_value(t.value)}</td>" for t in top]),
+            (f"best {sweep.x_axis}", [f"<td>{_step(t.best_step)}</td>" for t in top]),
+            ("overfitting onset", [f"<td>{_step(t.onset_step) if t.onset_step is not None else 'none'}</td>" for t in top]),
+            *((name, [_param_cell(t.params.get(name, "")) for t in top]) for name in _varied(sweep))]
+    body = "".join(f"<tr><th>{_breakable(name)}</th>{''.join(cells)}</tr>" for name, cells in rows)
+    return f'<div class="fits"><table class="trials">{body}</table></div>'
+
+
 def report_html(sweep: SweepTrials, images: Mapping[str, bytes], source: str) -> str:
-    """The page, as a string: ``source`` names the store it was read from."""
+    """The page, as a string: ``source`` names the store it was read from, and which MLflow UI
+    its links open (:func:`ui_root`)."""
     esc = html.escape
     counts: dict[str, int] = {}
     for trial in sweep.trials:
         counts[trial.state] = counts.get(trial.state, 0) + 1
     parent = sweep.parent
-    facts = [("task", sweep.task), ("study", sweep.study), ("status", parent.status.lower()),
-             ("metric", f"{sweep.metric} ({sweep.direction})"),
-             ("trials", ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet"),
-             *((_LABELS[k], v) for k, v in sorted(parent.params.items()) if k in _LABELS),
-             ("parent run", f"{parent.run_id} (experiment {parent.experiment})")]
-    varied = _varied(sweep)
-    head = "".join(f"<th>{esc(c)}</th>" for c in ["trial", sweep.metric, f"best {sweep.x_axis}", "onset", *varied])
-    rows = []
-    for trial in _top(sweep):
-        cells = [str(trial.number), _value(trial.value), _step(trial.best_step),
-                 _step(trial.onset_step) if trial.onset_step is not None else "none",
-                 *(_param(trial.params.get(name, "")) for name in varied)]
-        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    ui = ui_root(source)
+    side_by_side = ui + comparison_link(parent.experiment_id, sweep.study, f"best_{sweep.metric}", sweep.direction)
+    outcomes = esc(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet")
+    facts = [("task", esc(sweep.task)), ("study", esc(sweep.study)), ("status", esc(parent.status.lower())),
+             ("metric", esc(f"{sweep.metric} ({sweep.direction})")),
+             ("trials", outcomes + (f" ({_link(side_by_side, 'side by side in MLflow')})" if sweep.trials else "")),
+             *((_LABELS[k], esc(v)) for k, v in sorted(parent.params.items()) if k in _LABELS),
+             ("parent run", _link(ui + run_link(parent.experiment_id, parent.run_id), parent.run_id)
+              + esc(f" (experiment {parent.experiment})"))]
+    where = "the tracking server's own" if _server(source) else "start it with <code>sweep ui</code>"
     pictures = []
-    for name, caption in CAPTIONS.items():
+    for name in CAPTIONS:
         if name in images:
             data = base64.b64encode(images[name]).decode("ascii")
-            pictures.append(f'<figure id="{name}"><img alt="{esc(name)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{esc(caption)}</figcaption></figure>")
+            text = esc(caption(name, sweep.x_axis))
+            pictures.append(f'<figure id="{name}"><img alt="{text}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{text}</figcaption></figure>")
     made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Sweep {esc(sweep.study)} ({esc(sweep.task)})</title>
 <style>{_STYLE}</style></head><body>
 <h1>Sweep {esc(sweep.study)} <span class="muted">task {esc(sweep.task)}</span></h1>
-<table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)}</table>
+<div class="fits"><table>{"".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in facts)}</table></div>
 <h2>Best trials</h2>
-<table><tr>{head}</tr>{"".join(rows) or '<tr><td>no complete trial yet</td></tr>'}</table>
+{_trials_table(sweep, ui)}
+<p class="muted">Links open the MLflow UI at {esc(ui)} ({where}).</p>
 <h2>Pictures</h2>
 {"".join(pictures)}
 <p class="muted">Made by sweeplab {made} from {esc(source)}.</p>

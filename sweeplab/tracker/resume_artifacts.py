@@ -19,7 +19,14 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-__all__ = ["ArtifactVersions"]
+__all__ = ["ArtifactVersions", "version_time"]
+
+
+def version_time(path: str) -> int:
+    """When a version was stored (``time.time_ns()`` of the machine that stored it), from its
+    name; 0 for a name not of this form."""
+    digits = path.rsplit("/", 1)[-1].removeprefix("state-").split(".", 1)[0]
+    return int(digits) if digits.isdigit() else 0
 
 
 class ArtifactVersions:

@@ -2,10 +2,12 @@
 
 Three are Optuna's own (``optuna.visualization.matplotlib``), drawn on an in-memory study rebuilt
 from the trials' child runs: the optimisation history, the parameters' importances and the
-parallel coordinates of the parameters against the metric. Two are made for this tool: every
-trial's validation curve by epoch with its best epoch and overfitting onset marked, and the
-onset epoch against the learning rate and the batch size (or the two most important parameters
-when the space has neither).
+parallel coordinates of the parameters against the metric (its colours cut to those that stand
+out from the background: Optuna's lightest blue, the worst trial's, is white on white). Two are
+made for this tool: every trial's validation curve by step or epoch (the task's x axis, which
+the pictures and their captions name) with its best step and overfitting onset marked, and the
+onset against the learning rate and the batch size (or the two most important parameters when
+the space has neither). The artifact keeps its name ``curves_by_epoch`` whatever the axis.
 
 The parent run gets these at the end of a sweep (``sweep/*.png``); ``sweep report`` puts them on
 one HTML page.
@@ -26,9 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 
 import matplotlib
+import numpy as np
 import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.colors import Colormap, LinearSegmentedColormap, to_rgb
 from matplotlib.figure import Figure
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -42,6 +46,13 @@ __all__ = ["FIGURES", "searched_params", "study_of", "sweep_figures"]
 FIGURES = ("optimisation_history", "param_importances", "parallel_coordinates", "curves_by_epoch", "onset_by_params")
 
 _LOG_SPAN = 100.0  # a positive numeric parameter whose values span this factor or more is drawn on a log scale
+
+#: The least contrast (WCAG 2's ratio, from 1 to 21) a trial's line has with the background it is
+#: drawn on: 2 is a light but plain blue on white, where Optuna's palest blue is 1.04.
+_LEAST_CONTRAST = 2.0
+#: The grey of the curves not picked out in colour, and how opaque: light enough for 1,000 of
+#: them to show where most trials went, dark enough (contrast 2.3 on white) for one to show.
+_GREY, _GREY_ALPHA = "0.45", 0.6
 
 
 def _number(text: str) -> float | None:
@@ -120,14 +131,49 @@ def _figure_of(axes: object) -> Figure:
     return first.figure  # type: ignore[attr-defined,no-any-return]
 
 
-def _optuna_figure(draw: Callable[..., object], study: optuna.Study, **kwargs: object) -> Figure:
-    """One of Optuna's plots, at this module's size, out of pyplot (:func:`_detached`); the style
+def _optuna_figure(draw: Callable[..., object], study: optuna.Study, width: float = 9.0, **kwargs: object) -> Figure:
+    """One of Optuna's plots, ``width`` inches wide, out of pyplot (:func:`_detached`); the style
     it sets (``ggplot``) stays inside."""
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # experimental-feature notices; importances of trials that all scored alike
         figure = _detached(draw, study, **kwargs)
-        figure.set_size_inches(9, 5)
+        figure.set_size_inches(width, 5)
         figure.tight_layout()
+    return figure
+
+
+def _luminance(colour: object) -> float:
+    """A colour's relative luminance (WCAG 2): 0 for black, 1 for white."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(colour)]  # type: ignore[arg-type]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(colour: object, background: object) -> float:
+    """WCAG 2's contrast ratio of two colours (1: alike, 21: black on white)."""
+    low, high = sorted((_luminance(colour), _luminance(background)))
+    return (high + 0.05) / (low + 0.05)
+
+
+def _standing_out(cmap: Colormap, background: object) -> Colormap:
+    """``cmap`` less its colours that have under :data:`_LEAST_CONTRAST` with ``background`` (the
+    light end of a sequential map), spread again over the whole range: the same order of colours,
+    each of them visible."""
+    colours = cmap(np.linspace(0.0, 1.0, cmap.N))
+    kept = [c for c in colours if _contrast(c, background) >= _LEAST_CONTRAST]
+    return LinearSegmentedColormap.from_list(f"{cmap.name}_visible", kept or ["black"], N=cmap.N)
+
+
+def _lines_visible(figure: Figure) -> Figure:
+    """Optuna's parallel coordinates with every trial's line visible: Optuna colours them by value
+    from ``Blues`` (reversed to minimise), whose light end (the worst trial's line) is near-white
+    on white; the colour map of the lines and of their colour bar is cut to the colours that
+    stand out (:func:`_standing_out`)."""
+    for ax in figure.axes:
+        for lines in ax.collections:
+            if isinstance(lines, LineCollection) and lines.get_array() is not None:
+                lines.set_cmap(_standing_out(lines.get_cmap(), ax.get_facecolor()))
+                if lines.colorbar is not None:
+                    lines.colorbar.update_normal(lines)
     return figure
 
 
@@ -176,7 +222,8 @@ def _curves_figure(sweep: SweepTrials) -> Figure:
     top = [t.number for t in sorted(complete, key=lambda t: (sign * t.value, t.number))[:5]]  # type: ignore[operator]
     rest = [t for t in sweep.trials if t.curve and t.number not in top]
     for style, trials in (("solid", [t for t in rest if t.state == "complete"]), ("dotted", [t for t in rest if t.state != "complete"])):
-        ax.add_collection(LineCollection([t.curve for t in trials], colors="0.65", linewidths=0.7, alpha=0.5, linestyles=style))
+        ax.add_collection(LineCollection([t.curve for t in trials], colors=_GREY, linewidths=0.8, alpha=_GREY_ALPHA,
+                                         linestyles=style))
     best, onset = [], []
     for trial in sweep.trials:
         at = dict(trial.curve)
@@ -192,7 +239,7 @@ def _curves_figure(sweep: SweepTrials) -> Figure:
     for number, colour in zip(top, matplotlib.colormaps["tab10"].colors):
         steps, values = zip(*by_number[number].curve) if by_number[number].curve else ((), ())
         ax.plot(steps, values, "-", color=colour, lw=1.8, label=f"trial {number}", zorder=3)
-    ax.plot([], [], ":", color="0.5", label="pruned, failed or stopped")
+    ax.plot([], [], ":", color=_GREY, label="pruned, failed or stopped")
     ax.autoscale_view()
     ax.set_xlabel(sweep.x_axis)
     ax.set_ylabel(sweep.metric)
@@ -283,8 +330,9 @@ def _draw_all(sweep: SweepTrials, study: optuna.Study, figures: dict[str, Figure
             figures["param_importances"] = _optuna_figure(optuna_plots.plot_param_importances, study,
                                                           evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
                                                           target_name=sweep.metric)
-            figures["parallel_coordinates"] = _optuna_figure(optuna_plots.plot_parallel_coordinate, study,
-                                                             target_name=sweep.metric)
+            axes = 1 + len({name for t in done for name in t.distributions})  # 0.8 inch each, for their ticks and names
+            figures["parallel_coordinates"] = _lines_visible(_optuna_figure(
+                optuna_plots.plot_parallel_coordinate, study, width=max(9.0, 3.0 + 0.8 * axes), target_name=sweep.metric))
         else:
             for name, title in (("param_importances", "Parameter importances"), ("parallel_coordinates", "Parallel coordinates")):
                 figures[name] = _note(title, "needs two complete trials that differ in a parameter")

@@ -35,7 +35,7 @@ import logging
 import math
 import random
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from sweeplab.boundary import engine_code, refuse, task_code
@@ -106,12 +106,16 @@ class Progress:
     raises :class:`TrialStopped`. :attr:`result` is the fit so far."""
 
     def __init__(self, reporter: Reporter, metric: str, direction: Direction = "maximize",
-                 early_stop: OnsetRule | None = None, keep_state: bool = True, resume: Resumption | None = None) -> None:
+                 early_stop: OnsetRule | None = None, keep_state: bool = True, resume: Resumption | None = None,
+                 point: Callable[[], float] | None = None) -> None:
         self.reporter, self.metric, self.direction = reporter, metric, direction
         self.early_stop, self.keep_state, self.resumption = early_stop, keep_state, resume
+        self.point = point  # where training stands (a trainer's resume_point); else the last evaluation's step
         self.result = FitResult(history=[], best=None)
         self.resumed: Resumed | None = None
+        self._held = -math.inf  # the last step a restored curve holds: a report of it again is skipped
         self.saved_at_stop = False  # a stop signal was answered at an evaluation, its resume state saved
+        self.reported_again = False  # a resumed function reported a step its restored curve holds
 
     def __call__(self, step: int | float, metrics: Mapping[str, float], state: Any = None,
                  outputs: Mapping[str, Any] | None = None, predictions: Any = None, resume: Any = None) -> bool:
@@ -122,7 +126,10 @@ class Progress:
     def take_resume_state(self) -> Any | None:
         """Go on from the resume state an earlier attempt saved, if there is one
         (:meth:`restore`); returns the trainer's state in it, ``None`` when there is none."""
-        saved = self.resumption.take() if self.resumption is not None else None
+        if self.resumption is None:
+            return None
+        with engine_code():  # reading where the state is kept is sweeplab's
+            saved = self.resumption.take()
         if saved is None:
             return None
         self.restore(saved)
@@ -135,23 +142,25 @@ class Progress:
         progress = saved["progress"]
         self.result = FitResult(history=list(progress["history"]), best=progress["best"], state=progress["state"],
                                 outputs=dict(progress["outputs"]), predictions=progress["predictions"])
-        self.resumed = Resumed(step=self.result.history[-1]["step"], state=saved["trainer"])
+        self.resumed = Resumed(step=saved["at"], state=saved["trainer"])
+        self._held = self.result.history[-1]["step"] if self.result.history else -math.inf
         on_resume = getattr(self.reporter, "on_resume", None)
         if on_resume is not None:
             with engine_code():
-                on_resume(self.result.history)
+                on_resume(self.result.history, saved["at"])
 
     def save_resume_state(self, trainer_state: Any) -> None:
         """Save the resume state: this fit's curve, best evaluation and kept state, with
         ``trainer_state`` (a value, or a callable that builds it: the trainer's). A state that
         cannot be written is logged and training goes on: the trial loses only its resumability."""
-        if self.resumption is None or not self.result.history:
+        if self.resumption is None:
             return
         built = task_code(trainer_state) if callable(trainer_state) else trainer_state
         result = self.result
+        at = self.point() if self.point is not None else result.history[-1]["step"] if result.history else 0
         saved = {"progress": {"history": result.history, "best": result.best, "state": result.state,
                               "outputs": result.outputs, "predictions": result.predictions},
-                 "trainer": built}
+                 "trainer": built, "at": at}
         try:
             self.resumption.save(saved)
         except Exception as exc:  # a full disk or a lost mount: the trial can still finish
@@ -171,9 +180,18 @@ class Progress:
         the overfitting onset, out of the sweep's time, or a loss that became non-finite (the
         trial keeps its best evaluation). A stop signal raises
         :class:`~sweeplab.core.stopping.StoppedAtStep` once the resume state is saved."""
+        if step <= self._held:  # a resumed function that started over: the curve holds this step already
+            if not self.reported_again:
+                logging.getLogger(__name__).warning(
+                    "step %g was reported again after the trial resumed from step %g: the training function ignores "
+                    "report.resumed; reports up to that step are skipped", step, self._held)
+            self.reported_again = True
+            return False
         stopped = self._hear(step, metrics, state, outputs, predictions)
         if stopped:
             return True
+        if stopping.requested() is not None:
+            stopping.answer()  # stopping here: the save that follows is not cut short
         if resume is not None and self.resumption is not None:
             if stopping.requested() is not None or self.resumption.due():
                 self.save_resume_state(resume)
@@ -242,7 +260,7 @@ def fit(
     """Train ``rounds`` rounds, evaluating after each; see the module docstring for the rules."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    progress = Progress(reporter, metric, direction, early_stop, keep_state, resume)
+    progress = Progress(reporter, metric, direction, early_stop, keep_state, resume, getattr(trainer, "resume_point", None))
     reporter.on_start(rounds)
     resume_state = getattr(trainer, "resume_state", None)  # a trainer without one is not resumable
     if resume_state is not None:
@@ -270,7 +288,10 @@ def fit(
 def _go_on(trainer: RoundTrainer, progress: Progress) -> None:
     """Put ``trainer`` where the trial's saved resume state left it (if there is one); a state
     it cannot take is :class:`StaleResumeState`."""
-    saved = progress.resumption.take() if progress.resumption is not None else None
+    if progress.resumption is None:
+        return
+    with engine_code():  # reading where the state is kept is sweeplab's
+        saved = progress.resumption.take()
     if saved is None:
         return
     try:

@@ -144,6 +144,11 @@ class BatchOrder:
         self.generator = generator
         self.order: torch.Tensor | None = None  # the epoch under way
         self.position = 0  # batches of it taken
+        self.batches = 0  # batches in it
+
+    def done(self) -> float:
+        """The share of the epoch under way that was taken (0 between epochs)."""
+        return self.position / self.batches if self.order is not None and self.batches else 0.0
 
     def epoch(self, rows: int, batch_size: int) -> Iterator[torch.Tensor]:
         """The batches of row indices ``0 .. rows - 1`` left in the epoch under way, or in a new
@@ -151,6 +156,7 @@ class BatchOrder:
         if self.order is None or len(self.order) != rows:
             self.order, self.position = torch.randperm(rows, generator=self.generator), 0
         batches = self.order.split(batch_size)
+        self.batches = len(batches)
         while self.position < len(batches):
             stopping.check()
             self.position += 1
@@ -262,6 +268,14 @@ class ModelTrainer:
                 "generator": self.generator.get_state(), "order": self.batch_order.state_dict(),
                 "tally": None if self.tally is None else self.tally.state_dict(), "random": random_states(),
                 "counters": {name: getattr(self, name) for name in self.counters}}
+
+    def resume_point(self) -> float:
+        """Where training stands on the curves' x axis: the first of :attr:`counters` (the
+        optimizer step), or for ``epoch`` the epochs done and the share of the next one."""
+        if not self.counters:
+            return 0.0
+        point = float(getattr(self, self.counters[0]))
+        return point + self.batch_order.done() if self.counters[0] == "epoch" else point
 
     def load_resume_state(self, state: Mapping[str, Any]) -> None:
         """Go on from ``state``, a :meth:`resume_state` of an earlier attempt of this trial; a

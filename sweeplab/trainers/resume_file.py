@@ -2,8 +2,9 @@
 kill during the write leaves the state saved before it whole.
 
 The state is written to a temporary file beside the target, flushed to the disk, and renamed
-over the target (``os.replace``, atomic on a POSIX file system): a reader sees the old file or
-the new one, never half of one. It is written with ``torch.save`` when torch is loaded (tensors
+over the target (``os.replace``, atomic on a POSIX file system; the folder is flushed after):
+a reader sees the old file or the new one, never half of one. The file is a pickle: read only
+states of a store you trust. It is written with ``torch.save`` when torch is loaded (tensors
 stream to the file without a copy in memory), else with ``pickle`` (a user's training function
 that uses no torch pays no torch import); :meth:`ResumeFile.load` reads either.
 """
@@ -59,6 +60,7 @@ class ResumeFile:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, self.path)
+            _sync_folder(self.path.parent)
         finally:
             partial.unlink(missing_ok=True)
 
@@ -67,3 +69,18 @@ class ResumeFile:
         self.path.unlink(missing_ok=True)
         for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
             partial.unlink(missing_ok=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to the disk, so that the rename survives a power loss (POSIX;
+    a no-op where a folder cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -347,7 +347,7 @@ def _prepare(loaded: Loaded, config: Mapping[str, Any], env: TrialEnv) -> None:
 
 TASK = Task(
     name="sentiment",
-    summary="text + image sentiment (positive/neutral/negative), BERT + ResNet-50 fused",
+    summary="text + image sentiment (positive/neutral/negative), a text and an image backbone fused",
     metric="val_accuracy",
     direction="maximize",
     defaults=DEFAULTS,

@@ -12,11 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeplab.core import stopping
 from sweeplab.errors import InternalError, UsageError
 from sweeplab.sweeps.loops import search
 from sweeplab.sweeps.observer import Silent
 from sweeplab.sweeps.recovery import KilledTrials
-from sweeplab.sweeps.trial import Failed, Finished
+from sweeplab.sweeps.trial import Abandoned, Failed, Finished
 
 
 class _Run:
@@ -118,3 +119,21 @@ def test_an_interruption_fails_the_trial_as_interrupted_queues_it_again_and_stop
     trial, retry = study.trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == trial.number  # the rerun goes on with it
+
+
+@pytest.mark.parametrize("ending", ["finished", "dropped"], ids=["trial-finished", "trial-dropped-as-another-failed-it"])
+def test_a_stop_signal_answered_as_a_trial_ended_starts_no_other(tmp_path: Path, ending: str) -> None:
+    """A stop asked for while a trial trains, which the trial did not raise (it finished, or was
+    let go because another process failed it), stops the search before the next trial."""
+    def script(n: int, trial: optuna.Trial) -> Finished:
+        stopping.request_stop(15)  # a SIGTERM during the trial, not answered by it
+        if ending == "dropped":
+            raise Abandoned()
+        return Finished(0.5, pruned=False, run=_Run())
+
+    try:
+        with pytest.raises(stopping.Stopped) as caught:
+            _search(script, tmp_path)
+    finally:
+        stopping.clear()
+    assert caught.value.exit_code == 143

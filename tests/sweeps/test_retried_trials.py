@@ -99,3 +99,23 @@ def test_status_and_report_count_a_retried_attempts_run_out(store_uri: str, read
     report = query.sweep_trials(store_uri, parent_run_id=parent)
     assert report is not None and [t.number for t in report.trials] == [0, 1, 2, 3, 4, 5, 8, 10]
     assert attempt not in {t.run_id for t in report.trials}
+
+
+def test_a_pruner_sees_a_retry_under_its_first_attempts_number() -> None:
+    """Hyperband picks a trial's bracket from its number: the retry is shown to the pruner as its
+    first attempt, so it goes on in that bracket."""
+    seen: list[tuple[int, list[int]]] = []
+
+    class Recording(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            seen.append((trial.number, [t.number for t in study.get_trials(deepcopy=False)]))
+            return False
+
+    study = optuna.create_study(pruner=RetryAwarePruner(Recording()))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, intermediate_values={1: 0.5}))
+    _killed_and_retried(study, 0.9)  # trial 1 killed, trial 2 its retry
+    retry = study.ask()
+    assert retry.number == 2
+    retry.report(0.9, 2)
+    retry.should_prune()
+    assert seen == [(1, [0, 1])]  # as trial 1, and trial 1's killed attempt left out

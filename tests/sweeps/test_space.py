@@ -193,3 +193,80 @@ def test_an_unconditional_parameter_reads_as_it_did_before_conditions_existed() 
 def test_a_condition_changes_the_signature(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, NEWS_LIKE), NEWS_DEFAULTS, "news")
     assert "when (('model', ('textcnn',)),)" in space.params["filters"].signature()
+
+
+class _Reads(dict):
+    """A config that remembers which keys were read."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> object:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+FAMILY_PARAMS = {"hidden_size", "layers", "heads", "embedding_dim", "filters", "kernel_sizes", "ngrams", "buckets"}
+
+
+@pytest.mark.parametrize("model, used", [
+    ("textcnn", {"embedding_dim", "filters", "kernel_sizes"}),
+    ("fasttext", {"embedding_dim", "ngrams", "buckets"}),
+    ("scratch", {"hidden_size", "layers", "heads"}),
+    ("bert-base-chinese", set()),  # a pretrained checkpoint brings its own shape
+])
+def test_a_news_trial_records_the_fixed_parameters_of_its_own_family_only(model: str, used: set[str]) -> None:
+    space = load_space("news", NEWS_DEFAULTS, "news")
+    config = {**NEWS_DEFAULTS, **space.fixed, "model": model}
+    inactive = space.inactive(config)
+    assert FAMILY_PARAMS - inactive == used
+    assert "lr" not in inactive and "dropout" not in inactive and "model" not in inactive
+
+
+@pytest.mark.parametrize("model", ["textcnn", "fasttext", "scratch", "bert-base-chinese"])
+def test_the_news_trainer_reads_exactly_the_family_parameters_a_trial_records(model: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """USED_WHEN is the truth of news._build_model: it reads no parameter a trial leaves out, and
+    every family parameter a trial records."""
+    import transformers
+
+    from sweeplab.trainers.news import _build_model
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: "pretrained")
+    config = _Reads({**NEWS_DEFAULTS, "model": model, "hidden_size": 32, "heads": 2, "layers": 1, "buckets": 64})
+    _build_model(config, num_labels=3, vocab_size=40)
+    space = load_space("news", NEWS_DEFAULTS, "news")
+    assert config.read & FAMILY_PARAMS == FAMILY_PARAMS - space.inactive(config)
+
+
+@pytest.mark.parametrize("model", ["scratch", "OFA-Sys/chinese-clip-vit-base-patch16"])
+def test_the_retrieval_trainer_reads_exactly_the_tower_parameters_a_trial_records(model: str,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from sweeplab.trainers.retrieval import _build_model
+    from sweeplab.trainers.settings.retrieval import DEFAULTS as RETRIEVAL_DEFAULTS, USED_WHEN
+
+    monkeypatch.setattr(transformers.ChineseCLIPModel, "from_pretrained", lambda *a, **k: "pretrained")
+    config = _Reads({**RETRIEVAL_DEFAULTS, "model": model, "hidden_size": 32, "heads": 2, "text_layers": 1,
+                     "vision_layers": 1, "image_size": 32, "patch_size": 8})
+    _build_model(config, vocab_size=40)
+    inactive = load_space("retrieval", RETRIEVAL_DEFAULTS, "retrieval").inactive(config)
+    assert config.read & set(USED_WHEN) == set(USED_WHEN) - inactive
+    assert (inactive == set(USED_WHEN)) == (model != "scratch")
+
+
+def test_a_text_only_sentiment_trial_does_not_record_the_image_backbone() -> None:
+    space = load_space("sentiment", DEFAULTS, "sentiment")
+    assert space.inactive({**DEFAULTS, "modality": "text"}) == {"image_model", "image_weights"}
+    assert space.inactive({**DEFAULTS, "modality": "image"}) == {"text_model", "text_pooling", "max_length"}
+    assert space.inactive({**DEFAULTS, "modality": "fusion"}) == set()
+
+
+def test_a_parameter_the_space_searches_unconditionally_or_another_tasks_is_kept(tmp_path: Path) -> None:
+    searched = load_space(_write(tmp_path, 'task = "news"\n[search.heads]\nchoices = [2, 4]\n'), NEWS_DEFAULTS, "news")
+    assert "heads" not in searched.inactive({**NEWS_DEFAULTS, "model": "textcnn", "heads": 2})
+    assert "hidden_size" in searched.inactive({**NEWS_DEFAULTS, "model": "textcnn", "heads": 2})
+    own = load_space(_write(tmp_path, '[search.lr]\nlow = 0.1\nhigh = 1.0\n'), None, "my_trainer.py:fit")
+    assert own.inactive({"model": "textcnn", "heads": 4, "lr": 0.5}) == set()  # a function's parameters are its own

@@ -26,3 +26,42 @@ def test_the_table_has_one_row_per_trial_whatever_the_parameter_values() -> None
 def test_the_comparison_link_orders_a_minimised_metric_ascending() -> None:
     assert "orderByAsc=true" in comparison_link("1", "s", "best_val_loss", "minimize")
     assert "orderByAsc=false" in comparison_link("1", "s", "best_val_accuracy", "maximize")
+
+
+def _description(task_name: str, space_name: str, overrides: dict | None = None) -> str:
+    from sweeplab.sweeps.closing import sweep_settings
+    from sweeplab.sweeps.options import SweepOptions
+    from sweeplab.sweeps.space import load_space
+    from sweeplab.tasks import get_task
+
+    task = get_task(task_name)
+    space = load_space(space_name, task.defaults, task.name).with_overrides(overrides or {})
+    settings = sweep_settings(task, space, SweepOptions.of(task.name), None)
+    return sweep_note(settings, {"complete": 1}, [], "1")
+
+
+def test_the_description_names_the_models_in_the_resolved_config() -> None:
+    default = _description("sentiment", "sentiment")
+    assert ("**model**: text\\_model=minilm, image\\_model=efficientnet\\-lite0, modality=fusion, "
+            "freeze\\_backbones=true") in default
+    assert "BERT" not in default and "ResNet" not in default  # the task's fixed summary is not the model
+    assert "**task**: sentiment\n" in default
+    chosen = _description("sentiment", "sentiment", {"text_model": "tiny", "image_model": "resnet50", "modality": "text"})
+    assert "text\\_model=tiny, modality=text" in chosen and "resnet50" not in chosen  # a text-only sweep reads no image
+    assert "**model**: model ∈ \\{fasttext, textcnn, scratch\\}" in _description("news", "news")
+    assert "**model**: model=textcnn\n" in _description("news", "news", {"model": "textcnn"})
+    assert "**model**: model=bert\\-base\\-chinese\n" in _description("news", "news-finetune")
+    assert "**model**: model=scratch, freeze\\_text=false, freeze\\_vision=false" in _description("retrieval", "retrieval")
+
+
+def test_a_functions_description_keeps_its_own_summary(tmp_path) -> None:
+    from sweeplab.core import Task
+    from sweeplab.sweeps.closing import sweep_settings
+    from sweeplab.sweeps.options import SweepOptions
+    from sweeplab.sweeps.space import load_space
+
+    (tmp_path / "s.toml").write_text("[search.lr]\nlow = 0.1\nhigh = 1.0\n[fixed]\nmodel = \"mlp\"\n", encoding="utf-8")
+    task = Task(name="f.py:fit", summary="my MLP", metric="val_loss", direction="minimize", defaults={}, default_space="",
+                sample_data=None, load=None, prepare=None, fit=None, open=True)  # type: ignore[arg-type]
+    settings = sweep_settings(task, load_space(tmp_path / "s.toml", None, task.name), SweepOptions.of(task.name), None)
+    assert settings["task"] == "f.py:fit (my MLP)" and settings["model"] == "model=mlp"

@@ -6,6 +6,7 @@ Unit tests call :func:`check_store` on a resolved :class:`Store`; the CLI tests 
 
 from __future__ import annotations
 
+import errno
 import http.server
 import importlib.util
 import os
@@ -265,6 +266,36 @@ def test_a_folder_the_system_refuses_is_named(tmp_path: Path, monkeypatch: pytes
     assert message == f"--cache-dir {locked / 'cache'}: cannot write there ({locked} is not writable)"
 
 
+#: ``/proc`` of Linux: a folder ``os.access`` calls writable for root that takes no new entry.
+PROC = Path("/proc")
+_NO_PROC = pytest.mark.skipif(not (PROC / "self").is_dir(), reason="no /proc file system here (Linux has one)")
+
+
+@pytest.mark.parametrize("where", [pytest.param("proc", marks=_NO_PROC), "read-only mount"])
+def test_a_folder_that_takes_no_new_entry_is_refused_as_root_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 where: str) -> None:
+    """Permission bits do not stop root; creating a folder is tried for real (and undone)."""
+    if where == "proc":
+        store, refused, flag, cache = PROC / "sweeplab-store", PROC, "--store-dir", None
+    else:  # what a read-only mount answers, simulated for one folder (os.access says yes to it)
+        refused = tmp_path / "mounted"
+        refused.mkdir()
+        real_mkdir = os.mkdir
+
+        def mkdir(path: object, *args: object, **kwargs: object) -> None:
+            if Path(str(path)).parent == refused:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        store, flag, cache = tmp_path / "store", "--cache-dir", refused / "cache"
+    message = _refusal(resolve_store(store), tmp_path, cache)
+    shown = store if cache is None else cache
+    assert message.startswith(f"{flag} {shown}: cannot write there (cannot create anything in {refused}: "), message
+    if where != "proc":
+        assert message.endswith(f"{os.strerror(errno.EROFS)})"), message
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write to any folder whatever its mode")
 def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
@@ -309,6 +340,18 @@ def test_cli_run_with_an_unreachable_tracking_server(tmp_path: Path, monkeypatch
     uri = f"http://127.0.0.1:{_free_port()}"
     message = _cli_refusal(tmp_path, monkeypatch, sentiment_dir, "--tracking-uri", uri)
     assert f"--tracking-uri {uri}: no MLflow tracking server answers (connection refused)" in message
+
+
+@pytest.mark.parametrize("where", [pytest.param("proc", marks=_NO_PROC), "below a file"])
+def test_cli_run_with_a_store_folder_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            sentiment_dir: Path, where: str) -> None:
+    """One line and exit 2 before any data are prepared, as root too (no traceback from the
+    prepared-data cache's first write)."""
+    store, blocker = (PROC / "sweeplab-store", PROC) if where == "proc" else (_a_file(tmp_path) / "store", tmp_path / "a-file")
+    message = _cli_refusal(tmp_path, monkeypatch, sentiment_dir, "--store-dir", str(store))
+    assert f"--store-dir {store}: cannot write there (" in message, message
+    assert str(blocker) in message
+    assert not store.exists()
 
 
 def test_cli_run_with_an_unknown_storage_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -52,7 +52,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _images(page: str) -> dict[str, bytes]:
-    found = re.findall(r'<figure id="(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    found = re.findall(r'<figure id="(\w+)"><img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
     return {name: base64.b64decode(data) for name, data in found}
 
 
@@ -75,8 +75,10 @@ def test_sweep_report_writes_one_page_with_every_picture_and_the_best_trial(swep
     import json
 
     top = json.loads(best.stdout)[0]
-    row = re.search(r"<h2>Best trials</h2>\s*<table><tr>.*?</tr><tr><td>(\d+)</td><td>([\d.]+)</td>", page, re.S)
-    assert row is not None and int(row.group(1)) == top["trial"] and float(row.group(2)) == pytest.approx(top["value"], rel=1e-3)
+    first = re.search(r'<table class="trials"><tr><th>trial</th><td><a href="([^"]+)">(\d+)</a></td>.*?</tr>'
+                      r"<tr><th>.*?</th><td>([\d.]+)</td>", page, re.S)  # the best trial's column: number, value
+    assert first is not None and int(first.group(2)) == top["trial"] and float(first.group(3)) == pytest.approx(top["value"], rel=1e-3)
+    assert re.fullmatch(rf"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{top['run_id']}\b.*", first.group(1))  # its run
     assert "src=\"http" not in page and "<script" not in page  # nothing fetched from elsewhere
 
 

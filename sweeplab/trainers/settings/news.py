@@ -7,7 +7,7 @@ from typing import Any
 
 from sweeplab.core import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 
-__all__ = ["DEFAULTS", "LAYOUT_NAMES", "LIMITS"]
+__all__ = ["DEFAULTS", "LAYOUT_NAMES", "LIMITS", "USED_WHEN"]
 
 #: The keys of :data:`sweeplab.datasets.news.LAYOUTS`, named here without importing that reader
 #: (it imports scikit-learn, a second); a test holds the two equal.
@@ -58,4 +58,17 @@ LIMITS: dict[str, Limit] = {
     "kernel_sizes": Limit(low=1, integer=True, listed=True),
     "ngrams": POSITIVE_INT,
     "buckets": POSITIVE_INT,
+}
+#: The parameters one model family only uses, and the ``model`` values it uses them for (as in
+#: ``_build_model`` and :func:`~sweeplab.trainers.text_models.build_text_model`): a trial of another
+#: family, or of a pretrained checkpoint, does not record them (:meth:`sweeplab.sweeps.space.Space.inactive`).
+USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
+    "hidden_size": {"model": ("scratch",)},   # the random BERT's width, depth and attention heads
+    "layers": {"model": ("scratch",)},
+    "heads": {"model": ("scratch",)},
+    "embedding_dim": {"model": ("textcnn", "fasttext")},
+    "filters": {"model": ("textcnn",)},
+    "kernel_sizes": {"model": ("textcnn",)},
+    "ngrams": {"model": ("fasttext",)},
+    "buckets": {"model": ("fasttext",)},
 }

@@ -7,7 +7,7 @@ from typing import Any
 
 from sweeplab.core import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 
-__all__ = ["DEFAULTS", "LIMITS"]
+__all__ = ["DEFAULTS", "LIMITS", "USED_WHEN"]
 
 #: Every parameter and its default value; a ``--set`` value is read as its default's type.
 DEFAULTS: dict[str, Any] = {
@@ -50,4 +50,11 @@ LIMITS: dict[str, Limit] = {
     "max_grad_norm": NON_NEGATIVE,             # 0: no clipping
     "freeze_text": BOOLEAN,
     "freeze_vision": BOOLEAN,
+}
+#: The parameters only the ``scratch`` model uses (its towers' shape, as ``_build_model`` reads
+#: them; a pretrained checkpoint brings its own, image size included): a trial of a checkpoint
+#: does not record them (:meth:`sweeplab.sweeps.space.Space.inactive`).
+USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
+    name: {"model": ("scratch",)}
+    for name in ("hidden_size", "text_layers", "vision_layers", "heads", "projection_dim", "patch_size", "image_size")
 }

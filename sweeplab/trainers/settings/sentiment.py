@@ -7,7 +7,7 @@ from typing import Any
 
 from sweeplab.core import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 
-__all__ = ["DEFAULTS", "LIMITS", "MODALITIES"]
+__all__ = ["DEFAULTS", "LIMITS", "MODALITIES", "USED_WHEN"]
 
 #: Every parameter and its default value; a ``--set`` value is read as its default's type.
 DEFAULTS: dict[str, Any] = {
@@ -50,4 +50,15 @@ LIMITS: dict[str, Limit] = {
     "rotation_degrees": NON_NEGATIVE,                     # rotations within +- this angle
     "plateau_factor": Limit(low=0, high=1, low_open=True, high_open=True),
     "plateau_patience": NON_NEGATIVE_INT,
+}
+#: The parameters of one input only, and the ``modality`` values that read it: a text-only trial
+#: does not record the image backbone, an image-only one the text backbone
+#: (:meth:`sweeplab.sweeps.space.Space.inactive`). ``image_size`` is not here: every trial decodes
+#: the images, to drop the rows whose image does not decode.
+USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
+    "text_model": {"modality": ("fusion", "text")},
+    "text_pooling": {"modality": ("fusion", "text")},
+    "max_length": {"modality": ("fusion", "text")},
+    "image_model": {"modality": ("fusion", "image")},
+    "image_weights": {"modality": ("fusion", "image")},
 }
