@@ -270,17 +270,20 @@ def ui(
         raise _fail(str(exc), code=exc.exit_code) from None
     shown_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     root = store.tracking_uri.rstrip("/") + "/" if server else f"http://{'[::1]' if host == '::' else shown_host}:{port}/"
-    from sweeplab.tracker.note import comparison_link
+    from sweeplab.tracker.note import comparison_link, sweeps_link
 
+    home = root + sweeps_link([row.experiment_id for row in rows])  # the UI's own first page is a GenAI welcome
     links: dict[str, str] = {}
     for row in rows:  # newest sweep first: its link is the one kept for its study
         links.setdefault(f"study {row.study} ({row.task})",
                          root + comparison_link(row.experiment_id, row.study, row.metric, row.direction))
-    console.print(f"MLflow UI {'of the tracking server' if server else 'on'} {root} for {store.tracking_uri}", highlight=False)
+    console.print(f"MLflow UI {'of the tracking server' if server else 'on'} {root} for {store.tracking_uri}; the sweeps:",
+                  highlight=False)
+    console.print(f"    {home}", highlight=False, soft_wrap=True, markup=False)
     for name, url in links.items():
         console.print(f"  {name}, trials side by side:", highlight=False)
         console.print(f"    {url}", highlight=False, soft_wrap=True, markup=False)
-    newest = next(iter(links.values()), root)
+    newest = next(iter(links.values()), home)
     if server:  # the server serves its own UI
         if open_browser:
             import webbrowser

@@ -30,14 +30,14 @@ __all__ = ["Phrases", "RichObserver", "figure", "majority_line", "sweep_panels",
 
 def figure(value: float | None) -> str:
     """``value`` as people read it: 4 significant digits, trailing zeros kept (``0.5972``,
-    ``0.5000``, ``12.50``, ``0.0001235``, ``1.235e+06``, ``1e-07``); a whole number whole (``3``, ``120``);
-    ``-`` for none. Full precision stays in ``--json``."""
+    ``0.5000``, ``12.50``, ``0.0001235``, ``1.235e+06``, ``1e-07``); a whole number whole (``3``, ``120``,
+    a step ``1234567``); ``-`` for none. Full precision stays in ``--json``."""
     if value is None:
         return "-"
     number = float(value)
     if not math.isfinite(number):
         return str(number)
-    if number.is_integer() and abs(number) < 1e6:
+    if number.is_integer() and abs(number) < 1e15:
         return str(int(number))
     mantissa, e, exponent = f"{number:#.4g}".partition("e")
     return (mantissa.rstrip("0") if e else mantissa).rstrip(".") + e + exponent
@@ -58,7 +58,7 @@ class Phrases:
         text = Text(overflow="fold")
         line = 0  # cells on the current line
         for phrase in map(Text.from_markup, self.phrases):
-            if line and line + len(self.sep.rstrip()) + phrase.cell_len > options.max_width:
+            if line and line + len(self.sep) + phrase.cell_len > options.max_width:  # the separator as appended
                 text.append(self.sep.rstrip() + "\n" + self.indent)
                 line = len(self.indent)
             elif line:

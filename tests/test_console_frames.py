@@ -173,8 +173,9 @@ def test_a_trial_of_unknown_length_counts_its_evaluations_without_a_total() -> N
 
 
 def test_every_number_people_read_has_four_significant_digits() -> None:
-    assert [figure(v) for v in (0.6944444444444444, 0.5, 1.23456789, 12.5, 1234.5678, 0.000123456, 1234567.0, 1e-07, 3.0, None)] == [
-        "0.6944", "0.5000", "1.235", "12.50", "1235", "0.0001235", "1.235e+06", "1e-07", "3", "-"]
+    assert [figure(v) for v in (0.6944444444444444, 0.5, 1.23456789, 12.5, 1234.5678, 0.000123456, 1234567.0, 1234567.5,
+                                1e-07, 3.0, None)] == [
+        "0.6944", "0.5000", "1.235", "12.50", "1235", "0.0001235", "1234567", "1.235e+06", "1e-07", "3", "-"]
     console = pipe()
     with RichObserver(console, "val_accuracy") as observer:
         play_sweep(observer)
@@ -292,3 +293,14 @@ def test_sweep_run_failing_before_its_sweep_prints_the_error_alone(scripted_swee
     assert result.stdout == ""
     assert result.stderr == ("error: space.toml: [search.lr] has unknown key 'type' (allowed: choices, grid, high, log, low, "
                              "step, when)\n")
+
+
+@pytest.mark.parametrize("first", range(40, 80))
+def test_a_phrase_that_fits_with_its_separator_stays_whole_at_any_length(first: int) -> None:
+    """The separator between two phrases counts in full when the next one is judged to fit."""
+    line = Phrases("a" * first, "experiment sweeplab-sentiment", sep="  ")
+    console = pipe()
+    console.print(line)
+    printed = console.file.getvalue()
+    assert all(len(row) <= WIDTH for row in printed.splitlines()), printed
+    _phrases_whole(line, printed)

@@ -115,7 +115,7 @@ def test_the_example_is_swept_from_its_folder_and_read_back(tmp_path: Path, work
     experiment = client.get_experiment_by_name("sweeplab-my_trainer.py:fit")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     note = client.get_run(sweep["run_id"]).data.tags["mlflow.note.content"]
-    assert f"| 1 | [trial {row['trial']}](#/experiments/{experiment.experiment_id}/runs/{row['run_id']})" in note
+    assert f"| 1 | [trial {row['trial']}](#/experiments/{experiment.experiment_id}/runs/{row['run_id']}?workflowType=machine_learning)" in note
     assert "compareRunsMode=CHART" in note
     assert f"**trials**: {sweep['counts']['complete']} complete" in note
 

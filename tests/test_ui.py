@@ -6,6 +6,7 @@ lines and exits 0, and the printed addresses open that program), and a folder wi
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,8 @@ def test_ui_on_a_free_port_prints_its_address_and_starts_mlflow_there(tmp_path: 
     result = runner.invoke(app, ["ui", "--store-dir", str(_store(tmp_path / "mlruns")), "--port", str(port)])
     assert result.exit_code == 0, result.output
     assert f"MLflow UI on http://127.0.0.1:{port}/" in result.output
+    # The first address is a page of the model-training view (the UI's own root is a GenAI welcome page).
+    assert re.search(rf"^    http://127\.0\.0\.1:{port}/#/experiments\S*workflowType=machine_learning", result.output, re.M)
     [command] = started
     assert command[command.index("--port") + 1] == str(port)
 

@@ -8,21 +8,43 @@ parameters, best epoch, overfitting onset and a link to each run.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 from sweeplab.tracker.query import TrialRow
 
-__all__ = ["NOTE", "comparison_link", "run_link", "sweep_note"]
+__all__ = ["MODEL_TRAINING_VIEW", "NOTE", "comparison_link", "run_link", "sweep_note", "sweeps_link"]
 
 #: The tag MLflow's UI shows as a run's description (markdown).
 NOTE = "mlflow.note.content"
 
 
+#: The query that opens a page of MLflow's UI in its model-training view. The UI reads it from
+#: the address after the ``#`` route only (before it, it is ignored), else from the browser's
+#: saved toggle, GenAI by default; it does not read the experiment's ``mlflow.experimentKind``.
+MODEL_TRAINING_VIEW = {"workflowType": "machine_learning"}
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
-    """The MLflow UI's address of a run, relative to the UI's root (``#/experiments/1/runs/abc``)."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI's address of a run in its model-training view, relative to the UI's root
+    (``#/experiments/1/runs/abc?workflowType=machine_learning``)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{urlencode(MODEL_TRAINING_VIEW)}"
+
+
+def sweeps_link(experiment_ids: Sequence[str]) -> str:
+    """The MLflow UI's address (relative to its root) of the sweeps (parent runs) of these
+    experiments, in its model-training view: the page to open first (the UI's own first page is
+    a GenAI welcome page)."""
+    ids = sorted(dict.fromkeys(experiment_ids))
+    if not ids:
+        return f"#/experiments?{urlencode(MODEL_TRAINING_VIEW)}"
+    query = urlencode({**MODEL_TRAINING_VIEW, "searchFilter": "tags.`sweeplab.role` = 'sweep'"}, quote_via=quote)
+    if len(ids) == 1:
+        return f"#/experiments/{ids[0]}/runs?{query}"
+    listed = quote(json.dumps(ids, separators=(",", ":")))
+    return f"#/compare-experiments/s?experiments={listed}&{query}"
 
 
 def comparison_link(experiment_id: str, study: str, metric: str, direction: str | None) -> str:
@@ -31,7 +53,7 @@ def comparison_link(experiment_id: str, study: str, metric: str, direction: str 
     sweep's trial runs only, best first by ``metric``, as charts of every metric
     (``compareRunsMode=CHART``)."""
     query = urlencode({
-        "workflowType": "machine_learning",
+        **MODEL_TRAINING_VIEW,
         "searchFilter": f"tags.`sweeplab.role` = 'trial' and tags.`sweeplab.study` = '{study}'",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": "true" if direction == "minimize" else "false",

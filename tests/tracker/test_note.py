@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sweeplab.tracker.note import comparison_link, sweep_note
+from sweeplab.tracker.note import comparison_link, sweep_note, sweeps_link
 from sweeplab.tracker.query import TrialRow
 
 
@@ -18,7 +18,7 @@ def test_the_table_has_one_row_per_trial_whatever_the_parameter_values() -> None
                       comparison_link("7", "s", "best_val_accuracy", "maximize"))
     table = [line for line in note.splitlines() if line.startswith("| ")]
     assert len(table) == 3 and all(line.count(" | ") == table[0].count(" | ") for line in table)  # header + 2 rows
-    assert "[trial 4](#/experiments/7/runs/run4)" in table[1] and "a\\|b" in table[1] and "\\*bold\\*" in table[1]
+    assert "[trial 4](#/experiments/7/runs/run4?workflowType=machine_learning)" in table[1] and "a\\|b" in table[1] and "\\*bold\\*" in table[1]
     assert "seed" not in table[1] and "overfit_up_s" not in table[1]  # the sweep's settings, not the trial's
     assert "**trials**: 2 complete, 1 failed" in note and "compareRunsMode=CHART" in note
 
@@ -65,3 +65,19 @@ def test_a_functions_description_keeps_its_own_summary(tmp_path) -> None:
                 sample_data=None, load=None, prepare=None, fit=None, open=True)  # type: ignore[arg-type]
     settings = sweep_settings(task, load_space(tmp_path / "s.toml", None, task.name), SweepOptions.of(task.name), None)
     assert settings["task"] == "f.py:fit (my MLP)" and settings["model"] == "model=mlp"
+
+
+def test_the_sweeps_page_is_the_model_training_view_of_their_parent_runs() -> None:
+    """The first address ``sweep ui`` prints: the sweeps of one experiment, of several, or the
+    experiments when there is none; each in the model-training view (the hash route's query)."""
+    from urllib.parse import parse_qs, unquote
+
+    one = sweeps_link(["3", "3"])
+    route, _, query = one.partition("?")
+    assert route == "#/experiments/3/runs"
+    assert parse_qs(query) == {"workflowType": ["machine_learning"], "searchFilter": ["tags.`sweeplab.role` = 'sweep'"]}
+    several = sweeps_link(["12", "3"])
+    assert several.startswith("#/compare-experiments/s?experiments=")
+    assert unquote(several.split("experiments=", 1)[1].split("&", 1)[0]) == '["12","3"]'
+    assert "workflowType=machine_learning" in several
+    assert sweeps_link([]) == "#/experiments?workflowType=machine_learning"
