@@ -114,7 +114,9 @@ class Runtime:
             raise UsageError(f"--max-retries {self.max_retries}: expected a whole number >= 0 (0: never run a killed trial again)")
         if not (isinstance(self.checkpoint_minutes, (int, float)) and math.isfinite(self.checkpoint_minutes)
                 and self.checkpoint_minutes > 0):
-            raise UsageError(f"--checkpoint-minutes {self.checkpoint_minutes}: expected a number of minutes > 0 "
+            minutes = self.checkpoint_minutes
+            given = f"{minutes:g}" if isinstance(minutes, (int, float)) else repr(minutes)
+            raise UsageError(f"--checkpoint-minutes {given}: expected a number of minutes > 0 "
                              "(fractions allowed, such as 0.5)")
         if self.workers < 1:
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
