@@ -20,6 +20,7 @@ so that the same command goes on with it from its resume state.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -106,6 +107,7 @@ def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             elif not _tell(study, trial, ended):
                 return
+            _forget(ended)
         except Abandoned as exc:
             _let_go(study, trial, exc.run)
             return
@@ -125,6 +127,15 @@ def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective
         ended.run.close("pruned" if ended.pruned else "complete")
     elif ended is not None and ended.stop is not None:  # the user's bad input: every later trial would fail alike
         raise ended.stop
+
+
+def _forget(ended: Finished | Failed) -> None:
+    """Delete the resume state of a trial whose outcome Optuna now holds; one that cannot be
+    deleted (its store is away) is left, with a warning: it costs space, not correctness."""
+    try:
+        ended.forget()
+    except Exception as exc:
+        logging.getLogger(__name__).warning("the resume state of a finished trial was left in place: %s", exc)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, finished: Finished) -> bool:

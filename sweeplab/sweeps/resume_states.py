@@ -83,9 +83,10 @@ def resume_store(checked: Checked, recorder: SweepRecorder, study: str, study_id
 
 class AttemptsResume:
     """A trial's resume state as this process's attempts of it use it (``store``: where it is
-    kept). It is written and deleted only while the trial is still this process's
-    (``still_ours``): another process may have failed it for a lost heartbeat and queued its
-    retry, whose state this one must not overwrite or delete. After a state proved stale (it no
+    kept). It is written only while the trial is still this process's (``still_ours``): another
+    process may have failed it for a lost heartbeat and queued its retry, whose state this one
+    must not overwrite; it is deleted once Optuna has taken the trial's outcome from this process
+    (:mod:`sweeplab.sweeps.loops`), which proves the same. After a state proved stale (it no
     longer loads into the trainer) it is deleted and not read again (:meth:`start_afresh`), so
     that the trial runs once more from its start, and only once."""
 
@@ -104,8 +105,9 @@ class AttemptsResume:
                                                 "its resume state is left to its retry")
 
     def delete(self) -> None:
-        if self.still_ours():
-            self.store.delete()
+        """Delete the state: the trial has ended on its own and Optuna was told so (which proves
+        the trial is still this process's), or the state proved stale."""
+        self.store.delete()
 
     def start_afresh(self) -> None:
         """Delete the stale state and read none from now on."""

@@ -24,15 +24,15 @@ How a trial ends is a value, not a guess from an exception type (:mod:`sweeplab.
 Each trial trains with its resume state (:mod:`sweeplab.core.resume`, kept where
 :mod:`sweeplab.sweeps.resume_states` says), so that a retry of a killed or interrupted trial
 (:mod:`sweeplab.sweeps.recovery`) goes on from it; the state is deleted once the trial has ended
-on its own (finished, or failed by its trainer). A stop signal while it trains is answered
-at its next step (:func:`~sweeplab.sweeps.signals.stop_at_next_step`).
+on its own (finished, or failed by its trainer) and Optuna is told so. A stop signal while it
+trains is answered at its next step (:func:`~sweeplab.sweeps.signals.stop_at_next_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,15 +72,21 @@ def still_running(trial: optuna.Trial) -> bool:
     return storage.get_trial(optuna_private.trial_id(trial)).state == optuna.trial.TrialState.RUNNING
 
 
+def _nothing() -> None:
+    """No resume state to forget."""
+
+
 @dataclass(frozen=True)
 class Finished:
     """A trial that ran to its end, complete or pruned, with every summary and artifact on its
     run: the run loop tells Optuna first and closes the run after, with the same state, so that
-    the run never says complete for a trial another process failed meanwhile."""
+    the run never says complete for a trial another process failed meanwhile. ``forget`` deletes
+    the trial's resume state, once Optuna is told (no attempt will go on from it)."""
 
     value: float
     pruned: bool
     run: TrialRecorder
+    forget: Callable[[], None] = _nothing
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class Failed:
 
     reason: str
     stop: SweeplabError | None = None
+    forget: Callable[[], None] = _nothing  # as Finished's
 
 
 @dataclass(frozen=True)
@@ -137,8 +144,7 @@ class Objective:
         while isinstance(ended, _Again):
             with self.card.alone() if ended.alone else contextlib.nullcontext():
                 ended = self._attempt(trial, resume, may_retry=False, retry_of=ended.run_id)
-        resume.delete()  # the trial ended on its own: no attempt will go on from it
-        return ended
+        return replace(ended, forget=resume.delete)  # the trial ended on its own: deleted once Optuna is told
 
     def _better(self, value: float) -> bool:
         if self.best is None:
