@@ -37,7 +37,7 @@ PYPROJECT = ROOT.parent / "pyproject.toml"
 #: one of its own layer, never one above. A part is a subpackage (``sweeps``), a top-level
 #: module (``core``, ``cli``) or ``sweeplab`` itself, the lazy public surface of ``__init__``.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"core", "errors"}),  # the contract types and the errors: nothing of sweeplab
+    frozenset({"core", "durable", "errors"}),  # the contract types, durable renames and the errors: nothing of sweeplab
     frozenset({"boundary"}),  # who failed, sweeplab or the trainer (on errors)
     frozenset({"datasets"}),  # the readers and the prepared-data cache
     frozenset({"trainers", "tracker"}),  # training, and MLflow: neither knows the other

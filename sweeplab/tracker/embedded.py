@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sweeplab.durable import fsync_folder as _fsync_folder
 from sweeplab.errors import UsageError
 
 __all__ = ["ensure_tracking_db"]
@@ -296,20 +297,6 @@ def _publish(tmp: Path, path: Path) -> bool:
             os.replace(tmp, path)
     _fsync_folder(path.parent)
     return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the new name durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- Leftovers of killed builds ------------------------------------------------------------------

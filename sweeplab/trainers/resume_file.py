@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sweeplab.durable import fsync_folder
+
 __all__ = ["ResumeFile"]
 
 _ZIP = b"PK"  # torch.save's files are zip archives
@@ -60,7 +62,7 @@ class ResumeFile:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, self.path)
-            _sync_folder(self.path.parent)
+            fsync_folder(self.path.parent)
         finally:
             partial.unlink(missing_ok=True)
 
@@ -70,17 +72,3 @@ class ResumeFile:
         for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
             partial.unlink(missing_ok=True)
 
-
-def _sync_folder(folder: Path) -> None:
-    """Flush ``folder``'s entries to the disk, so that the rename survives a power loss (POSIX;
-    a no-op where a folder cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
