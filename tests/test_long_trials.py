@@ -5,7 +5,6 @@ ends as one never killed; a user's function hands its state over and gets it bac
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -19,7 +18,6 @@ from mlflow import MlflowClient
 import sweeplab
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.driver import run_sweep
-from tests.checks import wait_for
 from tests.storages import SweepStorage
 
 #: One news TextCNN trial of 3 epochs of 32 steps, evaluated every 4 steps (24 evaluations), with
@@ -30,15 +28,22 @@ NEWS = [sys.executable, "-m", "sweeplab", "run", "news", "--sampler", "grid", "-
         "--set", "batch_size=64", "--set", "eval_every=4", "--set", "dropout=0.3"]
 
 
-def _points(db: Path) -> int:
-    """The most val_accuracy points of a running trial run, read-only from the SQLite file."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            row = con.execute("select count(*) from runs r join metrics m on m.run_uuid = r.run_uuid "
-                              "where r.status = 'RUNNING' and m.key = 'val_accuracy' group by r.run_uuid").fetchone()
-            return row[0] if row else 0
-    except sqlite3.Error:
-        return 0
+#: The sweep command, killed (SIGKILL, nothing runs after it) as soon as its third resume state is
+#: written: at the third evaluation or a later one, however fast the machine trains.
+KILLED_AT_THIRD_SAVE = [sys.executable, "-c", """
+import os, signal, sys
+from sweeplab.trainers.resume_file import ResumeFile
+from sweeplab.cli import main
+save, saves = ResumeFile.save, []
+def save_then_die(self, state):
+    save(self, state)
+    saves.append(state)
+    if len(saves) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+ResumeFile.save = save_then_die
+sys.argv[0] = "sweep"
+main()
+""", *NEWS[3:]]
 
 
 def _trial_runs(store: Path) -> list:
@@ -56,17 +61,9 @@ def test_a_trial_killed_after_its_third_evaluation_resumes_and_ends_as_one_never
 
     store = tmp_path / "killed"
     command = [*NEWS, "--space", str(space), "--store-dir", str(store)]
-    log = tmp_path / "first.log"
-    with log.open("w") as out:
-        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for("three evaluations written", lambda: True if _points(store / "mlflow.db") >= 3 else None, 300,
-                 alive=first, detail=lambda: log.read_text()[-3000:])
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    first = subprocess.run([*KILLED_AT_THIRD_SAVE, "--space", str(space), "--store-dir", str(store)],
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
 
