@@ -34,7 +34,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["best", "report", "run", "status"]
 
-TaskLike = str | Task | Callable[..., Any]
+TaskLike = str | Task | Callable[..., Any] | Sequence[str]
 
 
 def _file_spec(function: Callable[..., Any]) -> str | None:
@@ -74,6 +74,11 @@ def _task_name(task: TaskLike, in_workers: bool = False) -> str:
 
     if isinstance(task, str):
         return task
+    if isinstance(task, (list, tuple)):  # a command, run once per trial
+        from sweeplab.trainers.command import check_command, command_spec
+
+        check_command([str(part) for part in task])
+        return command_spec([str(part) for part in task])
     if isinstance(task, Task):
         obj, name = task, task.name
     elif callable(task):
@@ -199,10 +204,13 @@ def _recorded_name(task: TaskLike, store_dir: str | Path, tracking_uri: str | No
     store."""
     from sweeplab.tasks import REGISTRY, get_task, spec_name
     from sweeplab.tracker.query import recorded_metric, task_of_spec
+    from sweeplab.trainers.command import command_of_spec
 
     name = _task_name(task)
     if name in REGISTRY:  # a built-in's name is its runs' name: no need to import it (and torch)
         return name
+    if command_of_spec(name) is not None:
+        return get_task(name).name
     try:
         store = open_store(store_dir, tracking_uri)
     except UsageError:

@@ -14,35 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
-from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from sweeplab.errors import SweeplabError, TrainerError, UsageError
+from sweeplab.terminal import Screen
 
 T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter sweeps tracked in MLflow.")
-
-
-class Screen(Console):
-    """A console that does not break lines when its output is not a terminal: piped to a file
-    or another program, each line a command prints, and each row of a table, stays one line
-    however long (rich would break them at 80 columns, or at the width of the terminal the
-    command's input comes from, mid-phrase). In a terminal rich wraps at the terminal's width,
-    between words; a width given (``COLUMNS``) is kept either way."""
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = Console.size.fget(self)  # type: ignore[attr-defined]
-        return size if self._width is not None or self.is_terminal else ConsoleDimensions(UNBROKEN, size.height)
-
-    @size.setter
-    def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
-
-
-#: The width of a :class:`Screen` whose output is not a terminal: wide enough for any line.
-UNBROKEN = 10_000
 
 
 console = Screen()
@@ -80,6 +59,20 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
+def _task_or_command(task: str | None, command: list[str] | None) -> str:
+    """The task ``sweep run`` sweeps: ``task``, or the ``command`` given after ``--``."""
+    if command is None:
+        if task is None:
+            raise UsageError("sweep run needs a TASK (news, sentiment, retrieval, FILE.py:FUNCTION) or a command after --")
+        return task
+    if task is not None:
+        raise UsageError(f"sweep run {task} -- {' '.join(command)}: give a TASK or a command after --, not both")
+    from sweeplab.trainers.command import check_command, command_spec
+
+    check_command(command)
+    return command_spec(command)
+
+
 def _uri(store_dir: Path, tracking_uri: str | None) -> str:
     """The tracking URI the read commands looked in, for their messages."""
     from sweeplab.tracker.store import resolve_store
@@ -87,9 +80,27 @@ def _uri(store_dir: Path, tracking_uri: str | None) -> str:
     return resolve_store(store_dir, tracking_uri).tracking_uri
 
 
-@app.command()
+class _CommandAfterDashes(typer.core.TyperCommand):
+    """``sweep run``, which takes a program to sweep after ``--`` (``sweep run --space s.toml --
+    python train.py --lr {lr}``): what follows the first ``--`` is kept whole, in ``ctx.meta``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            ctx.meta[_COMMAND] = args[args.index("--") + 1:]
+            args = args[:args.index("--")]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- COMMAND ...]"]
+
+
+_COMMAND = "sweeplab.command"
+
+
+@app.command(cls=_CommandAfterDashes)
 def run(
-    task: Annotated[str, typer.Argument(help="Task to sweep: news, retrieval, sentiment, a task an installed package offers, or your own training function as FILE.py:FUNCTION or package.module:FUNCTION.")],
+    ctx: typer.Context,
+    task: Annotated[Optional[str], typer.Argument(metavar="TASK", help="Task to sweep: news, retrieval, sentiment, a task an installed package offers, or your own training function as FILE.py:FUNCTION or package.module:FUNCTION; or, after --, any command, with {name} for a trial's values.", show_default=False)] = None,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a rerun resumes).", rich_help_panel="Search")] = 6,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds the sweep may run: no trial starts after, and running trials stop at their next evaluation, keeping their best so far; with --trials, whichever comes first.", rich_help_panel="Search")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: the sample that ships with sweeplab).", rich_help_panel="Search")] = None,
@@ -117,6 +128,7 @@ def run(
     allow_bad_rows: Annotated[bool, typer.Option("--allow-bad-rows", help="Go on when a data file's last line is cut short or it loses more than 1% of its rows to problems (they are reported either way).", rich_help_panel="Search")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes on this machine sharing the study (--trials is their total); default: one per entry of --gpus, else 1.", rich_help_panel="Runtime")] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, round robin (sets CUDA_VISIBLE_DEVICES): --gpus 0,1; several workers on one card with --gpus 0 --workers 4 or --gpus 0,0,1,1 --workers 4 (a trial out of GPU memory there runs once more alone on the card).", rich_help_panel="Runtime")] = None,
+    gpus_per_trial: Annotated[int, typer.Option("--gpus-per-trial", help="Cards each trial gets, taken from --gpus in turn (a torchrun command on several GPUs): --gpus 0,1,2,3,4,5,6,7 --gpus-per-trial 2 runs 4 trials at once.", rich_help_panel="Runtime")] = 1,
     max_retries: Annotated[int, typer.Option("--max-retries", help="Times a killed, preempted or interrupted trial is run again with the same parameters, from its latest resume state (0: never).", rich_help_panel="Runtime")] = 3,
     checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="Minutes of training between saves of a trial's resume state (at the first evaluation after; also at a stop signal).", rich_help_panel="Runtime")] = 10.0,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each trial's model (its compile time counts in the trial; tag sweeplab.compile).", rich_help_panel="Runtime")] = False,
@@ -129,6 +141,7 @@ def run(
     from sweeplab.tasks import check_before_loading
 
     try:
+        task = _task_or_command(task, ctx.meta.get(_COMMAND))
         # What needs no task, store or data is checked before torch, the task, MLflow and Optuna
         # are imported (seconds): a misspelt task, a flag's value, a --set a built-in refuses.
         overrides = _parse_sets(set_)
@@ -138,8 +151,8 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=overrides, device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction, workers=workers if workers is not None else len(gpus.split(",")) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
-            gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), compile=compile_,
+            val_fraction=val_fraction, workers=workers if workers is not None else max(1, len(gpus.split(",")) // max(1, gpus_per_trial)) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
+            gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), gpus_per_trial=gpus_per_trial, compile=compile_,
             max_retries=max_retries, checkpoint_minutes=checkpoint_minutes, allow_bad_rows=allow_bad_rows,
         )
         from sweeplab.console import RichObserver

@@ -228,8 +228,8 @@ def _no_checkpoint(row: TrialRow, rows: Sequence[TrialRow]) -> str:
         return "no checkpoint: the training function passed no state to report()"
     if any(other.checkpoint and other.study == row.study for other in rows):
         return "not kept: --checkpoints best keeps a trial that beat the sweep's best when it ended (all: every trial)"
-    return ("no checkpoint: the training function passed no state to report() (state=...), "
-            "or the sweep ran with --checkpoints none")
+    return ("no checkpoint: the trainer passed none (report(..., state=...); a command: "
+            "trial.report(..., checkpoint=PATH)), or the sweep ran with --checkpoints none")
 
 
 def trial_panels(rows: Sequence[TrialRow], x_axis: str | None = None) -> list[Table]:

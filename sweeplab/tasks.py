@@ -7,7 +7,9 @@ A task (:class:`~sweeplab.core.Task`) is found, in this order, as:
 * a task an installed package offers through the ``sweeplab.tasks`` entry-point group, whose
   value is a :class:`~sweeplab.core.Task` or a training function;
 * a training function named by ``FILE.py:FUNCTION`` or ``package.module:FUNCTION``
-  (:mod:`sweeplab.trainers.function`).
+  (:mod:`sweeplab.trainers.function`);
+* a command, ``-- PROGRAM ARGS...`` (``sweep run --space my.toml -- python train.py --lr {lr}``),
+  run once per trial (:mod:`sweeplab.trainers.command`).
 
 Every process of a sweep (``--workers``, other machines) finds its task the same way from the
 same name, so a user's function is swept in parallel like a built-in.
@@ -32,6 +34,7 @@ from typing import Any
 
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
+from sweeplab.trainers.command import check_command, command_of_spec, command_task
 
 __all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "SETTINGS", "check_before_loading", "get_task", "read_setting", "register",
            "spec_name", "task_names"]
@@ -195,6 +198,10 @@ def get_task(name: str) -> Task:
         return getattr(importlib.import_module(module), attr)
     if name in _RESOLVED:
         return _RESOLVED[name]
+    command = command_of_spec(name)
+    if command is not None:
+        check_command(command)
+        return command_task(command)
     if ":" in name:
         return _from_spec(name)
     offered = _entry_points()
@@ -250,6 +257,10 @@ def check_before_loading(name: str, overrides: Mapping[str, Any]) -> None:
     or one outside its limit (the words of :func:`sweeplab.sweeps.limits.check_space`). What
     only the task itself can say (a user's function, an entry point's task) is left to the
     sweep's own checks, which come after the import of the task (and torch)."""
+    command = command_of_spec(name)
+    if command is not None:
+        check_command(command)
+        return
     maybe_a_task = (name in _REGISTERED or name in REGISTRY or name in _RESOLVED or ":" in name
                     or name in _entry_points())
     if not maybe_a_task:

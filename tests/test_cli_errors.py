@@ -21,10 +21,11 @@ from sweeplab.tasks import REGISTRY, SETTINGS, check_before_loading
 from tests.conftest import TINY
 
 runner = CliRunner()
+EXAMPLE_SPACE = Path(__file__).resolve().parents[1] / "examples" / "command_line" / "train.toml"
 
 
 def _run(tmp_path: Path, *args: str):
-    return runner.invoke(app, ["run", *args, "--store-dir", str(tmp_path / "store")])
+    return runner.invoke(app, ["run", "--store-dir", str(tmp_path / "store"), *args])  # args may end in a command
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,8 @@ def _run(tmp_path: Path, *args: str):
         (["news", "--data-dir", "tests/fixtures"], "no news training file found (expected exactly one of: cnews.train.txt"),
         (["news", "--set", "layout=cnews"], "cnews.train.txt: file not found (the cnews layout's training file)"),
         (["news", "--space", "sentiment"], "is for task 'sentiment'"),
+        (["--space", str(EXAMPLE_SPACE), "--", sys.executable, str(EXAMPLE_SPACE.with_name("train.py")), "--lr", "{learning_rate}"],
+         "{learning_rate} in the command is not a value of the space"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -179,11 +182,18 @@ except SystemExit as exc:
         (["news", "--set", "layout=cnews2"], "--set layout=cnews2: expected one of auto, cnews, thucnews, ccf"),
         (["news", "--max-retries", "-1"], "--max-retries -1: expected a whole number >= 0"),
         (["news", "--checkpoint-minutes", "0"], "--checkpoint-minutes 0: expected a number of minutes > 0"),
+        (["news", "--gpus-per-trial", "2"], "--gpus-per-trial 2: name the cards the trials share with --gpus"),
+        (["news", "--gpus", "0,1,2", "--gpus-per-trial", "2"], "the 3 cards of --gpus 0,1,2 do not make whole trials of 2"),
+        (["--", "pythn", "train.py"], "pythn: command not found on PATH"),
+        (["--", sys.executable, "trian.py", "--lr", "{lr}"], "trian.py: no such file (the script of `sweep run --"),
+        (["news", "--", sys.executable, "train.py"], "give a TASK or a command after --, not both"),
+        (["--trials", "3"], "sweep run needs a TASK"),
+        (["--"], "`sweep run --` needs a command after the --"),
     ],
 )
 def test_a_mistake_needing_no_task_is_answered_before_torch_is_imported(tmp_path: Path, args: list[str], expected: str) -> None:
     """Importing torch and a task's trainer costs seconds; these errors come first, in one line."""
-    done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, *args, "--store-dir", str(tmp_path / "store")],
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, "--store-dir", str(tmp_path / "store"), *args],
                           capture_output=True, text=True, timeout=120)
     code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert (code, loaded) == (2, []), done.stderr

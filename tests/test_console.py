@@ -98,8 +98,8 @@ def test_best_says_why_a_trial_has_no_checkpoint() -> None:
         [_trial(1, predictions="runs:/run1/predictions/test_predictions.txt")])
     # Another trial of the study has one: this one was not among those kept (--checkpoints best).
     kept = _checkpoint_line([_trial(1, checkpoint="runs:/run1/checkpoint"), _trial(2)], rank=1)
-    assert "not kept: --checkpoints best" in kept and "no state" not in kept
+    assert "not kept: --checkpoints best" in kept and "passed none" not in kept
     # None has one: no state, or --checkpoints none (the trial's run does not record the option).
     none = _checkpoint_line([_trial(1)])
-    assert "passed no state to report()" in none and "--checkpoints none" in none
+    assert "the trainer passed none" in none and "checkpoint=PATH" in none and "--checkpoints none" in none
     assert "runs:/run1/checkpoint" in _checkpoint_line([_trial(1, checkpoint="runs:/run1/checkpoint")])

@@ -1,9 +1,11 @@
-"""The example trainers in examples/ run end to end and keep a checkpoint that loads."""
+"""The example trainers in examples/ run end to end and keep a checkpoint that loads; the command-line
+example is swept as a command, its printed lines read as its curves."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,28 @@ def test_the_digits_example_goes_on_from_its_resume_state_as_if_never_stopped(mo
     assert list(retry.points) == [3, 4]
     for epoch in (3, 4):
         assert retry.points[epoch] == pytest.approx(whole.points[epoch], abs=1e-6)
+
+
+def test_the_command_line_example_is_swept_from_its_printed_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = EXAMPLES / "command_line"
+    command = [sys.executable, str(folder / "train.py"), "--lr", "{lr}", "--epochs", "{epochs}", "--batch-size",
+               "{batch_size}", "--l2", "{l2}"]
+    outcome = sweeplab.run(command, trials=3, space=folder / "train.toml", metric="val_accuracy", plots=False)
+    assert outcome.task == "train.py" and outcome.counts["complete"] == 3
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    experiment = client.get_experiment_by_name("sweeplab-train.py").experiment_id
+    runs = client.search_runs([experiment], "tags.`sweeplab.role` = 'trial'")
+    assert len(runs) == 3
+    for run in runs:
+        curve = client.get_metric_history(run.info.run_id, "val_accuracy")
+        steps = [point.step for point in curve]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) <= int(run.data.params["epochs"])
+        best = max(range(len(curve)), key=lambda i: (curve[i].value, -i))  # the first of the highest
+        assert run.data.metrics["best_step"] == steps[best]
+        assert run.data.metrics["best_val_accuracy"] == pytest.approx(curve[best].value)
+        (log,) = client.list_artifacts(run.info.run_id, "command")
+        text = Path(client.download_artifacts(run.info.run_id, log.path, str(tmp_path / run.info.run_id))).read_text()
+        assert f"epoch={len(steps)} " in text
+    (row,) = sweeplab.best("train.py")
+    assert row.value == max(run.data.metrics["best_val_accuracy"] for run in runs)

@@ -37,13 +37,14 @@ PYPROJECT = ROOT.parent / "pyproject.toml"
 #: one of its own layer, never one above. A part is a subpackage (``sweeps``), a top-level
 #: module (``core``, ``cli``) or ``sweeplab`` itself, the lazy public surface of ``__init__``.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"core", "durable", "errors"}),  # the contract types, durable renames and the errors: nothing of sweeplab
+    frozenset({"core", "durable", "errors", "trial"}),  # the contract types, durable renames, the errors, and what a swept program imports: nothing of sweeplab
     frozenset({"boundary"}),  # who failed, sweeplab or the trainer (on errors)
     frozenset({"datasets"}),  # the readers and the prepared-data cache
     frozenset({"trainers", "tracker"}),  # training, and MLflow: neither knows the other
+    frozenset({"integrations"}),  # callbacks that report from others' trainers (transformers, Lightning)
     frozenset({"tasks"}),  # finding a task by name (the built-in ones are trainers')
     frozenset({"sweeps"}),  # the engine
-    frozenset({"api", "console"}),  # the Python API; what the console shows
+    frozenset({"api", "console", "terminal"}),  # the Python API; what the console shows; where it writes
     frozenset({"cli"}),  # the ``sweep`` command
     frozenset({"__main__", "sweeplab"}),  # ``python -m sweeplab``; the package's public names
 )
@@ -54,7 +55,8 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "mlflow": frozenset({"tracker"}),
     "torch": frozenset({"trainers", "datasets"}),
     "torchvision": frozenset({"trainers", "datasets"}),
-    "transformers": frozenset({"trainers", "datasets"}),
+    "transformers": frozenset({"trainers", "datasets", "integrations"}),
+    "lightning": frozenset({"integrations"}),
 }
 
 Where = Literal["module", "function", "TYPE_CHECKING"]

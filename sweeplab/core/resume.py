@@ -19,7 +19,9 @@ __all__ = ["ResumeStore", "Resumed", "Resumption"]
 
 
 class ResumeStore(Protocol):
-    """Where one trial's latest resume state is kept."""
+    """Where one trial's latest resume state is kept. A store may also have a ``folder``, kept
+    as long as the state and deleted with it, where a program run as a command keeps its own
+    state (:mod:`sweeplab.trainers.command`)."""
 
     def load(self) -> Any | None:
         """The state saved last, or ``None`` when there is none (or it cannot be read)."""

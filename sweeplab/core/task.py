@@ -322,7 +322,9 @@ class Task:
 
     An ``open`` task (a user's training function, see :mod:`sweeplab.trainers.function`) accepts
     any parameter its space names and any metric its trainer reports: ``defaults`` then holds
-    only what its author declared.
+    only what its author declared. ``needs`` names the values every trial's config must hold (the
+    ``{name}`` fields of a command, :mod:`sweeplab.trainers.command`): a space and defaults that
+    lack one are refused before any trial.
     """
 
     name: str
@@ -342,6 +344,7 @@ class Task:
     limits: Mapping[str, Limit] = field(default_factory=dict)
     open: bool = False
     evaluations: Callable[[Mapping[str, Any]], int | None] = evaluations_per_epoch
+    needs: frozenset[str] = frozenset()
 
     @property
     def best_metric(self) -> str:

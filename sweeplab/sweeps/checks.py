@@ -125,6 +125,10 @@ def check(options: SweepOptions) -> Checked:
     space = load_space(options.search.space or task.default_space, None if task.open else task.defaults,
                        task.name).with_overrides(overrides)
     check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
+    missing = sorted(task.needs - {*space.params, *space.fixed, *task.defaults})
+    if missing:
+        raise UsageError(f"{{{missing[0]}}} in the command is not a value of the space {space.path} "
+                         f"(its values: {', '.join(sorted({*space.params, *space.fixed})) or 'none'})")
     if options.search.sampler == "grid":
         space = space.widened_to_grid()
     make_sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched

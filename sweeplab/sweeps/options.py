@@ -104,6 +104,7 @@ class Runtime:
     precision: str = "auto"
     workers: int = 1  # processes on this machine sharing the study
     gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES); repeated: workers share a card
+    gpus_per_trial: int = 1  # cards each trial gets: --gpus taken G at a time (a multi-GPU command, torchrun)
     compile: bool = False  # torch.compile each trial's model (its compile time counted in the trial)
     max_retries: int = 3  # times a killed, preempted or interrupted trial is run again, from its resume state
     checkpoint_minutes: float = 10.0  # minutes of training between a trial's resume-state saves
@@ -122,6 +123,21 @@ class Runtime:
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
         if any(not gpu for gpu in self.gpus):
             raise UsageError(f"--gpus {','.join(self.gpus)}: expected GPU numbers separated by commas, such as 0 or 0,0,1,1")
+        per = self.gpus_per_trial
+        if isinstance(per, bool) or not isinstance(per, int) or per < 1:
+            raise UsageError(f"--gpus-per-trial {per}: expected a whole number of cards >= 1")
+        if per > 1 and not self.gpus:
+            raise UsageError(f"--gpus-per-trial {per}: name the cards the trials share with --gpus, such as --gpus 0,1,2,3")
+        if len(self.gpus) % per:
+            raise UsageError(f"--gpus-per-trial {per}: the {len(self.gpus)} cards of --gpus {','.join(self.gpus)} "
+                             f"do not make whole trials of {per}")
+
+    @property
+    def cards(self) -> tuple[str, ...]:
+        """What each worker is given in turn: ``--gpus`` taken ``gpus_per_trial`` at a time
+        (``0,1,2,3`` by 2: ``("0,1", "2,3")``), each a ``CUDA_VISIBLE_DEVICES`` value."""
+        per = self.gpus_per_trial
+        return tuple(",".join(self.gpus[i:i + per]) for i in range(0, len(self.gpus), per))
 
 
 _GROUPS = {"search": Search, "tracking": Tracking, "runtime": Runtime}

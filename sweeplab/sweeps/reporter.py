@@ -13,6 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -64,6 +65,11 @@ class TrialReporter:
         if history:
             self.observer.evaluated(self.trial.number, int(history[-1]["step"]), history[-1])
         self.evaluations = len(history)
+
+    def attach(self, path: Path, artifact_dir: str) -> None:
+        """Log the file ``path`` on the trial's run under ``artifact_dir`` (a command's output)."""
+        with engine_code():
+            self.run.log_file(path, artifact_dir)
 
     def on_start(self, rounds: int) -> None:
         with engine_code():

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from sweeplab.errors import Unreachable
 from sweeplab.sweeps.checks import Checked
@@ -52,6 +53,12 @@ class SharedResume:
     def save(self, state: object) -> None:
         self.file.save(state)
         self.versions.put(self.file.path)
+
+    @property
+    def folder(self) -> Path:
+        """The local file's folder (:attr:`ResumeFile.folder`): a command's own state stays on
+        the machine that wrote it."""
+        return self.file.folder
 
     def delete(self) -> None:
         """Remove the state; versions the store keeps (it is away) are left, with a warning:
@@ -103,6 +110,11 @@ class AttemptsResume:
         else:
             logging.getLogger(__name__).warning("the trial is no longer this process's (another failed it): "
                                                 "its resume state is left to its retry")
+
+    @property
+    def folder(self) -> Path:
+        """The folder kept with the state (:attr:`ResumeFile.folder`)."""
+        return self.store.folder
 
     def delete(self) -> None:
         """Delete the state: the trial has ended on its own and Optuna was told so (which proves

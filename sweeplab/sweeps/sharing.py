@@ -4,7 +4,9 @@ Worker ``i`` of ``K`` runs on the ``i mod n``-th card named by ``--gpus`` (throu
 ``CUDA_VISIBLE_DEVICES``), so a card named once with ``--workers 4``, or named twice in
 ``0,0,1,1``, holds several trials at once: one trial rarely fills a large GPU (a BERT-base trial
 at batch 64 peaks at a few GB of an H200's 139 and leaves its cores waiting on the host between
-kernels). This module says which card a worker is on (:func:`worker_environment`,
+kernels). With ``--gpus-per-trial G`` a worker's card is G cards, ``--gpus`` taken G at a time
+(:attr:`~sweeplab.sweeps.options.Runtime.cards`): a command run across them (``torchrun``) sees
+all G. This module says which card a worker is on (:func:`worker_environment`,
 :meth:`Card.of_this_worker`), which device a trial ran on, as its run records it
 (:func:`sweeplab.trainers.device.device_label`), and gives the one retry of a trial that ran out of GPU memory beside
 others.

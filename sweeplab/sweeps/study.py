@@ -30,6 +30,7 @@ from sweeplab.sweeps.samplers import make_sampler, sampler_name, sampler_seed
 from sweeplab.sweeps.space import Space
 from sweeplab.sweeps.storage import close_storage, open_optuna_storage
 from sweeplab.tasks import spec_name
+from sweeplab.trainers.command import command_of_spec
 from sweeplab.tracker.embedded import ensure_tracking_db
 from sweeplab.tracker.provenance import provenance_tags
 from sweeplab.tracker.runs import SweepRecorder
@@ -168,7 +169,7 @@ def _open_parent_run(checked: Checked, options: SweepOptions, study: optuna.Stud
                     "compile": options.runtime.compile, **checked.rule.as_params()}
     base_tags = {"sweeplab.task": task.name, "sweeplab.study": name, METRIC: task.metric, DIRECTION: task.direction,
                  TARGET: str(options.search.trials), **provenance_tags()}
-    if ":" in options.task:  # a trainer named by its file or module: the read commands find its runs by that name
+    if ":" in options.task and command_of_spec(options.task) is None:  # a trainer named by its file or module: the read commands find its runs by that name
         base_tags[SPEC] = spec_name(options.task)
     if store.is_default:  # built under a temporary name and moved into place: a kill leaves no half-made store
         ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)

@@ -57,7 +57,7 @@ from sweeplab.sweeps.sharing import Card
 from sweeplab.sweeps.signals import stop_at_next_step
 from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.summary import summarise
-from sweeplab.tracker.tags import DEVICE, RETRIED_BY, RETRY_OF
+from sweeplab.tracker.tags import DEVICE, GPUS, RETRIED_BY, RETRY_OF
 from sweeplab.trainers.device import device_label, memory_now, peak_memory, release_memory, reset_peak_memory
 from sweeplab.trainers.loop import StaleResumeState
 from sweeplab.trainers.oom import out_of_memory
@@ -202,6 +202,8 @@ class Objective:
                 DEVICE: device_label(device), "sweeplab.compile": str(self.env.compile).lower()}
         if retry_of:
             tags[RETRY_OF] = retry_of
+        if self.card.name is not None:
+            tags[GPUS] = self.card.name
         inactive = self.checked.space.inactive(config)  # another family's settings: the trainer ignores them
         params = {**{k: v for k, v in config.items() if k not in inactive}, **self.checked.rule.as_params(),
                   "seed": options.search.seed}

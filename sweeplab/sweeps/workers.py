@@ -78,7 +78,7 @@ def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subpr
     env = {**os.environ, "SWEEPLAB_THREADS": threads, MAIN_PID: str(os.getpid()), WORKER_ENV: str(i)}
     for pool in _THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
         env.setdefault(pool, threads)
-    env.update(worker_environment(options.runtime.gpus, options.runtime.workers, i))  # its card, round robin
+    env.update(worker_environment(options.runtime.cards, options.runtime.workers, i))  # its cards, round robin
     with log.open("a", encoding="utf-8") as out:
         return subprocess.Popen([sys.executable, "-m", "sweeplab.sweeps.worker", str(spec)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -82,17 +82,20 @@ class TrainerInfo:
     direction: Direction | None = None
     space: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    x_axis: str = "epoch"
 
     def __post_init__(self) -> None:
         if self.direction not in (None, "maximize", "minimize"):
             raise ValueError(f"direction must be 'maximize' or 'minimize', got {self.direction!r}")
         if self.name is not None and not self.name.strip():
             raise ValueError("a trainer's name must not be empty")
+        if not self.x_axis.isidentifier():
+            raise ValueError(f"x_axis must name what a step counts, such as 'epoch' or 'step', got {self.x_axis!r}")
 
 
 def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None = None,
             direction: Direction | None = None, space: str | None = None,
-            defaults: Mapping[str, Any] | None = None) -> Any:
+            defaults: Mapping[str, Any] | None = None, x_axis: str = "epoch") -> Any:
     """Declare what sweeplab should know about a training function; usable bare or with arguments::
 
         @sweeplab.trainer(name="digits-mlp", metric="val_accuracy", space="digits.toml")
@@ -101,8 +104,11 @@ def trainer(fn: F | None = None, *, name: str | None = None, metric: str | None 
     ``name`` is the task name (``sweep best --task digits-mlp``); ``metric`` the validation
     metric that picks each trial's best evaluation and the best trial, ``direction`` whether it
     is maximised (default: :func:`~sweeplab.core.direction_of`); ``space`` the default space file,
-    relative to the function's file; ``defaults`` values every trial's config starts from."""
-    info = TrainerInfo(name=name, metric=metric, direction=direction, space=space, defaults=dict(defaults or {}))
+    relative to the function's file; ``defaults`` values every trial's config starts from;
+    ``x_axis`` what the function's steps count (``"epoch"``, or ``"step"`` for optimizer steps, as
+    a transformers Trainer counts): the summary's ``best_{x_axis}`` and the pictures' axis."""
+    info = TrainerInfo(name=name, metric=metric, direction=direction, space=space, defaults=dict(defaults or {}),
+                       x_axis=x_axis)
 
     def mark(function: F) -> F:
         setattr(function, TRAINER_ATTRIBUTE, info)
@@ -163,5 +169,6 @@ def function_task(function: Callable[..., Any], name: str) -> Task:
         load=lambda data_dir, seed, val_fraction, settings: Loaded(payload=None, reports=(), fingerprint=task_name),
         prepare=lambda loaded, config, env: None,
         fit=partial(_fit, function),
+        x_axis=info.x_axis,
         open=True,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,16 @@ class ResumeFile:
         finally:
             partial.unlink(missing_ok=True)
 
+    @property
+    def folder(self) -> Path:
+        """A folder kept with the state and deleted with it (``trial-N.d`` beside ``trial-N.pt``):
+        where a program run as a command keeps its own resume state (:mod:`sweeplab.trainers.command`)."""
+        return self.path.with_name(f"{self.path.stem}.d")
+
     def delete(self) -> None:
-        """Remove the state (its trial has ended), and partial writes of killed processes."""
+        """Remove the state (its trial has ended), its folder, and partial writes of killed processes."""
         self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
         for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
             partial.unlink(missing_ok=True)
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from sweeplab.core import FitResult, Loaded, Reporter, TrialEnv
 from sweeplab.errors import SweepFailed
+from sweeplab.sweeps.options import Runtime
 from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV, Card, worker_environment
 from sweeplab.trainers.device import device_label
 from sweeplab.trainers.loop import fit
@@ -33,6 +34,13 @@ def test_workers_go_round_robin_on_the_cards_named_and_know_who_shares_theirs() 
     assert {worker_environment(("0",), 3, i)[CARD_WORKERS_ENV] for i in range(3)} == {"3"}
     assert worker_environment(("0", "1"), 3, 2)[CARD_WORKERS_ENV] == "2"  # workers 0 and 2 on card 0, worker 1 alone on 1
     assert worker_environment((), 2, 1) == {}
+
+
+def test_gpus_per_trial_gives_each_worker_its_cards_together() -> None:
+    runtime = Runtime(gpus=tuple("01234567"), gpus_per_trial=2, workers=4)
+    assert runtime.cards == ("0,1", "2,3", "4,5", "6,7")
+    assert [worker_environment(runtime.cards, 4, i)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0,1", "2,3", "4,5", "6,7"]
+    assert Runtime(gpus=("0", "1")).cards == ("0", "1")
 
 
 def test_the_device_tag_names_the_card_as_the_machine_numbers_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,4 +168,4 @@ def test_two_workers_given_the_same_device_both_run_trials(tmp_path: Path) -> No
     assert sorted(p.read_text() for p in barrier.iterdir()) == ["0,0", "0,0"]  # two processes, both on card 0
     runs = _runs(store, "sweeplab-barrier_trainer.py:fit")
     assert len(runs) == 2 and {r.data.tags["sweeplab.state"] for r in runs} == {"complete"}
-    assert {r.data.tags["sweeplab.device"] for r in runs} == {"cpu"}
+    assert {r.data.tags["sweeplab.device"] for r in runs} == {"cpu"} and {r.data.tags["sweeplab.gpus"] for r in runs} == {"0"}
