@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import traceback
@@ -133,6 +132,7 @@ def run(
     checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="Minutes of training between saves of a trial's resume state (at the first evaluation after; also at a stop signal).", rich_help_panel="Runtime")] = 10.0,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each trial's model (its compile time counts in the trial; tag sweeplab.compile).", rich_help_panel="Runtime")] = False,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.", rich_help_panel="Tracking")] = 60,
+    credentials: Annotated[Optional[Path], typer.Option("--credentials", help="File holding USER:PASSWORD (mode 600; else SWEEPLAB_CREDENTIALS) for a tracking server that asks for them (sweep server --credentials).", rich_help_panel="Tracking")] = None,
     outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
@@ -142,6 +142,9 @@ def run(
 
     try:
         task = _task_or_command(task, ctx.meta.get(_COMMAND))
+        from sweeplab.serving import use_credentials
+
+        use_credentials(credentials)
         # What needs no task, store or data is checked before torch, the task, MLflow and Optuna
         # are imported (seconds): a misspelt task, a flag's value, a --set a built-in refuses.
         overrides = _parse_sets(set_)
@@ -247,6 +250,10 @@ def report(
     console.print(f"wrote {escape(str(page))}", soft_wrap=True)
 
 
+Credentials = Annotated[Optional[Path], typer.Option("--credentials", help="File holding USER:PASSWORD (mode 600; else SWEEPLAB_CREDENTIALS): a store served beyond this machine asks for them.")]
+NoAuth = Annotated[bool, typer.Option("--no-auth", help="Serve beyond this machine without credentials: anyone who reaches the port reads and changes every run.")]
+
+
 @app.command()
 def ui(
     store_dir: StoreDir = Path("mlruns"),
@@ -254,6 +261,8 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     open_browser: Annotated[bool, typer.Option("--open", help="Open the newest sweep's trials side by side in a browser once the UI answers.")] = False,
+    credentials: Credentials = None,
+    no_auth: NoAuth = False,
 ) -> None:
     """Open the MLflow UI on the same store (parent run = sweep, child runs = trials), and print
     the address of each sweep's trials side by side. On a tracking server, print the addresses
@@ -262,27 +271,27 @@ def ui(
     Refused, with nothing created, where there is no store yet (MLflow would make an empty one,
     after which ``sweep best`` would report no trials rather than no store); refused before any
     address is printed when the port is taken (MLflow would exit after the addresses, which
-    then open whatever holds the port)."""
+    then open whatever holds the port), or when it would serve beyond this machine without
+    credentials."""
     from sweeplab.api import open_store
+    from sweeplab.serving import open_when_up, sweeps_or_none, ui_launch, use_credentials
     from sweeplab.tracker.embedded import ensure_tracking_db
     from sweeplab.tracker.preflight import check_store
     from sweeplab.tracker.reconnect import bound_http_retries
-    from sweeplab.tracker.server import check_port
 
     try:
+        use_credentials(credentials)  # a tracking server's UI asks for them, and so does reading its sweeps
         store = open_store(store_dir, tracking_uri)  # no embedded store here: one line
         check_store(store, None)  # a tracking server or database that does not answer: one line, now
         server = store.tracking_uri.startswith(("http:", "https:"))
-        if not server:
-            check_port(host, port)
+        launch = None if server else ui_launch(store.tracking_uri, host, port, credentials, no_auth, store.root / "ui-auth")
         bound_http_retries()
         if store.is_default:  # one a killed sweep left half-made is completed before MLflow reads it
             ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
-        rows = _sweeps_or_none(store_dir, tracking_uri)
+        rows = sweeps_or_none(store_dir, tracking_uri)
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
-    shown_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
-    root = store.tracking_uri.rstrip("/") + "/" if server else f"http://{'[::1]' if host == '::' else shown_host}:{port}/"
+    root = launch.root if launch is not None else store.tracking_uri.rstrip("/") + "/"
     from sweeplab.tracker.note import comparison_link, sweeps_link
 
     home = root + sweeps_link([row.experiment_id for row in rows])  # the UI's own first page is a GenAI welcome
@@ -290,6 +299,8 @@ def ui(
     for row in rows:  # newest sweep first: its link is the one kept for its study
         links.setdefault(f"study {row.study} ({row.task})",
                          root + comparison_link(row.experiment_id, row.study, row.metric, row.direction))
+    for line in launch.lines if launch is not None else []:
+        errors.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"MLflow UI {'of the tracking server' if server else 'on'} {root} for {store.tracking_uri}; the sweeps:",
                   highlight=False)
     console.print(f"    {home}", highlight=False, soft_wrap=True, markup=False)
@@ -297,50 +308,23 @@ def ui(
         console.print(f"  {name}, trials side by side:", highlight=False)
         console.print(f"    {url}", highlight=False, soft_wrap=True, markup=False)
     newest = next(iter(links.values()), home)
-    if server:  # the server serves its own UI
+    if launch is None:  # the server serves its own UI
         if open_browser:
             import webbrowser
 
             webbrowser.open(newest)
         return
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri, "--host", host, "--port", str(port)]
     sys.stdout.flush()
     if not open_browser:
-        os.execv(sys.executable, command)  # the UI takes this process over: a kill or Ctrl-C reaches it
-    process = subprocess.Popen(command, env={**os.environ})
+        os.execve(sys.executable, launch.command, launch.env)  # the UI takes this process over: a kill or Ctrl-C reaches it
+    process = subprocess.Popen(launch.command, env=launch.env)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # a kill of this process stops the UI too
     try:
-        _open_when_up(root, newest, process)
+        open_when_up(root, newest, process)
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
         process.terminate()
         raise typer.Exit(130) from None
-
-
-def _sweeps_or_none(store_dir: Path, tracking_uri: str | None) -> list:
-    """The store's sweeps, newest first; none when no sweep has run yet."""
-    from sweeplab import api
-
-    try:
-        return api.status(store_dir=store_dir, tracking_uri=tracking_uri)
-    except UsageError:
-        return []
-
-
-def _open_when_up(root: str, url: str, process: subprocess.Popen) -> None:
-    """Open ``url`` in the default browser once the UI at ``root`` answers (up to a minute)."""
-    import time
-    import urllib.request
-    import webbrowser
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{root}health", timeout=2):
-                webbrowser.open(url)
-                return
-        except OSError:
-            time.sleep(0.5)
 
 
 @app.command()
@@ -348,30 +332,23 @@ def server(
     backend_store_uri: Annotated[Optional[str], typer.Option("--backend-store-uri", help="Database of the runs: postgresql://USER:PW@HOST/DB, or default STORE_DIR/server.db (SQLite).")] = None,
     artifacts: Annotated[Optional[Path], typer.Option("--artifacts-destination", help="Where the server keeps artifacts (default: STORE_DIR/server-artifacts).")] = None,
     store_dir: StoreDir = Path("mlruns"),
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for workers on other machines).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for workers on other machines: then with --credentials).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5000,
     hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host headers the server accepts, comma-separated, wildcards allowed (default: loopback, private addresses and this machine's names).")] = None,
+    credentials: Credentials = None,
+    no_auth: NoAuth = False,
 ) -> None:
     """Start an MLflow tracking server for workers on several machines, and print the flags they use."""
-    from sweeplab.tracker.server import allowed_hosts, check_port, server_command
-    from sweeplab.tracker.store import redact, with_postgres_driver
+    from sweeplab.serving import server_launch
 
-    root = store_dir.resolve()
     try:
-        backend = with_postgres_driver(backend_store_uri or f"sqlite:///{root / 'server.db'}", "--backend-store-uri")
-        check_port(host, port)  # before anything is made or printed: MLflow on a taken port logs it and exits 0
+        launch = server_launch(backend_store_uri, artifacts, store_dir, host, port, hosts, credentials, no_auth)
     except SweeplabError as exc:
         raise _fail(str(exc), code=exc.exit_code) from None
-    root.mkdir(parents=True, exist_ok=True)
-    destination = (artifacts or root / "server-artifacts").resolve()
-    console.print(f"MLflow server on http://{host}:{port}: runs in {redact(backend)}, artifacts in {destination}", highlight=False)
-    address = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    console.print(f"on every machine: sweep run TASK --tracking-uri http://{address}:{port} --storage "
-                  "postgresql://USER:PW@HOST/DB with a database of its own for Optuna (not the server's; same command, "
-                  "same study name: they join one sweep)", highlight=False)
-    command = server_command(backend, destination, host, port, allowed_hosts(hosts))
+    for line in launch.lines:
+        (errors if line.startswith("warning:") else console).print(line, highlight=False, markup=False, soft_wrap=True)
     sys.stdout.flush()
-    os.execv(sys.executable, command)  # the server takes this process over: a kill or Ctrl-C reaches it
+    os.execve(sys.executable, launch.command, launch.env)  # the server takes this process over: a kill or Ctrl-C reaches it
 
 
 @app.command()
@@ -414,4 +391,10 @@ def main() -> None:
     """Console-script entry point. Optuna's plots draw through pyplot: a command draws into
     files, so pyplot needs no window system (a user's own ``MPLBACKEND`` is kept)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from sweeplab.serving import use_credentials
+
+    try:
+        use_credentials(None)  # SWEEPLAB_CREDENTIALS, for every command that reads or writes a served store
+    except SweeplabError as exc:
+        raise SystemExit(_fail(str(exc), code=exc.exit_code).exit_code) from None
     app()

@@ -114,13 +114,15 @@ def free_port() -> int:
 
 @pytest.fixture()
 def mlflow_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start ``sweep server`` on 127.0.0.1 (SQLite under tmp_path, or ``backend``) and return its
-    tracking URI once it answers; it is stopped after the test."""
+    """Start ``sweep server`` on 127.0.0.1 (SQLite under tmp_path, or ``backend``; with a login
+    when given a ``credentials`` file) and return its tracking URI once it answers; it is stopped
+    after the test."""
     processes: list[subprocess.Popen] = []
 
-    def start(backend: str | None = None) -> str:
+    def start(backend: str | None = None, credentials: Path | None = None) -> str:
         port = free_port()
-        command = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port)]
+        command = [sys.executable, "-m", "sweeplab", "server", "--store-dir", str(tmp_path / "server"), "--port", str(port),
+                   *(["--credentials", str(credentials)] if credentials else [])]
         log = (tmp_path / f"server-{port}.log").open("w")
         processes.append(subprocess.Popen([*command, *(["--backend-store-uri", backend] if backend else [])],
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))

@@ -45,6 +45,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"tasks"}),  # finding a task by name (the built-in ones are trainers')
     frozenset({"sweeps"}),  # the engine
     frozenset({"api", "console", "terminal"}),  # the Python API; what the console shows; where it writes
+    frozenset({"serving"}),  # what ``sweep ui`` and ``sweep server`` start, and how they guard it
     frozenset({"cli"}),  # the ``sweep`` command
     frozenset({"__main__", "sweeplab"}),  # ``python -m sweeplab``; the package's public names
 )

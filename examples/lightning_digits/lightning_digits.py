@@ -16,6 +16,7 @@ the trial's MLflow run already has both.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning
@@ -30,6 +31,8 @@ from sweeplab.integrations.lightning import ReportCallback
 
 # Lightning's banner at every fit ("GPU available...", tips) would repeat once a trial in the sweep's output.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+# Lightning 2.6 still calls a torch pytree API that torch 2.14 deprecates, once per trial: not this code's.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

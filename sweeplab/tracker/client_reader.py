@@ -5,14 +5,19 @@ sweeplab cannot see, and for stores other than SQLite and PostgreSQL (those two 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
 
+from sweeplab.errors import UsageError
+from sweeplab.tracker.access import CREDENTIALS_ENV
 from sweeplab.tracker.reading import Curve, StoredRun
+from sweeplab.tracker.store import redact
 from sweeplab.tracker.tags import PARENT, RETRIED_BY, STATE, TRIAL
 
 __all__ = ["ClientReader"]
@@ -36,10 +41,21 @@ class ClientReader:
     """A :class:`~sweeplab.tracker.reading.Reader` that asks the MLflow client (``search_runs``)."""
 
     def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def _experiments(self) -> dict[str, str]:
-        return {e.experiment_id: e.name for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
+        """The store's experiments by id: the first request of every read, where a tracking server
+        that asks for a login says so (one line, naming how to give the credentials)."""
+        try:
+            found = self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        except MlflowException as exc:
+            if exc.error_code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                raise
+            given = "refuses the credentials given" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "asks for credentials"
+            raise UsageError(f"{redact(self.tracking_uri)}: the tracking server {given}: set "
+                             f"{CREDENTIALS_ENV}=USER:PASSWORD (sweep run and sweep ui also take --credentials FILE)") from None
+        return {e.experiment_id: e.name for e in found}
 
     def _search(self, experiments: Mapping[str, str], filters: list[str], order_by: list[str]) -> Iterator[Any]:
         """Every matching run, a page at a time (stop iterating to stop asking)."""

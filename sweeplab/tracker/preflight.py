@@ -25,6 +25,7 @@ as a refused one).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import importlib.metadata
@@ -151,6 +152,31 @@ def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
     # (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD); something answered there.
     if status not in (200, 401, 403):
         raise UsageError(f"{shown}: not an MLflow tracking server (GET /health answered HTTP {status})")
+    if status == 200:
+        _probe_login(uri, shown, timeout)
+
+
+def _probe_login(uri: str, shown: str, timeout: float) -> None:
+    """Ask the server for one experiment with the credentials MLflow's client would send
+    (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``): a server that asks
+    for a login (``sweep server --credentials``) answers 401 without them, or with wrong ones."""
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    token, user = os.environ.get("MLFLOW_TRACKING_TOKEN"), os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user:
+        pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            said = "refuses the credentials given" if token or user else "asks for credentials"
+            raise UsageError(f"{shown}: the tracking server {said} (HTTP {exc.code}): pass --credentials FILE holding "
+                             "USER:PASSWORD (mode 600), or set SWEEPLAB_CREDENTIALS=USER:PASSWORD") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return  # it answered /health a moment ago: the run's own calls will say what is wrong
 
 
 def _tls_context(uri: str) -> ssl.SSLContext | None:
