@@ -1,9 +1,16 @@
-"""Where the ``sweep`` command writes: a rich console that keeps each line whole when its output
-is not a terminal."""
+"""Where the ``sweep`` command writes: a rich console that keeps each line whole, and ends it at
+its last character, when its output is not a terminal.
+
+It overrides rich's private ``Console._render_buffer`` (the text of what was printed, before it
+is written): this module is the one place that relies on it, and
+``tests/test_console_frames.py`` fails if rich changes it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.console import Console, ConsoleDimensions
+from rich.segment import Segment
 
 __all__ = ["UNBROKEN", "Screen"]
 
@@ -23,6 +30,14 @@ class Screen(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        """What was printed, each line without the spaces rich pads a table's rows with to its
+        widest row, when the output is not a terminal (a file, a pipe: ``grep``, ``diff``)."""
+        text = super()._render_buffer(buffer)
+        if self.is_terminal:
+            return text
+        return "\n".join(line.rstrip(" ") for line in text.split("\n"))
 
 
 #: The width of a :class:`Screen` whose output is not a terminal: wide enough for any line.

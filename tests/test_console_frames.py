@@ -304,3 +304,20 @@ def test_a_phrase_that_fits_with_its_separator_stays_whole_at_any_length(first: 
     printed = console.file.getvalue()
     assert all(len(row) <= WIDTH for row in printed.splitlines()), printed
     _phrases_whole(line, printed)
+
+
+def test_a_table_piped_ends_each_line_at_its_last_character() -> None:
+    """rich pads a table's rows to its widest; piped (``grep``, ``diff``) the padding is gone,
+    and a terminal's output is left as rich makes it."""
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    for row in (("best epoch", "10"), ("checkpoint", "file:///a/long/path/to/checkpoint/model.pt")):
+        table.add_row(*row)
+    piped = cli.Screen(file=io.StringIO())
+    piped.print(table)
+    assert piped.file.getvalue().splitlines() == ["best epoch  10", "checkpoint  file:///a/long/path/to/checkpoint/model.pt"]
+    terminal = cli.Screen(file=io.StringIO(), force_terminal=True, width=60)
+    terminal.print(table)
+    first, second = terminal.file.getvalue().splitlines()
+    assert first == "best epoch  10".ljust(len(second))  # rich's own padding, kept
