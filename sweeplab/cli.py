@@ -158,6 +158,9 @@ def run(
             gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), gpus_per_trial=gpus_per_trial, compile=compile_,
             max_retries=max_retries, checkpoint_minutes=checkpoint_minutes, allow_bad_rows=allow_bad_rows,
         )
+        from sweeplab.sweeps.early import check_early
+
+        check_early(options)  # the stores, the space file, the data folder: before the task's import (torch)
         from sweeplab.console import RichObserver
         from sweeplab.sweeps.driver import run_sweep
         from sweeplab.tasks import get_task

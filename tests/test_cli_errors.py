@@ -168,6 +168,23 @@ except SystemExit as exc:
 """
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["sentiment", "--store-dir", "/proc/x"], "--store-dir /proc/x: cannot write there"),
+    (["news", "--metric", "bogus"], "--metric bogus: expected a validation metric such as val_accuracy"),
+    (["sentiment", "--space", "/no/such/space.toml"], "/no/such/space.toml: space file not found"),
+    (["retrieval", "--data-dir", "/no/such/dir"], "/no/such/dir: data directory not found"),
+])
+def test_a_mistake_about_the_stores_space_or_data_is_answered_before_the_task_is_imported(
+        tmp_path: Path, args: list[str], expected: str) -> None:
+    """The stores, the space file and the data folder need no task: said before torch is imported."""
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, "--store-dir", str(tmp_path / "store"), *args],
+                          capture_output=True, text=True, timeout=120)
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 2 and not set(loaded) - {"optuna", "mlflow"}, (loaded, done.stderr)
+    message = done.stderr.strip()
+    assert expected in message and len(message.splitlines()) == 1, message
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

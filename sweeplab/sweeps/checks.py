@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sweeplab.core import Loaded, Task, direction_of
 from sweeplab.boundary import Boundary
 from sweeplab.errors import TrainerError, UsageError
+from sweeplab.sweeps.early import check_metric
 from sweeplab.sweeps.limits import check_space
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.samplers import make_sampler
@@ -64,8 +65,7 @@ def with_metric(task: Task, metric: str | None) -> Task:
     :func:`~sweeplab.core.direction_of`."""
     if metric is None or metric == task.metric:
         return task
-    if not task.open and not metric.startswith("val_"):
-        raise UsageError(f"--metric {metric}: expected a validation metric such as val_accuracy, val_f1_macro or val_loss")
+    check_metric(metric, task.open)
     return replace(task, metric=metric, direction=direction_of(metric))
 
 
