@@ -18,17 +18,23 @@ evaluation is the trial's best so far, and the copy becomes the trial's checkpoi
 
 A long trial keeps its own state in :func:`folder` and says so with ``saved=True``; a retry of
 the trial (after a kill, a preemption, a stop signal) finds it there, and :func:`resumed` says the
-step it was saved at, with the curve up to that step already recorded::
+step it was saved at, with the curve up to that step already recorded. Name each state by its
+step: a stop between the save and the report leaves the sweep one step behind the program's
+newest file, and the retry must load the one :func:`resumed` names::
 
     start = 1
     if trial.resumed() is not None:
-        model.load_state_dict(torch.load(trial.folder() / "state.pt"))
         start = int(trial.resumed()) + 1
+        model.load_state_dict(torch.load(trial.folder() / f"state-{start - 1}.pt"))
     for epoch in range(start, config["epochs"] + 1):
         ...
-        torch.save(model.state_dict(), trial.folder() / "state.pt")
+        torch.save(model.state_dict(), trial.folder() / f"state-{epoch}.pt")
+        (trial.folder() / f"state-{epoch - 2}.pt").unlink(missing_ok=True)  # keep the last two
         if trial.report(epoch, metrics, saved=True):
             break
+
+A retry on a machine that does not hold the folder (the sweep's stores are shared, its disks are
+not) starts afresh: :func:`resumed` is then ``None``. :func:`seed` is the trial's seed.
 
 Under ``torchrun`` (or any launcher that sets ``RANK``) only rank 0 reports; the other ranks send
 nothing, and when ``torch.distributed`` is initialised every rank gets rank 0's answer through a
@@ -52,7 +58,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_ENV", "FOLDER_ENV", "RESUMED_ENV", "SOCKET_ENV", "SweepGone", "config", "folder", "report", "resumed"]
+__all__ = ["CONFIG_ENV", "FOLDER_ENV", "RESUMED_ENV", "SEED_ENV", "SOCKET_ENV", "SweepGone", "config", "folder", "report",
+           "resumed", "seed"]
 
 #: The environment variable holding the trial's values as a JSON object.
 CONFIG_ENV = "SWEEPLAB_TRIAL_CONFIG"
@@ -62,6 +69,8 @@ SOCKET_ENV = "SWEEPLAB_TRIAL_SOCKET"
 FOLDER_ENV = "SWEEPLAB_TRIAL_FOLDER"
 #: The environment variable holding the step a retried trial goes on from (:func:`resumed`).
 RESUMED_ENV = "SWEEPLAB_RESUMED_STEP"
+#: The environment variable holding the trial's seed (:func:`seed`).
+SEED_ENV = "SWEEPLAB_TRIAL_SEED"
 
 _connection: socket.socket | None = None
 _replies: Any = None
@@ -83,6 +92,13 @@ def folder() -> Path | None:
     deleted once the trial has ended; ``None`` outside a sweep."""
     name = os.environ.get(FOLDER_ENV)
     return Path(name) if name else None
+
+
+def seed() -> int | None:
+    """The trial's seed (the sweep's ``--seed`` and the trial's number), to seed the program's
+    generators with, as sweeplab seeds a built-in trial; ``None`` outside a sweep."""
+    text = os.environ.get(SEED_ENV)
+    return int(text) if text else None
 
 
 def resumed() -> float | None:
@@ -108,7 +124,7 @@ def _ask(message: Mapping[str, Any]) -> bool:
     try:
         if _connection is None:
             _connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            _connection.connect(path)
+            _connection.connect("\0" + path[1:] if path.startswith("@") else path)  # @NAME: Linux's abstract namespace
             _replies = _connection.makefile("r", encoding="utf-8")
         _connection.sendall((json.dumps(message) + "\n").encode("utf-8"))
         line = _replies.readline()

@@ -258,3 +258,14 @@ def test_every_built_in_has_its_settings_and_the_trainer_uses_them() -> None:
     news = importlib.import_module(SETTINGS["news"])
     assert news.LAYOUT_NAMES == tuple(LAYOUTS)  # the reader's layouts, named without importing it
     assert news.DEFAULTS["model"] == importlib.import_module(SETTINGS["retrieval"]).DEFAULTS["model"] == SCRATCH
+
+
+def test_a_conditional_value_in_a_command_is_refused_before_any_trial(tmp_path: Path) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('[search.opt]\nchoices = ["sgd", "adam"]\n\n[search.momentum]\nlow = 0.1\nhigh = 0.9\n'
+                     'when = { opt = "sgd" }\n', encoding="utf-8")
+    result = _run(tmp_path, "--space", str(space), "--", sys.executable, str(EXAMPLE_SPACE.with_name("train.py")),
+                  "--opt", "{opt}", "--momentum", "{momentum}")
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "{momentum} in the command is a conditional value of the space" in message and len(message.splitlines()) == 1

@@ -113,6 +113,20 @@ def check_rows(loaded: Loaded, options: SweepOptions) -> None:
             _log.warning("data: %s", line)
 
 
+def _check_needs(task: Task, space: Space) -> None:
+    """Refuse a space that does not give every trial each value the task needs (a command's
+    ``{name}``): missing, or conditional (a trial where it is inactive has none)."""
+    missing = sorted(task.needs - {*space.params, *space.fixed, *task.defaults})
+    if missing:
+        raise UsageError(f"{{{missing[0]}}} in the command is not a value of the space {space.path} "
+                         f"(its values: {', '.join(sorted({*space.params, *space.fixed})) or 'none'})")
+    conditional = sorted(name for name in task.needs if name in space.params and space.params[name].when)
+    if conditional:
+        raise UsageError(f"{{{conditional[0]}}} in the command is a conditional value of the space {space.path} "
+                         "(when = ...): trials where it is inactive have none; read it from SWEEPLAB_TRIAL_CONFIG "
+                         "(sweeplab.trial.config()) in the program instead")
+
+
 def check(options: SweepOptions) -> Checked:
     """Check the task, the stores, the space against the task's limits, the sampler's arguments
     and the data, in that order (cheapest first); nothing is written."""
@@ -125,10 +139,7 @@ def check(options: SweepOptions) -> Checked:
     space = load_space(options.search.space or task.default_space, None if task.open else task.defaults,
                        task.name).with_overrides(overrides)
     check_space(space, task.limits, overrides)  # --set, [fixed], ranges and grid values against what the task accepts
-    missing = sorted(task.needs - {*space.params, *space.fixed, *task.defaults})
-    if missing:
-        raise UsageError(f"{{{missing[0]}}} in the command is not a value of the space {space.path} "
-                         f"(its values: {', '.join(sorted({*space.params, *space.fixed})) or 'none'})")
+    _check_needs(task, space)
     if options.search.sampler == "grid":
         space = space.widened_to_grid()
     make_sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched
