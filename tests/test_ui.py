@@ -22,17 +22,27 @@ from sweeplab.tracker.server import check_port
 runner = CliRunner()
 
 
+class Started(list):
+    """The command lines started, and the environment of each (:attr:`environments`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environments: list[dict[str, str]] = []
+
+
 @pytest.fixture()
-def started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def started(monkeypatch: pytest.MonkeyPatch) -> Started:
     """The command lines the CLI would hand its process over to (MLflow's UI or server),
     recorded instead of run; the command then ends with exit 0."""
-    commands: list[list[str]] = []
+    commands = Started()
 
-    def record(path: str, command: list[str]) -> None:
+    def record(path: str, command: list[str], env: dict[str, str] | None = None) -> None:
         commands.append(list(command))
+        commands.environments.append(dict(env if env is not None else os.environ))
         raise typer.Exit(0)
 
     monkeypatch.setattr(os, "execv", record)
+    monkeypatch.setattr(os, "execve", record)
     return commands
 
 
@@ -115,3 +125,17 @@ def test_the_free_port_suggested_is_free(taken_port: int) -> None:
 def test_a_port_or_host_no_server_could_use_is_one_line(host: str, port: int, expected: str) -> None:
     with pytest.raises(UsageError, match="^" + expected.replace(".", r"\.")):
         check_port(host, port)
+
+
+def test_a_ui_with_credentials_starts_mlflows_login_with_that_one_user(tmp_path: Path, started: Started) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text("alice:correct-horse-battery\n")
+    credentials.chmod(0o600)
+    store = _store(tmp_path / "mlruns")
+    result = runner.invoke(app, ["ui", "--store-dir", str(store), "--credentials", str(credentials), "--port", "5987"])
+    assert result.exit_code == 0, result.output
+    (command,), (env,) = started, started.environments
+    assert command[-2:] == ["--app-name", "basic-auth"]
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "alice" and env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "correct-horse-battery"
+    config = Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    assert "default_permission = NO_PERMISSIONS" in config and "correct-horse-battery" not in config
