@@ -20,27 +20,13 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column, Table
 from rich.text import Text
 
+from sweeplab.tracker.numbers import figure
 from sweeplab.tracker.query import TRIAL_STATES, SweepRow, TrialRow
 
 if TYPE_CHECKING:
     from sweeplab.sweeps.driver import SweepOutcome
 
 __all__ = ["Phrases", "RichObserver", "figure", "majority_line", "sweep_panels", "sweep_summary", "trial_panels"]
-
-
-def figure(value: float | None) -> str:
-    """``value`` as people read it: 4 significant digits, trailing zeros kept (``0.5972``,
-    ``0.5000``, ``12.50``, ``0.0001235``, ``1.235e+06``, ``1e-07``); a whole number whole (``3``, ``120``,
-    a step ``1234567``); ``-`` for none. Full precision stays in ``--json``."""
-    if value is None:
-        return "-"
-    number = float(value)
-    if not math.isfinite(number):
-        return str(number)
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    mantissa, e, exponent = f"{number:#.4g}".partition("e")
-    return (mantissa.rstrip("0") if e else mantissa).rstrip(".") + e + exponent
 
 
 class Phrases:

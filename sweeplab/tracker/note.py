@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
+from sweeplab.tracker.numbers import figure
 from sweeplab.tracker.query import TrialRow
 
 __all__ = ["MODEL_TRAINING_VIEW", "NOTE", "comparison_link", "run_link", "sweep_note", "sweeps_link"]
@@ -62,10 +63,6 @@ def comparison_link(experiment_id: str, study: str, metric: str, direction: str 
     return f"#/experiments/{experiment_id}/runs?{query}"
 
 
-def _value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
 def _text(value: object) -> str:
     """``value`` as markdown text that stays in its table cell and list item: the characters
     markdown gives a meaning (``|``, ``*``, ``_``, brackets...) escaped, line breaks as spaces."""
@@ -101,7 +98,7 @@ def sweep_note(settings: Mapping[str, str], counts: Mapping[str, int], rows: Seq
     for rank, row in enumerate(rows, start=1):
         onset = row.summary.get(f"overfit_{x_axis}")
         lines.append(
-            f"| {rank} | [trial {row.trial}]({run_link(experiment_id, row.run_id)}) | {_value(row.value)} "
-            f"| {_value(row.summary.get(f'best_{x_axis}'))} | {_value(onset) if onset is not None else 'none'} "
+            f"| {rank} | [trial {row.trial}]({run_link(experiment_id, row.run_id)}) | {figure(row.value)} "
+            f"| {figure(row.summary.get(f'best_{x_axis}'))} | {figure(onset) if onset is not None else 'none'} "
             f"| {_params(row.params)} |")
     return "\n".join(lines) + "\n"

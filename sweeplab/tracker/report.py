@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweeplab.tracker.note import comparison_link, run_link
+from sweeplab.tracker.numbers import figure
 from sweeplab.tracker.query import SweepTrials, TrialCurve
 
 __all__ = ["CAPTIONS", "FOLDER", "LOCAL_UI", "PICTURES", "caption", "report_html", "signature", "sweep_images", "ui_root"]
@@ -111,14 +112,6 @@ def sweep_images(sweep: SweepTrials, *, fresh: bool = False) -> dict[str, bytes]
     return images
 
 
-def _value(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
-
-
-def _step(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
 def _top(sweep: SweepTrials, count: int = 5) -> list[TrialCurve]:
     sign = -1.0 if sweep.direction == "maximize" else 1.0
     complete = [t for t in sweep.trials if t.state == "complete" and t.value is not None and math.isfinite(t.value)]
@@ -136,7 +129,7 @@ def _param_cell(text: str) -> str:
         number = float(text)
     except ValueError:
         return f'<td class="text">{html.escape(text)}</td>'
-    shown = text if number.is_integer() or not math.isfinite(number) else f"{number:.4g}"
+    shown = text if number.is_integer() or not math.isfinite(number) else figure(number)
     return f"<td>{html.escape(shown)}</td>"
 
 
@@ -181,9 +174,9 @@ def _trials_table(sweep: SweepTrials, ui: str) -> str:
         return "<table><tr><td>no complete trial yet</td></tr></table>"
     experiment = sweep.parent.experiment_id
     rows = [("trial", [f"<td>{_link(ui + run_link(experiment, t.run_id), str(t.number))}</td>" for t in top]),
-            (sweep.metric, [f"<td>{_value(t.value)}</td>" for t in top]),
-            (f"best {sweep.x_axis}", [f"<td>{_step(t.best_step)}</td>" for t in top]),
-            ("overfitting onset", [f"<td>{_step(t.onset_step) if t.onset_step is not None else 'none'}</td>" for t in top]),
+            (sweep.metric, [f"<td>{figure(t.value)}</td>" for t in top]),
+            (f"best {sweep.x_axis}", [f"<td>{figure(t.best_step)}</td>" for t in top]),
+            ("overfitting onset", [f"<td>{figure(t.onset_step) if t.onset_step is not None else 'none'}</td>" for t in top]),
             *((name, [_param_cell(t.params.get(name, "")) for t in top]) for name in _varied(sweep))]
     body = "".join(f"<tr><th>{_breakable(name)}</th>{''.join(cells)}</tr>" for name, cells in rows)
     return f'<div class="fits"><table class="trials">{body}</table></div>'
