@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column, Table
 from rich.text import Text
 
-from sweeplab.tracker.numbers import figure
+from sweeplab.tracker.numbers import figure, param_text
 from sweeplab.tracker.query import TRIAL_STATES, SweepRow, TrialRow
 
 if TYPE_CHECKING:
@@ -179,20 +179,6 @@ def _figures(summary: Mapping[str, float], prefix: str, first: str) -> Phrases:
     return Phrases(*(escape(f"{name} {figure(found[name])}") for name in names), sep="  ", indent="")
 
 
-def _param(value: Any) -> str:
-    """A parameter as logged (MLflow keeps text), a longer fraction to 4 significant digits
-    (``0.0003183946`` as ``0.0003184``; ``0.1`` and ``1e-05`` as they are; ``--json`` keeps all)."""
-    text = str(value)
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if number.is_integer() or not math.isfinite(number):
-        return text
-    rounded = figure(number)
-    return rounded if len(rounded) < len(text) else text
-
-
 def _majority(accuracy: float, majority: float, label: str = "") -> Phrases:
     """:func:`majority_line` in its two phrases, after ``label``."""
     floor, gap = majority_line(accuracy, majority).split("; ")
@@ -248,7 +234,7 @@ def trial_panels(rows: Sequence[TrialRow], x_axis: str | None = None) -> list[Ta
         if "gl_final" in row.summary:
             table.add_row("gl_final", figure(row.summary["gl_final"]))
         shown = {k: v for k, v in sorted(row.params.items()) if not k.startswith("overfit_")}
-        table.add_row("params", Phrases(*(escape(f"{k}={_param(v)}") for k, v in shown.items()), sep="  ", indent=""))
+        table.add_row("params", Phrases(*(escape(f"{k}={param_text(v)}") for k, v in shown.items()), sep="  ", indent=""))
         table.add_row("run id", Phrases(row.run_id, escape(f"({row.experiment})"), sep="  ", indent=""))
         table.add_row("checkpoint", row.checkpoint or _no_checkpoint(row, rows))
         if row.predictions:

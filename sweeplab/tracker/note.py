@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
-from sweeplab.tracker.numbers import figure
+from sweeplab.tracker.numbers import figure, param_text
 from sweeplab.tracker.query import TrialRow
 
 __all__ = ["MODEL_TRAINING_VIEW", "NOTE", "comparison_link", "run_link", "sweep_note", "sweeps_link"]
@@ -72,7 +72,8 @@ def _text(value: object) -> str:
 
 def _params(params: Mapping[str, str]) -> str:
     """A trial's own parameters; the onset rule and the seed are the sweep's (in its settings)."""
-    shown = [f"{_text(k)}={_text(v)}" for k, v in sorted(params.items()) if k != "seed" and not k.startswith("overfit_")]
+    shown = [f"{_text(k)}={_text(param_text(v))}" for k, v in sorted(params.items())
+             if k != "seed" and not k.startswith("overfit_")]
     return ", ".join(shown) or "-"
 
 

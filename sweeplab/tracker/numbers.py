@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["figure"]
+__all__ = ["figure", "param_text"]
 
 
 def figure(value: float | None) -> str:
@@ -21,3 +22,17 @@ def figure(value: float | None) -> str:
         return str(int(number))
     mantissa, e, exponent = f"{number:#.4g}".partition("e")
     return (mantissa.rstrip("0") if e else mantissa).rstrip(".") + e + exponent
+
+
+def param_text(value: Any) -> str:
+    """A parameter as logged (MLflow keeps text), a longer fraction to 4 significant digits
+    (``0.0003183946`` as ``0.0003184``; ``0.1`` and ``1e-05`` as they are; ``--json`` keeps all)."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if number.is_integer() or not math.isfinite(number):
+        return text
+    rounded = figure(number)
+    return rounded if len(rounded) < len(text) else text

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweeplab.tracker.note import comparison_link, run_link
-from sweeplab.tracker.numbers import figure
+from sweeplab.tracker.numbers import figure, param_text
 from sweeplab.tracker.query import SweepTrials, TrialCurve
 
 __all__ = ["CAPTIONS", "FOLDER", "LOCAL_UI", "PICTURES", "caption", "report_html", "signature", "sweep_images", "ui_root"]
@@ -126,11 +126,10 @@ def _param_cell(text: str) -> str:
     """A param's cell in the table of trials: a number as logged, a float to 4 significant digits,
     on one line; a text (a model's name) as logged, wrapped where the column is narrow."""
     try:
-        number = float(text)
+        float(text)
     except ValueError:
         return f'<td class="text">{html.escape(text)}</td>'
-    shown = text if number.is_integer() or not math.isfinite(number) else figure(number)
-    return f"<td>{html.escape(shown)}</td>"
+    return f"<td>{html.escape(param_text(text))}</td>"
 
 
 def _varied(sweep: SweepTrials) -> list[str]:

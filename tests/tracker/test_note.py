@@ -13,13 +13,15 @@ def _row(trial: int, value: float, params: dict[str, str]) -> TrialRow:
 
 
 def test_the_table_has_one_row_per_trial_whatever_the_parameter_values() -> None:
-    rows = [_row(4, 0.91, {"model": "a|b", "note": "*bold* _it_", "seed": "0", "overfit_up_s": "3"}), _row(1, 0.8, {"lr": "0.1"})]
+    rows = [_row(4, 0.91, {"model": "a|b", "note": "*bold* _it_", "seed": "0", "overfit_up_s": "3"}),
+            _row(1, 0.8, {"lr": "0.0051763428916", "wd": "1e-05"})]
     note = sweep_note({"task": "t (x|y)"}, {"complete": 2, "failed": 1}, rows, "7", "epoch",
                       comparison_link("7", "s", "best_val_accuracy", "maximize"))
     table = [line for line in note.splitlines() if line.startswith("| ")]
     assert len(table) == 3 and all(line.count(" | ") == table[0].count(" | ") for line in table)  # header + 2 rows
     assert "[trial 4](#/experiments/7/runs/run4?workflowType=machine_learning)" in table[1] and "a\\|b" in table[1] and "\\*bold\\*" in table[1]
     assert "seed" not in table[1] and "overfit_up_s" not in table[1]  # the sweep's settings, not the trial's
+    assert "lr=0.005176, wd=1e\\-05" in table[2]  # as people read them; MLflow's params keep every digit
     assert "**trials**: 2 complete, 1 failed" in note and "compareRunsMode=CHART" in note
 
 
