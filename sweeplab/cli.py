@@ -133,6 +133,8 @@ def run(
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each trial's model (its compile time counts in the trial; tag sweeplab.compile).", rich_help_panel="Runtime")] = False,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for twice that (its machine or container died) is failed as killed and run again.", rich_help_panel="Tracking")] = 60,
     credentials: Annotated[Optional[Path], typer.Option("--credentials", help="File holding USER:PASSWORD (mode 600; else SWEEPLAB_CREDENTIALS) for a tracking server that asks for them (sweep server --credentials).", rich_help_panel="Tracking")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials on a Ray cluster's nodes, at most --workers at once (default: as many as it holds): its HOST:PORT, auto (the cluster this machine belongs to) or local (a Ray runtime started for the sweep). The nodes need the stores: the store folder on a shared filesystem, or --tracking-uri and --storage servers. pip install 'sweeplab[ray]'.", rich_help_panel="Runtime")] = None,
+    trial_resources: Annotated[Optional[str], typer.Option("--trial-resources", help="With --ray, what each trial asks of the cluster: cpu=N, gpu=F (gpu=0.5: two trials share a card) and the cluster's own resources, such as cpu=2,gpu=0.5 (default: cpu=1).", rich_help_panel="Runtime")] = None,
     outage_limit: Annotated[float, typer.Option("--outage-limit", help="Seconds a database or tracking server may stay unreachable (calls are retried) before the sweep stops, exit 75; the same command resumes it.", rich_help_panel="Tracking")] = 300.0,
 ) -> None:
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
@@ -154,9 +156,10 @@ def run(
             study=study, experiment=experiment, store_dir=store_dir, tracking_uri=tracking_uri, storage=storage,
             cache_dir=cache_dir, overrides=overrides, device=device, precision=precision,
             early_stop=early_stop, onset_s=onset_s, onset_alpha=onset_alpha, checkpoints=checkpoints, metric=metric, plots=plots,
-            val_fraction=val_fraction, workers=workers if workers is not None else max(1, len(gpus.split(",")) // max(1, gpus_per_trial)) if gpus else 1, heartbeat=heartbeat, outage_limit=outage_limit,
+            val_fraction=val_fraction, workers=workers if workers is not None else max(1, len(gpus.split(",")) // max(1, gpus_per_trial)) if gpus else 0 if ray else 1, heartbeat=heartbeat, outage_limit=outage_limit,
             gpus=tuple(g.strip() for g in gpus.split(",")) if gpus else (), gpus_per_trial=gpus_per_trial, compile=compile_,
             max_retries=max_retries, checkpoint_minutes=checkpoint_minutes, allow_bad_rows=allow_bad_rows,
+            ray=ray, trial_resources=trial_resources,
         )
         from sweeplab.sweeps.early import check_early
 

@@ -58,6 +58,7 @@ OWNERS: Mapping[str, frozenset[str]] = {
     "torchvision": frozenset({"trainers", "datasets"}),
     "transformers": frozenset({"trainers", "datasets", "integrations"}),
     "lightning": frozenset({"integrations"}),
+    "ray": frozenset({"sweeps"}),
 }
 
 Where = Literal["module", "function", "TYPE_CHECKING"]

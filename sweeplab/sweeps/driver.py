@@ -38,6 +38,7 @@ from sweeplab.sweeps.storage import close_storage
 from sweeplab.sweeps.recovery import close_runs_of_ended_trials, recover
 from sweeplab.sweeps.study import Opened, open_sweep, study_name
 from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.ray_workers import on_cluster, run_ray_workers
 from sweeplab.sweeps.test_split import score_best_on_test
 from sweeplab.sweeps.trial import Objective
 from sweeplab.sweeps.workers import run_workers
@@ -103,10 +104,12 @@ def _start_up(checked: Checked, opened: Opened) -> None:
 def _search(checked: Checked, opened: Opened, env: TrialEnv, observer: SweepObserver, staging: Path,
             deadline: float | None) -> list[str]:
     """This process's share of the trials, or the ``--workers`` processes' (each worker on its
-    card with ``--gpus``); returns a note for each worker that died."""
+    card with ``--gpus``), or the workers on the ``--ray`` cluster's nodes; returns a note for
+    each worker that died."""
     options, study = opened.options, opened.study
-    if options.role == "main" and (options.runtime.workers > 1 or options.runtime.gpus):
-        notes = run_workers(options, study, _target(checked), observer, checked.store.root / "workers")
+    if options.role == "main" and (options.runtime.workers > 1 or options.runtime.gpus or options.runtime.ray):
+        start = run_ray_workers if options.runtime.ray else run_workers
+        notes = start(options, study, _target(checked), observer, checked.store.root / "workers")
         recover(study, opened.killed)  # the last worker killed mid-trial: its trial and its run
         close_runs_of_ended_trials(study, opened.recorder)
         return notes
@@ -121,8 +124,14 @@ def run_sweep(options: SweepOptions, observer: SweepObserver | None = None) -> S
     """Run (or resume) a sweep until the study holds ``options.search.trials`` finished trials
     (see the module docstring for its four steps). The Optuna storage's connections are given
     back, and what was frozen out of the garbage collector's view for the trials is back in it,
-    when it returns or raises."""
-    observer = observer or Silent()
+    when it returns or raises. With ``--ray`` the cluster is reached first, and left after
+    (:func:`~sweeplab.sweeps.ray_workers.on_cluster`)."""
+    with on_cluster(options) as options:  # an address nothing answers at, a resource it lacks: one line, before any work
+        return _run_sweep(options, observer or Silent())
+
+
+def _run_sweep(options: SweepOptions, observer: SweepObserver) -> SweepOutcome:
+    """:func:`run_sweep`, on the cluster when there is one."""
     if options.search.timeout is not None and options.deadline is None:
         options = options.with_(deadline=time.time() + options.search.timeout)
     deadline = None if options.deadline is None else time.monotonic() + (options.deadline - time.time())

@@ -4,7 +4,7 @@
   seeds, metric, the overfitting rule, the data and its validation split.
 * :class:`Tracking` -- where the records go: the store, the tracking server, the Optuna storage,
   the cache, what is logged, how long a store may be away.
-* :class:`Runtime` -- where and how trials run: device, precision, worker processes, GPUs.
+* :class:`Runtime` -- where and how trials run: device, precision, worker processes, GPUs, a Ray cluster.
 
 Each checks its own values when it is made (a one-line :class:`~sweeplab.errors.UsageError`
 naming the flag), so a bad command fails before anything is read or written.
@@ -102,12 +102,14 @@ class Runtime:
 
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 1  # processes on this machine sharing the study
+    workers: int = 1  # processes on this machine sharing the study; with ray, at most at once (0: what the cluster holds)
     gpus: tuple[str, ...] = ()  # handed to the workers in turn (CUDA_VISIBLE_DEVICES); repeated: workers share a card
     gpus_per_trial: int = 1  # cards each trial gets: --gpus taken G at a time (a multi-GPU command, torchrun)
     compile: bool = False  # torch.compile each trial's model (its compile time counted in the trial)
     max_retries: int = 3  # times a killed, preempted or interrupted trial is run again, from its resume state
     checkpoint_minutes: float = 10.0  # minutes of training between a trial's resume-state saves
+    ray: str | None = None  # a Ray cluster's address, "auto" or "local": the trials run on its nodes (sweeps.ray_workers)
+    trial_resources: str | None = None  # with ray: what each trial asks of the cluster, "cpu=1,gpu=0.5" (default cpu=1)
 
     def __post_init__(self) -> None:
         _one_of("--precision", self.precision, PRECISIONS)
@@ -119,7 +121,7 @@ class Runtime:
             given = f"{minutes:g}" if isinstance(minutes, (int, float)) else repr(minutes)
             raise UsageError(f"--checkpoint-minutes {given}: expected a number of minutes > 0 "
                              "(fractions allowed, such as 0.5)")
-        if self.workers < 1:
+        if self.workers < (0 if self.ray else 1):
             raise UsageError(f"--workers {self.workers}: expected at least 1 worker process")
         if any(not gpu for gpu in self.gpus):
             raise UsageError(f"--gpus {','.join(self.gpus)}: expected GPU numbers separated by commas, such as 0 or 0,0,1,1")
@@ -131,6 +133,27 @@ class Runtime:
         if len(self.gpus) % per:
             raise UsageError(f"--gpus-per-trial {per}: the {len(self.gpus)} cards of --gpus {','.join(self.gpus)} "
                              f"do not make whole trials of {per}")
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        """``--ray`` and ``--trial-resources``: the values alone (the cluster's resources are
+        checked once it is reached, :func:`sweeplab.sweeps.ray_workers.on_cluster`)."""
+        host, sep, port = (self.ray or "").split("://")[-1].rpartition(":")
+        if self.ray is not None and self.ray not in ("auto", "local") and not (sep and host and port.isdigit()):
+            raise UsageError(f"--ray {self.ray}: expected a Ray cluster's HOST:PORT (or ray://HOST:PORT), auto or local")
+        if self.trial_resources is not None and self.ray is None:
+            raise UsageError(f"--trial-resources {self.trial_resources}: only with --ray (what each trial asks of the "
+                             "Ray cluster)")
+        if self.ray is not None and self.gpus:
+            raise UsageError(f"--gpus {','.join(self.gpus)} with --ray: Ray gives each trial its cards; ask for them with "
+                             "--trial-resources gpu=1 (gpu=0.5: two trials share a card)")
+        _resources(self.trial_resources)  # a malformed value is refused before anything runs
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What each trial asks of the Ray cluster, from ``--trial-resources`` (``cpu=2,gpu=0.5``,
+        custom resources by their name): ``cpu`` 1 unless given."""
+        return _resources(self.trial_resources)
 
     @property
     def cards(self) -> tuple[str, ...]:
@@ -138,6 +161,28 @@ class Runtime:
         (``0,1,2,3`` by 2: ``("0,1", "2,3")``), each a ``CUDA_VISIBLE_DEVICES`` value."""
         per = self.gpus_per_trial
         return tuple(",".join(self.gpus[i:i + per]) for i in range(0, len(self.gpus), per))
+
+
+def _resources(given: str | None) -> dict[str, float]:
+    """``--trial-resources`` as names and amounts (see :attr:`Runtime.resources`)."""
+    wanted: dict[str, float] = {"cpu": 1.0}
+    named: set[str] = set()
+    for item in given.split(",") if given is not None else ():
+        name, sep, amount = (part.strip() for part in item.partition("="))
+        try:
+            value = float(amount) if sep and name else math.nan
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--trial-resources {given}: expected NAME=AMOUNT pairs separated by commas, each "
+                             "amount > 0, such as cpu=2,gpu=0.5")
+        if name in named:
+            raise UsageError(f"--trial-resources {given}: {name} is given twice")
+        if name == "gpu" and value > 1 and not value.is_integer():
+            raise UsageError(f"--trial-resources gpu={value:g}: expected a share of one card (such as 0.5) or whole cards")
+        named.add(name)
+        wanted[name] = value
+    return wanted
 
 
 _GROUPS = {"search": Search, "tracking": Tracking, "runtime": Runtime}
@@ -162,8 +207,9 @@ class SweepOptions:
     def __post_init__(self) -> None:
         given = [kind for kind, value in (("sampler", self.search.sampler), ("pruner", self.search.pruner))
                  if value is not None and not isinstance(value, str)]
-        if given and (self.runtime.workers > 1 or self.runtime.gpus):
-            raise UsageError(f"--workers {self.runtime.workers}: a {' and '.join(given)} given as an object cannot be "
+        if given and (self.runtime.workers > 1 or self.runtime.gpus or self.runtime.ray):
+            flag = "--ray" if self.runtime.ray else f"--workers {self.runtime.workers}"
+            raise UsageError(f"{flag}: a {' and '.join(given)} given as an object cannot be "
                              f"handed to worker processes; name one ({', '.join(SAMPLERS)}; {', '.join(PRUNERS)})")
 
     @classmethod

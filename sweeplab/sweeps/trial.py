@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from sweeplab.sweeps.failures import drop_locals, failure_reason, internal_reaso
 from sweeplab.sweeps.observer import SweepObserver
 from sweeplab.sweeps.processes import worker_attrs
 from sweeplab.sweeps.pruners import prunes
+from sweeplab.sweeps.ray_workers import NODE_ENV
 from sweeplab.sweeps.reporter import TrialReporter
 from sweeplab.sweeps.resume_states import AttemptsResume, resume_store
 from sweeplab.sweeps.samplers import sampler_name
@@ -57,7 +59,7 @@ from sweeplab.sweeps.sharing import Card
 from sweeplab.sweeps.signals import stop_at_next_step
 from sweeplab.tracker.runs import SweepRecorder, TrialRecorder
 from sweeplab.tracker.summary import summarise
-from sweeplab.tracker.tags import DEVICE, GPUS, RETRIED_BY, RETRY_OF
+from sweeplab.tracker.tags import DEVICE, GPUS, NODE, RETRIED_BY, RETRY_OF
 from sweeplab.trainers.device import device_label, memory_now, peak_memory, release_memory, reset_peak_memory
 from sweeplab.trainers.loop import StaleResumeState
 from sweeplab.trainers.oom import out_of_memory
@@ -204,6 +206,8 @@ class Objective:
             tags[RETRY_OF] = retry_of
         if self.card.name is not None:
             tags[GPUS] = self.card.name
+        if os.environ.get(NODE_ENV):  # a worker on a Ray node (sweep run --ray)
+            tags[NODE] = os.environ[NODE_ENV]
         inactive = self.checked.space.inactive(config)  # another family's settings: the trainer ignores them
         params = {**{k: v for k, v in config.items() if k not in inactive}, **self.checked.rule.as_params(),
                   "seed": options.search.seed}

@@ -41,7 +41,7 @@ from sweeplab.errors import InternalError, SweepFailed, SweeplabError, Unreachab
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.sharing import worker_environment
 
-__all__ = ["MAIN_PID", "WORKER_ENV", "run_workers"]
+__all__ = ["MAIN_PID", "STOPPING", "THREAD_POOLS", "WORKER_ENV", "StudyProgress", "ended_badly", "run_workers"]
 
 
 
@@ -53,21 +53,37 @@ def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _report_new(study: optuna.Study, seen: set[int], observer: Any, best: list[float | None], maximise: bool) -> None:
-    """Tell the observer about trials that finished since the last look."""
-    from sweeplab.sweeps.outcomes import outcome  # here: a worker sets its SIGINT handler before importing MLflow
+class StudyProgress:
+    """What the main process shows of the trials its workers run, read from the study: the
+    sweep's start when made, then each trial that finished since the last look (:meth:`report`)."""
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if trial.number in seen:
-            continue
-        seen.add(trial.number)
-        state = outcome(trial)
-        if state == "duplicate":  # a queued grid cell another trial ran: it never started
-            continue
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        if value is not None and (best[0] is None or (value > best[0] if maximise else value < best[0])):
-            best[0] = value
-        observer.trial_finished(trial.number, state, value, best[0])
+    def __init__(self, study: optuna.Study, target: int, observer: Any) -> None:
+        self.study, self.observer = study, observer
+        observer.sweep_started(study.study_name, target, self.finished())
+        self.seen = {t.number for t in study.get_trials(deepcopy=False)}
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self.best: float | None = study.best_value if complete else None
+        self.maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+    def finished(self) -> int:
+        """The study's finished (complete or pruned) trials."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+
+    def report(self) -> None:
+        """Tell the observer about trials that finished since the last look."""
+        from sweeplab.sweeps.outcomes import outcome  # here: a worker sets its SIGINT handler before importing MLflow
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if trial.number in self.seen:
+                continue
+            self.seen.add(trial.number)
+            state = outcome(trial)
+            if state == "duplicate":  # a queued grid cell another trial ran: it never started
+                continue
+            value = trial.value if trial.state == TrialState.COMPLETE else None
+            if value is not None and (self.best is None or (value > self.best if self.maximise else value < self.best)):
+                self.best = value
+            self.observer.trial_finished(trial.number, state, value, self.best)
 
 
 def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subprocess.Popen:
@@ -76,7 +92,7 @@ def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subpr
     terminal reaches the main process alone, which interrupts each worker once."""
     threads = str(_threads(options.runtime.workers))
     env = {**os.environ, "SWEEPLAB_THREADS": threads, MAIN_PID: str(os.getpid()), WORKER_ENV: str(i)}
-    for pool in _THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
+    for pool in THREAD_POOLS:  # numpy's and scikit-learn's thread pools too, unless the user set them
         env.setdefault(pool, threads)
     env.update(worker_environment(options.runtime.cards, options.runtime.workers, i))  # its cards, round robin
     with log.open("a", encoding="utf-8") as out:
@@ -84,7 +100,7 @@ def _start_worker(i: int, options: SweepOptions, spec: Path, log: Path) -> subpr
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _ended_badly(code: int) -> str:
+def ended_badly(code: int) -> str:
     """How a worker that did not end normally ended, in words."""
     if code >= 0:
         return f"exited with status {code}"
@@ -104,11 +120,7 @@ def run_workers(options: SweepOptions, study: optuna.Study, target: int, observe
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "options.json"
     _dump(options.with_(workers=1, role="worker"), spec)
-    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
-    observer.sweep_started(study.study_name, target, done)
-    seen = {t.number for t in study.get_trials(deepcopy=False)}
-    best: list[float | None] = [study.best_value if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None]
-    maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    progress = StudyProgress(study, target, observer)
     logs = [folder / f"worker-{i}.log" for i in range(options.runtime.workers)]
     for log in logs:
         log.write_text("", encoding="utf-8")
@@ -119,17 +131,17 @@ def run_workers(options: SweepOptions, study: optuna.Study, target: int, observe
         for i, log in enumerate(logs):  # one by one: a Ctrl-C meanwhile reaches those already started
             processes[i] = _start_worker(i, options, spec, log)
         while True:
-            _report_new(study, seen, observer, best, maximise)
+            progress.report()
             codes = {i: p.poll() for i, p in processes.items()}  # poll each: a killed worker is reaped, not left a zombie
-            stopped = next(((i, _STOPPING[code]) for i, code in codes.items() if code in _STOPPING), None)
+            stopped = next(((i, STOPPING[code]) for i, code in codes.items() if code in STOPPING), None)
             if stopped is not None:  # bad input, sweeplab's own error, a store away: the others meet it too
                 i, error = stopped
                 line = _last_line(logs[i]).removeprefix("error: ")
                 raise error(line if error is Unreachable else f"worker {i} stopped: {line}")
             for i in [i for i, code in codes.items() if code not in (None, 0) and i not in given_up]:
-                finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+                finished = progress.finished()
                 replace_it = finished < target and len(notes) < options.runtime.workers
-                notes.append(f"worker {i} {_ended_badly(codes[i])} (see {logs[i]})"
+                notes.append(f"worker {i} {ended_badly(codes[i])} (see {logs[i]})"
                              + ("; a replacement was started" if replace_it else ""))
                 if replace_it:
                     processes[i] = _start_worker(i, options, spec, logs[i])
@@ -138,7 +150,7 @@ def run_workers(options: SweepOptions, study: optuna.Study, target: int, observe
             if all(p.poll() is not None for p in processes.values()):
                 break
             time.sleep(1.0)
-        _report_new(study, seen, observer, best, maximise)
+        progress.report()
     except BaseException as exc:  # Ctrl-C, a stop signal, or the storage stayed unreachable: stop every worker, then say why
         # A stop signal is passed on as itself: each worker's trial stops at its next step and saves
         # its resume state; otherwise an interruption (each closes its running trial as killed).
@@ -152,17 +164,17 @@ def run_workers(options: SweepOptions, study: optuna.Study, target: int, observe
             except subprocess.TimeoutExpired:
                 process.kill()
         raise
-    finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    finished = progress.finished()
     if finished == 0 and all(p.returncode != 0 for p in processes.values()):
         i = max(processes)
         raise SweepFailed(f"no trial finished and every worker ended badly; worker {i} "
-                          f"{_ended_badly(processes[i].returncode)}: {_last_line(logs[i]).removeprefix('error: ')}")
+                          f"{ended_badly(processes[i].returncode)}: {_last_line(logs[i]).removeprefix('error: ')}")
     return notes
 
 
 #: The exit statuses of a worker that stop the sweep at once (see sweeplab.errors), and the
 #: error the main process raises for each; any other failure (a crash) gets a replacement.
-_STOPPING: dict[int, type[SweeplabError]] = {error.exit_code: error for error in (UsageError, InternalError, Unreachable)}
+STOPPING: dict[int, type[SweeplabError]] = {error.exit_code: error for error in (UsageError, InternalError, Unreachable)}
 
 
 def _last_line(log: Path) -> str:
@@ -178,4 +190,4 @@ MAIN_PID = "SWEEPLAB_MAIN_PID"
 WORKER_ENV = "SWEEPLAB_WORKER"
 
 #: The thread-pool sizes of the numerical libraries a trainer may use besides torch.
-_THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

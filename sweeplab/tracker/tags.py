@@ -3,7 +3,7 @@ the read commands filter on. Plain strings, so that reading a store needs no MLf
 
 from __future__ import annotations
 
-__all__ = ["DEVICE", "DIRECTION", "EXPERIMENT_KIND", "GPUS", "METRIC", "MODEL_TRAINING", "OVERFIT", "PARENT", "RESUMED_FROM",
+__all__ = ["DEVICE", "DIRECTION", "EXPERIMENT_KIND", "GPUS", "METRIC", "MODEL_TRAINING", "NODE", "OVERFIT", "PARENT", "RESUMED_FROM",
            "RETRIED_BY", "RETRY_OF", "ROLE", "SPEC", "STATE", "STUDY", "TARGET", "TASK", "TRIAL"]
 
 ROLE = "sweeplab.role"  # "sweep" (parent) or "trial" (child)
@@ -20,6 +20,7 @@ TRIAL = "sweeplab.trial"  # the Optuna trial number of a child run
 OVERFIT = "sweeplab.overfit"  # none, or the half of the onset criterion that fired
 PARENT = "mlflow.parentRunId"  # MLflow's own tag: a child run's parent
 DEVICE = "sweeplab.device"  # where a trial runs: cpu, cuda:0...
+NODE = "sweeplab.node"  # the Ray node a trial ran on (sweep run --ray): its id, as `ray status` lists it (node_ID)
 GPUS = "sweeplab.gpus"  # the cards of --gpus a trial had, as the machine numbers them: 0, or 0,1 with --gpus-per-trial 2
 SPEC = "sweeplab.spec"  # FILE.py:FUNCTION or package.module:FUNCTION a sweep was started with (see tasks.spec_name)
 #: On the run of a later attempt of a trial (retried alone on a shared GPU, or after its process
