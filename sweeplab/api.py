@@ -69,7 +69,7 @@ def _file_spec(function: Callable[..., Any]) -> str | None:
 def _task_name(task: TaskLike, in_workers: bool = False) -> str:
     """The name under which the sweep engine finds ``task`` (see the module docstring); a task
     object or a function without a file is registered in this process, which worker processes
-    (``in_workers``: ``workers > 1``, or ``gpus``) cannot reach."""
+    (``in_workers``: ``workers > 1``, ``gpus`` or ``ray``) cannot reach."""
     from sweeplab.tasks import get_task, register
 
     if isinstance(task, str):
@@ -153,7 +153,9 @@ def run(task: TaskLike, *, trials: int = 6, space: str | Path | None = None, met
     if os.environ.get(WORKER_ENV):
         raise UsageError("sweeplab.run was called while a worker process imported the trainer's file: "
                          "put the call under `if __name__ == \"__main__\":`")
-    name = _task_name(task, int(options.get("workers", 1)) > 1 or bool(options.get("gpus")))
+    if options.get("ray") and "workers" not in options:
+        options["workers"] = 0  # as many trials at once as the cluster holds
+    name = _task_name(task, int(options.get("workers", 1)) > 1 or bool(options.get("gpus")) or bool(options.get("ray")))
     if "overrides" in options:  # as the workers will read them back (a tuple becomes a list)
         try:
             options["overrides"] = json.loads(json.dumps(dict(options["overrides"])))

@@ -201,6 +201,7 @@ def test_a_mistake_about_the_stores_space_or_data_is_answered_before_the_task_is
         (["news", "--checkpoint-minutes", "0"], "--checkpoint-minutes 0: expected a number of minutes > 0"),
         (["news", "--gpus-per-trial", "2"], "--gpus-per-trial 2: name the cards the trials share with --gpus"),
         (["news", "--gpus", "0,1,2", "--gpus-per-trial", "2"], "the 3 cards of --gpus 0,1,2 do not make whole trials of 2"),
+        (["news", "--gpus", "0,0,1,1", "--gpus-per-trial", "2"], "a trial would get cards 0,0, one card twice"),
         (["--", "pythn", "train.py"], "pythn: command not found on PATH"),
         (["--", sys.executable, "trian.py", "--lr", "{lr}"], "trian.py: no such file (the script of `sweep run --"),
         (["news", "--", sys.executable, "train.py"], "give a TASK or a command after --, not both"),

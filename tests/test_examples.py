@@ -92,6 +92,7 @@ def test_the_command_line_example_is_swept_from_its_printed_lines(tmp_path: Path
         best = max(range(len(curve)), key=lambda i: (curve[i].value, -i))  # the first of the highest
         assert run.data.metrics["best_step"] == steps[best]
         assert run.data.metrics["best_val_accuracy"] == pytest.approx(curve[best].value)
+        assert "sweeplab.device" not in run.data.tags  # the program picks its own; the sweep's process opened none
         (log,) = client.list_artifacts(run.info.run_id, "command")
         text = Path(client.download_artifacts(run.info.run_id, log.path, str(tmp_path / run.info.run_id))).read_text()
         assert f"epoch={len(steps)} " in text

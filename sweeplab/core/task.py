@@ -324,7 +324,10 @@ class Task:
     any parameter its space names and any metric its trainer reports: ``defaults`` then holds
     only what its author declared. ``needs`` names the values every trial's config must hold (the
     ``{name}`` fields of a command, :mod:`sweeplab.trainers.command`): a space and defaults that
-    lack one are refused before any trial.
+    lack one are refused before any trial. An ``own_process`` task's trials train in a process of
+    their own (a command): the sweep's process then uses the CPU, so that it opens no GPU context
+    beside the program's (hundreds of MB, or the whole card in exclusive mode) and measures no
+    memory that is not the trial's.
     """
 
     name: str
@@ -345,6 +348,7 @@ class Task:
     open: bool = False
     evaluations: Callable[[Mapping[str, Any]], int | None] = evaluations_per_epoch
     needs: frozenset[str] = frozenset()
+    own_process: bool = False  # the trial trains in a process of its own (a command): the sweep's opens no GPU
 
     @property
     def best_metric(self) -> str:

@@ -145,7 +145,7 @@ def check(options: SweepOptions) -> Checked:
     make_sampler(options, space, options.search.seed)  # its arguments are checked before the store is touched
     if options.search.split_seed is None:
         options = options.with_(split_seed=options.search.seed)
-    device = pick_device(options.runtime.device)
+    device = pick_device("cpu" if task.own_process else options.runtime.device)
     data_dir = Path(options.search.data_dir) if options.search.data_dir else task.sample_data
     loaded = task_call("load", task.load, data_dir, options.search.split_seed, options.search.val_fraction,
                        {**task.defaults, **space.fixed})

@@ -133,6 +133,10 @@ class Runtime:
         if len(self.gpus) % per:
             raise UsageError(f"--gpus-per-trial {per}: the {len(self.gpus)} cards of --gpus {','.join(self.gpus)} "
                              f"do not make whole trials of {per}")
+        repeated = next((group for group in self.cards if len(set(group.split(","))) < per), None)
+        if per > 1 and repeated is not None:
+            raise UsageError(f"--gpus-per-trial {per}: a trial would get cards {repeated}, one card twice; name each "
+                             "of a trial's cards once (several trials on one card: --workers K --gpus 0)")
         self._check_ray()
 
     def _check_ray(self) -> None:

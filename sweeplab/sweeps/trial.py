@@ -201,7 +201,9 @@ class Objective:
         """Open the trial's child run with its parameters (those the trainer uses) and tags."""
         options = self.options
         tags = {"sweeplab.sampler": sampler_name(options), "sweeplab.space": self.checked.space.name,
-                DEVICE: device_label(device), "sweeplab.compile": str(self.env.compile).lower()}
+                "sweeplab.compile": str(self.env.compile).lower()}
+        if not self.task.own_process:  # a command's program picks its own device
+            tags[DEVICE] = device_label(device)
         if retry_of:
             tags[RETRY_OF] = retry_of
         if self.card.name is not None:

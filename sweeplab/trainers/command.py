@@ -386,4 +386,5 @@ def command_task(command: Sequence[str]) -> Task:
         save_checkpoint=_save_checkpoint,
         open=True,
         needs=fields(command),
+        own_process=True,
     )

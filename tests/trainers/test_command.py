@@ -311,3 +311,16 @@ def _ended(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_sweeps_own_process_opens_no_device_for_a_command(tmp_path: Path) -> None:
+    """The program picks its cards; the sweep's process stays on the CPU (no CUDA context of its
+    own on the trial's card), whatever --device says."""
+    from sweeplab.sweeps.checks import check
+    from sweeplab.sweeps.options import SweepOptions
+
+    space = tmp_path / "space.toml"
+    space.write_text("[search.lr]\nchoices = [0.1]\n", encoding="utf-8")
+    spec = command.command_spec([sys.executable, "-c", "pass", "{lr}"])
+    checked = check(SweepOptions.of(spec, space=str(space), store_dir=tmp_path / "store", device="cuda:7"))
+    assert checked.device.type == "cpu"
