@@ -58,20 +58,6 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
-def _task_or_command(task: str | None, command: list[str] | None) -> str:
-    """The task ``sweep run`` sweeps: ``task``, or the ``command`` given after ``--``."""
-    if command is None:
-        if task is None:
-            raise UsageError("sweep run needs a TASK (news, sentiment, retrieval, FILE.py:FUNCTION) or a command after --")
-        return task
-    if task is not None:
-        raise UsageError(f"sweep run {task} -- {' '.join(command)}: give a TASK or a command after --, not both")
-    from sweeplab.trainers.command import check_command, command_spec
-
-    check_command(command)
-    return command_spec(command)
-
-
 def _uri(store_dir: Path, tracking_uri: str | None) -> str:
     """The tracking URI the read commands looked in, for their messages."""
     from sweeplab.tracker.store import resolve_store
@@ -140,10 +126,10 @@ def run(
     """Run (or resume) a sweep: each trial is an MLflow child run under the sweep's parent run."""
     from sweeplab.sweeps.options import SweepOptions
     from sweeplab.sweeps.signals import Stopped, stop_on_signals
-    from sweeplab.tasks import check_before_loading
+    from sweeplab.tasks import check_before_loading, task_or_command
 
     try:
-        task = _task_or_command(task, ctx.meta.get(_COMMAND))
+        task = task_or_command(task, ctx.meta.get(_COMMAND))
         from sweeplab.serving import use_credentials
 
         use_credentials(credentials)

@@ -34,10 +34,10 @@ from typing import Any
 
 from sweeplab.core import Task
 from sweeplab.errors import UsageError
-from sweeplab.trainers.command import check_command, command_of_spec, command_task
+from sweeplab.trainers.command import check_command, command_of_spec, command_spec, command_task
 
 __all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "SETTINGS", "check_before_loading", "get_task", "read_setting", "register",
-           "spec_name", "task_names"]
+           "spec_name", "task_names", "task_or_command"]
 
 #: task name -> "module:attribute" of its Task object (imported on first use: torch and
 #: transformers are slow to import, and a typo in the task name should fail fast).
@@ -273,3 +273,15 @@ def check_before_loading(name: str, overrides: Mapping[str, Any]) -> None:
         limit = settings.LIMITS.get(key)
         if limit is not None and not limit.accepts(value):
             raise UsageError(f"--set {key}={value}: expected {limit.describe()}")
+
+
+def task_or_command(task: str | None, command: list[str] | None) -> str:
+    """The task ``sweep run`` sweeps: ``task``, or the ``command`` given after ``--``."""
+    if command is None:
+        if task is None:
+            raise UsageError("sweep run needs a TASK (news, sentiment, retrieval, FILE.py:FUNCTION) or a command after --")
+        return task
+    if task is not None:
+        raise UsageError(f"sweep run {task} -- {' '.join(command)}: give a TASK or a command after --, not both")
+    check_command(command)
+    return command_spec(command)
