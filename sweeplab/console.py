@@ -7,7 +7,6 @@ in a terminal rich wraps them at the terminal's width."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta

@@ -38,7 +38,8 @@ from sweeplab.sweeps.storage import close_storage
 from sweeplab.sweeps.recovery import close_runs_of_ended_trials, recover
 from sweeplab.sweeps.study import Opened, open_sweep, study_name
 from sweeplab.sweeps.options import SweepOptions
-from sweeplab.sweeps.ray_workers import on_cluster, run_ray_workers
+from sweeplab.sweeps.ray_cluster import on_cluster
+from sweeplab.sweeps.ray_workers import run_ray_workers
 from sweeplab.sweeps.test_split import score_best_on_test
 from sweeplab.sweeps.trial import Objective
 from sweeplab.sweeps.workers import run_workers

@@ -40,21 +40,17 @@ that use it; importing this module costs nothing (a trial's module reads :data:`
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
-import logging
-import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,149 +58,27 @@ from typing import TYPE_CHECKING, Any
 from sweeplab.core.stopping import Stopped
 from sweeplab.errors import SweepFailed, Unreachable, UsageError
 from sweeplab.sweeps.options import SweepOptions
+from sweeplab.sweeps.ray_cluster import RAY_NAMES
 
 if TYPE_CHECKING:
     import optuna
 
     from sweeplab.tracker.store import Store
 
-__all__ = ["NODE_ENV", "on_cluster", "run_ray_workers", "trials_held"]
+__all__ = ["NODE_ENV", "run_ray_workers"]
 
 #: Set in a worker process on a Ray node: the node's id, which its trials' runs are tagged with.
 NODE_ENV = "SWEEPLAB_NODE"
 
-#: Ray's names of the resources of ``--trial-resources`` that are not a cluster's own (custom) ones.
-_RAY_NAMES = {"cpu": "CPU", "gpu": "GPU"}
-#: Resources a cluster lists that a trial does not ask for by name.
-_NOT_BY_NAME = ("CPU", "GPU", "memory", "object_store_memory")
 #: The beginnings of store URIs that name a server (any other is a file on this machine).
 _SERVED = ("http:", "https:", "databricks", "postgresql", "mysql", "mssql", "oracle")
 #: What a worker on a node needs of this process's environment: the credentials of a served store.
 _FORWARDED = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
-_ANSWER_SECONDS = 3.0  # how long a cluster's address may take to answer (ray.init waits minutes)
 _DONE_GRACE_SECONDS = 10.0  # a worker still there this long after the study is done is ended (a pending replacement)
 _STOP_SECONDS = 30.0  # how long workers asked to stop get to close their trials
 _PLACED_SECONDS = 5.0  # how long a placed actor takes to answer a stop; one that does not is still waiting for a node
-_LOCAL_OBJECT_STORE = 128 * 2**20  # bytes: a sweep passes almost nothing through Ray's object store
 _LOG_LINES = 200  # the last lines of a worker's output brought back to the store folder
-
-
-def _ray() -> Any:
-    """The ``ray`` module, or a one-line error saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--ray: Ray is not installed; pip install 'sweeplab[ray]'") from None
-    return ray
-
-
-@contextlib.contextmanager
-def on_cluster(options: SweepOptions) -> Iterator[SweepOptions]:
-    """``options`` connected to their Ray cluster for the block (``--ray``, in the main process;
-    as they are otherwise), with the trials' resources checked against the cluster's live nodes
-    and ``--workers`` 0 resolved to the trials they hold at once. Each refusal is one line
-    (:class:`~sweeplab.errors.UsageError`) before anything is written. The connection (and the
-    runtime of ``--ray local``) is closed after the block; one the host process had made is left
-    as it was."""
-    runtime = options.runtime
-    if runtime.ray is None or options.role != "main":
-        yield options
-        return
-    ray = _ray()
-    connected_before = ray.is_initialized()
-    if not connected_before:
-        _connect(ray, runtime.ray)
-    try:
-        held = trials_held(runtime.resources, runtime.trial_resources, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-        yield options.with_(workers=runtime.workers or held)
-    finally:
-        if not connected_before:
-            ray.shutdown()
-
-
-def _connect(ray: Any, address: str) -> None:
-    """``ray.init`` for ``--ray address``, quietly (no worker output on this terminal), once the
-    address answers; the signal handlers it replaces (its own SIGTERM) are put back, so that a
-    stop signal still stops the sweep as without Ray."""
-    settings: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address == "local":
-        settings.update(address="local", include_dashboard=False, object_store_memory=_LOCAL_OBJECT_STORE)
-    else:
-        settings["address"] = _answering(address)
-    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    try:
-        ray.init(**settings)
-    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
-        hint = "" if address == "local" else ("; a cluster that asks for a token needs RAY_AUTH_MODE=token and its "
-                                              "token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)")
-        raise UsageError(f"--ray {address}: could not {'start' if address == 'local' else 'connect to'} the Ray cluster "
-                         f"({_first_line(exc)}){hint}") from None
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(signum, handler)
-
-
-#: The signals whose handlers ``ray.init`` may replace.
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
-
-
-def _answering(address: str) -> str:
-    """The address to connect to once a process answers there within seconds (``ray.init`` would
-    wait minutes for one nothing answers at); ``auto`` as Ray finds it (``RAY_ADDRESS``, else the
-    cluster ``ray start`` made on this machine)."""
-    given = address
-    if address == "auto":
-        try:
-            from ray._private.services import get_ray_address_from_environment  # Ray's own lookup for "auto"
-        except ImportError:  # moved in another Ray version: ray.init looks it up
-            return address
-        try:
-            address = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            raise UsageError("--ray auto: no Ray cluster found on this machine (RAY_ADDRESS is unset and "
-                             "`ray start` made none here); give its address, or --ray local") from None
-    host, sep, port = address.split("://")[-1].rpartition(":")
-    if not (sep and host and port.isdigit()):
-        raise UsageError(f"--ray {given}: expected a Ray cluster's HOST:PORT (or ray://HOST:PORT), auto or local")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=_ANSWER_SECONDS).close()
-    except OSError as exc:
-        why = "" if isinstance(exc, (ConnectionRefusedError, TimeoutError)) else f" ({exc})"
-        raise UsageError(f"--ray {given}: no Ray cluster answers at {host}:{port}{why}; start one with "
-                         "`ray start --head`, or use --ray local") from None
-    return address
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
-
-
-def trials_held(wanted: Mapping[str, float], given: str | None, nodes: Sequence[Mapping[str, float]]) -> int:
-    """How many trials asking ``wanted`` (:attr:`~sweeplab.sweeps.options.Runtime.resources`,
-    from ``--trial-resources given``) the nodes (each a mapping of Ray's resource names to
-    amounts) hold at once. A resource no node offers (a GPU on a cluster without, a misspelt
-    name) or a trial no node can hold whole is one line."""
-    offered = set().union(*nodes) if nodes else set()
-    own = sorted(name for name in offered if name not in _NOT_BY_NAME and not name.startswith("node:"))
-    for name, amount in wanted.items():
-        if name in _NOT_BY_NAME or _RAY_NAMES.get(name, name) not in offered:
-            if name == "gpu":
-                raise UsageError(f"--trial-resources gpu={amount:g}: the Ray cluster has no GPU")
-            guess = difflib.get_close_matches(name.lower(), ["cpu", "gpu", *own], n=1)
-            raise UsageError(f"--trial-resources {name}={amount:g}: the Ray cluster offers no resource {name} "
-                             f"(expected cpu, gpu{''.join(f', {n}' for n in own)})"
-                             + (f"; did you mean {guess[0]}?" if guess else ""))
-    each = [min(math.floor(node.get(_RAY_NAMES.get(n, n), 0.0) / a + 1e-9) for n, a in wanted.items()) for node in nodes]
-    if not sum(each):
-        short = [f"{n}={a:g}, and a node has at most {most:g}" for n, a in wanted.items()
-                 if (most := max(node.get(_RAY_NAMES.get(n, n), 0.0) for node in nodes)) < a]
-        asked = ",".join(f"{n}={a:g}" for n, a in wanted.items())
-        raise UsageError(f"--trial-resources {given or asked}: no node of the Ray cluster can hold one trial ("
-                         + ("; ".join(short) or f"none has {asked} at once") + ")")
-    return sum(each)
 
 
 @dataclass(frozen=True)
@@ -327,7 +201,7 @@ def _placement(resources: Mapping[str, float]) -> dict[str, Any]:
     over the nodes, two calls at once (its run, and a stop while it runs), no restart by Ray (the
     main process replaces a lost worker and says so)."""
     return {"num_cpus": resources["cpu"], "num_gpus": resources.get("gpu", 0),
-            "resources": {n: a for n, a in resources.items() if n not in _RAY_NAMES},
+            "resources": {n: a for n, a in resources.items() if n not in RAY_NAMES},
             "scheduling_strategy": "SPREAD", "max_concurrency": 2, "max_restarts": 0}
 
 

@@ -6,6 +6,8 @@ than the loopback one requires credentials, and is served by MLflow's basic-auth
 (``--app-name basic-auth``) with one user, the credentials' own, as its administrator, and no
 permission for anyone else (``default_permission = NO_PERMISSIONS``; a request without
 credentials is refused, 401). Serving it to all is possible, and said, with ``--no-auth``.
+:func:`check_login` asks a served store, before any work, whether the credentials at hand let
+this process in.
 
 Credentials are ``USER:PASSWORD``, from a file (``--credentials FILE``, refused when others may
 read it: mode 600) or from the environment variable :data:`CREDENTIALS_ENV`; a ``sweep run`` on
@@ -17,17 +19,22 @@ credentials the server starts with are always the ones it accepts.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import ipaddress
 import os
 import secrets
 import socket
+import ssl
 import stat
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweeplab.errors import UsageError
 
-__all__ = ["CREDENTIALS_ENV", "Credentials", "check_exposure", "client_environment", "loopback", "read_credentials",
+__all__ = ["CREDENTIALS_ENV", "Credentials", "check_exposure", "check_login", "client_environment", "loopback", "read_credentials",
            "server_environment"]
 
 #: The environment variable that may hold the credentials, as ``USER:PASSWORD``.
@@ -125,3 +132,26 @@ def server_environment(credentials: Credentials, folder: Path) -> dict[str, str]
 def client_environment(credentials: Credentials) -> dict[str, str]:
     """The environment in which MLflow's client sends ``credentials`` with each request."""
     return {"MLFLOW_TRACKING_USERNAME": credentials.username, "MLFLOW_TRACKING_PASSWORD": credentials.password}
+
+
+def check_login(uri: str, shown: str, timeout: float, context: ssl.SSLContext | None = None) -> None:
+    """Ask the server for one experiment with the credentials MLflow's client would send
+    (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``): a server that asks
+    for a login (``sweep server --credentials``) answers 401 without them, or with wrong ones."""
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    token, user = os.environ.get("MLFLOW_TRACKING_TOKEN"), os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user:
+        pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            said = "refuses the credentials given" if token or user else "asks for credentials"
+            raise UsageError(f"{shown}: the tracking server {said} (HTTP {exc.code}): pass --credentials FILE holding "
+                             f"USER:PASSWORD (mode 600), or set {CREDENTIALS_ENV}=USER:PASSWORD") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return  # it answered /health a moment ago: the run's own calls will say what is wrong

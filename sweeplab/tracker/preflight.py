@@ -25,7 +25,6 @@ as a refused one).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import importlib.metadata
@@ -50,6 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from sweeplab.errors import UsageError
+from sweeplab.tracker.access import check_login
 from sweeplab.tracker.store import RDB_SCHEMES, Store, redact, with_postgres_driver
 
 __all__ = ["check_store"]
@@ -153,30 +153,7 @@ def _probe_tracking_server(uri: str, shown: str, timeout: float) -> None:
     if status not in (200, 401, 403):
         raise UsageError(f"{shown}: not an MLflow tracking server (GET /health answered HTTP {status})")
     if status == 200:
-        _probe_login(uri, shown, timeout)
-
-
-def _probe_login(uri: str, shown: str, timeout: float) -> None:
-    """Ask the server for one experiment with the credentials MLflow's client would send
-    (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``): a server that asks
-    for a login (``sweep server --credentials``) answers 401 without them, or with wrong ones."""
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
-    token, user = os.environ.get("MLFLOW_TRACKING_TOKEN"), os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    elif user:
-        pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
-        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context(uri)):
-            return
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            said = "refuses the credentials given" if token or user else "asks for credentials"
-            raise UsageError(f"{shown}: the tracking server {said} (HTTP {exc.code}): pass --credentials FILE holding "
-                             "USER:PASSWORD (mode 600), or set SWEEPLAB_CREDENTIALS=USER:PASSWORD") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError):
-        return  # it answered /health a moment ago: the run's own calls will say what is wrong
+        check_login(uri, shown, timeout, _tls_context(uri))
 
 
 def _tls_context(uri: str) -> ssl.SSLContext | None:

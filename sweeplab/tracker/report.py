@@ -102,13 +102,13 @@ def sweep_images(sweep: SweepTrials, *, fresh: bool = False) -> dict[str, bytes]
     images = {}
     figures = sweep_figures(sweep)
     try:
-        for name, figure in figures.items():
+        for name, drawn in figures.items():
             buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=100)
+            drawn.savefig(buffer, format="png", dpi=100)
             images[name] = buffer.getvalue()
     finally:
-        for figure in figures.values():
-            close(figure)
+        for drawn in figures.values():
+            close(drawn)
     return images
 
 

@@ -10,6 +10,7 @@ beside it), so that the whole file takes about a minute and a half on two cores.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import secrets
@@ -35,7 +36,7 @@ from typer.testing import CliRunner  # noqa: E402
 from sweeplab.cli import app  # noqa: E402
 from sweeplab.errors import UsageError  # noqa: E402
 from sweeplab.sweeps.options import SweepOptions  # noqa: E402
-from sweeplab.sweeps.ray_workers import trials_held  # noqa: E402
+from sweeplab.sweeps.ray_cluster import trials_held  # noqa: E402
 from tests.checks import running_trials, wait_for, worker_pid  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.storages import SweepStorage  # noqa: E402
@@ -323,3 +324,11 @@ def test_ray_options_reach_a_worker_as_json_and_sweeplab_imports_no_ray() -> Non
     code = "import sys, sweeplab.cli, sweeplab.sweeps.driver; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"  # the single-machine default never loads Ray
+
+
+def test_rays_lookup_of_auto_is_where_ray_cluster_reads_it() -> None:
+    """``--ray auto`` reads Ray's private ``get_ray_address_from_environment``
+    (:mod:`sweeplab.sweeps.ray_cluster`): this fails when Ray moves or renames it."""
+    from ray._private.services import get_ray_address_from_environment
+
+    assert list(inspect.signature(get_ray_address_from_environment).parameters)[:2] == ["addr", "temp_dir"]
