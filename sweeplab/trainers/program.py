@@ -65,14 +65,20 @@ def _bound(command: Sequence[str]) -> list[str]:
     return [sys.executable, "-S", "-c", _BOUND, str(os.getpid()), *command]
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (field 22 of ``/proc/PID/stat``): a pid with another
-    start time is another process. ``None`` when it is gone or cannot be read."""
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (which may hold spaces and
+    parentheses): ``[0]`` the state, ``[1]`` the parent's pid, ``[19]`` the start time. ``None``
+    when the process is gone or cannot be read."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid``: a pid with another start time is another process."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def _descendants(root: int) -> dict[int, str]:
@@ -81,11 +87,8 @@ def _descendants(root: int) -> dict[int, str]:
     children: dict[int, list[int]] = collections.defaultdict(list)
     started: dict[int, str] = {}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is None:
             continue
         children[int(fields[1])].append(int(entry.name))
         started[int(entry.name)] = fields[19]
