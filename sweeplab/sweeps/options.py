@@ -87,6 +87,7 @@ class Tracking:
     flush_seconds: float = 1.0  # how often a trial's buffered curve points are written
     heartbeat: int = 60  # seconds between a running trial's heartbeats (see sweeps.recovery)
     outage_limit: float = 300.0  # seconds a database or tracking server may be away before the sweep stops
+    served_artifacts: str | None = None  # a worker on a Ray node: the head's artifact folder its tracking server serves
 
     def __post_init__(self) -> None:
         _one_of("--checkpoints", self.checkpoints, CHECKPOINTS)

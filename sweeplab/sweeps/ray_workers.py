@@ -25,13 +25,16 @@ the study still needs trials. Ctrl-C or a stop signal in the main process is pas
 worker as with ``--workers``; the main process's death ends its actors, and each worker then
 interrupts itself (its parent is gone).
 
-The nodes must reach the sweep's stores as given: the store folder on a filesystem they share
-(true of a cluster on one machine), or ``--tracking-uri`` and ``--storage`` servers; the folder
-the command runs in is each worker's too, where the nodes have it (a task's FILE.py, a relative
-data folder). When records are kept in files, each worker first checks that it sees this
-machine's store folder and stops the sweep with one line if not (else it would start a store of
-its own). Serving the stores from the head is not done here. A worker's output is kept on its
-node; its last lines are appended to ``STORE/workers/worker-N.log`` when it ends.
+The nodes reach the sweep's stores through this machine: what is kept in files here (the
+embedded store) is served to them for the sweep's lifetime (:mod:`sweeplab.sweeps.head_stores`:
+MLflow's tracking server with its artifacts, Optuna's gRPC storage proxy, on the address Ray
+knows this machine by, behind a login made for the sweep); ``--tracking-uri`` and ``--storage``
+servers are reached as given. With ``--ray local`` the one node is this machine, which reads the
+files itself. A worker served by the head keeps a store folder of its node
+(``$TMPDIR/sweeplab-node-HASH``): its data cache, shared by the node's trials, and its copies of
+resume states. The folder the command runs in is each worker's too, where the nodes have it (a
+task's FILE.py, a relative data folder). A worker's output is kept on its node; its last lines
+are appended to ``STORE/workers/worker-N.log`` when it ends.
 
 Ray is an optional extra (``pip install "sweeplab[ray]"``), imported only by the functions here
 that use it; importing this module costs nothing (a trial's module reads :data:`NODE_ENV`).
@@ -40,29 +43,31 @@ that use it; importing this module costs nothing (a trial's module reads :data:`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplab.core.stopping import Stopped
-from sweeplab.errors import SweepFailed, Unreachable, UsageError
+from sweeplab.errors import SweepFailed, Unreachable
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.ray_cluster import RAY_NAMES
 
 if TYPE_CHECKING:
     import optuna
 
+    from sweeplab.sweeps.head_stores import Served
     from sweeplab.tracker.store import Store
 
 __all__ = ["NODE_ENV", "run_ray_workers"]
@@ -70,8 +75,6 @@ __all__ = ["NODE_ENV", "run_ray_workers"]
 #: Set in a worker process on a Ray node: the node's id, which its trials' runs are tagged with.
 NODE_ENV = "SWEEPLAB_NODE"
 
-#: The beginnings of store URIs that name a server (any other is a file on this machine).
-_SERVED = ("http:", "https:", "databricks", "postgresql", "mysql", "mssql", "oracle")
 #: What a worker on a node needs of this process's environment: the credentials of a served store.
 _FORWARDED = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -84,13 +87,11 @@ _LOG_LINES = 200  # the last lines of a worker's output brought back to the stor
 @dataclass(frozen=True)
 class _Ended:
     """How a worker's actor ended: ``code``, its worker program's exit status (None: the actor was
-    lost, its node with it); ``how``, in words; ``output``, its last lines; ``refusal``, why it did
-    not start (it does not see the store folder)."""
+    lost, its node with it); ``how``, in words; ``output``, its last lines."""
 
     code: int | None
     how: str
     output: str = ""
-    refusal: str | None = None
 
     @property
     def last_line(self) -> str:
@@ -100,20 +101,35 @@ class _Ended:
 
 def run_ray_workers(options: SweepOptions, study: optuna.Study, target: int, observer: Any, folder: Path) -> list[str]:
     """Run ``options.runtime.workers`` workers of the sweep as Ray actors on the cluster that
-    :func:`on_cluster` connected to, and wait for them (see the module docstring). A worker that
-    stops on bad input or a store away makes this that one-line error, as with ``--workers``;
-    one lost (its node died) or that crashed while the study still needs trials is replaced, up
-    to ``options.runtime.workers`` replacements in all; returns a note for each."""
+    :func:`on_cluster` connected to, and wait for them (see the module docstring), the stores
+    served to the nodes meanwhile where they are files here (:mod:`sweeplab.sweeps.head_stores`;
+    not with ``--ray local``, whose nodes are this machine). A worker that stops on bad input or
+    a store away makes this that one-line error, as with ``--workers``; one lost (its node died)
+    or that crashed while the study still needs trials is replaced, up to
+    ``options.runtime.workers`` replacements in all; returns a note for each."""
     import ray
 
-    from sweeplab.sweeps.workers import STOPPING, StudyProgress
+    from sweeplab.sweeps.head_stores import Served, needs_serving, serving_stores
     from sweeplab.tracker.store import resolve_store
 
     folder.mkdir(parents=True, exist_ok=True)
-    count = options.runtime.workers
     store = resolve_store(options.tracking.store_dir, options.tracking.tracking_uri, options.tracking.storage)
-    call = (json.dumps(_worker_options(options, store).as_json(), default=str), os.getcwd(), _store_check(folder, store),
-            {name: os.environ[name] for name in _FORWARDED if name in os.environ})
+    serve = options.runtime.ray != "local" and needs_serving(store)
+    with serving_stores(store, ray.util.get_node_ip_address(), folder) if serve else contextlib.nullcontext(Served()) as served:
+        node_store = hashlib.sha1(f"{socket.getfqdn()}:{store.root}".encode()).hexdigest()[:12] if serve else None
+        forwarded = {name: os.environ[name] for name in _FORWARDED if name in os.environ}
+        call = (json.dumps(_worker_options(options, store, served).as_json(), default=str), os.getcwd(), node_store,
+                {**forwarded, **served.env})
+        return _run_actors(ray, options, study, target, observer, folder, call)
+
+
+def _run_actors(ray: Any, options: SweepOptions, study: optuna.Study, target: int, observer: Any, folder: Path,
+                call: tuple[str, str, str | None, dict[str, str]]) -> list[str]:
+    """Start the workers' actors with the arguments ``call`` of :meth:`_Worker.run`, replace the
+    lost ones, and wait until every one has ended (see :func:`run_ray_workers`)."""
+    from sweeplab.sweeps.workers import STOPPING, StudyProgress
+
+    count = options.runtime.workers
     placement = _placement(options.runtime.resources)
     actor_class = ray.remote(_Worker)
     progress = StudyProgress(study, target, observer)
@@ -142,8 +158,6 @@ def run_ray_workers(options: SweepOptions, study: optuna.Study, target: int, obs
                 i = runs.pop(ref)
                 ended[i] = _outcome(ray, ref)
                 _keep_output(logs[i], ended[i])
-                if ended[i].refusal is not None:
-                    raise UsageError(ended[i].refusal)
                 if ended[i].code in STOPPING:  # bad input, sweeplab's own error, a store away: the others meet it too
                     error, line = STOPPING[ended[i].code], ended[i].last_line
                     raise error(line if error is Unreachable else f"worker {i} stopped: {line}")
@@ -169,31 +183,22 @@ def run_ray_workers(options: SweepOptions, study: optuna.Study, target: int, obs
         for actor in actors.values():  # their resources back to the cluster at once
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        if call[2] is not None:
-            Path(call[2][0]).unlink(missing_ok=True)
     if progress.finished() == 0 and ended and all(e.code != 0 for e in ended.values()):
         i = max(ended)
         raise SweepFailed(f"no trial finished and every worker ended badly; worker {i} {ended[i].how}: {ended[i].last_line}")
     return notes
 
 
-def _worker_options(options: SweepOptions, store: Store) -> SweepOptions:
+def _worker_options(options: SweepOptions, store: Store, served: Served) -> SweepOptions:
     """The options a worker on a node runs: one worker of the sweep, not on a cluster of its own,
-    with the stores this process resolved (a node has no ``MLFLOW_TRACKING_URI`` of this shell)."""
-    return options.with_(workers=1, role="worker", ray=None, trial_resources=None, store_dir=store.root,
-                         tracking_uri=None if store.is_default else store.tracking_uri)
-
-
-def _store_check(folder: Path, store: Store) -> tuple[str, str, str] | None:
-    """When the sweep keeps records in files (the embedded store, a journal or SQLite file): a
-    file only this sweep wrote, in its store folder, that each worker reads back before it starts
-    (its path, its text, the folder); None when every record goes to servers."""
-    if all(uri.startswith(_SERVED) for uri in (store.tracking_uri, store.optuna_storage)):
-        return None
-    check = folder / "ray-node-check"
-    token = uuid.uuid4().hex
-    check.write_text(token, encoding="utf-8")
-    return str(check), token, str(store.root)
+    with the stores this process resolved (a node has no ``MLFLOW_TRACKING_URI`` of this shell),
+    or where the head serves them (its store folder then is one of its node's, made by
+    :meth:`_Worker.run`)."""
+    worker = options.with_(workers=1, role="worker", ray=None, trial_resources=None)
+    if served.tracking_uri is None and served.storage is None:
+        return worker.with_(store_dir=store.root, tracking_uri=None if store.is_default else store.tracking_uri)
+    return worker.with_(tracking_uri=served.tracking_uri or store.tracking_uri, storage=served.storage or store.optuna_storage,
+                        served_artifacts=served.artifacts)
 
 
 def _placement(resources: Mapping[str, float]) -> dict[str, Any]:
@@ -213,8 +218,6 @@ def _outcome(ray: Any, ref: Any) -> _Ended:
         result = ray.get(ref)
     except ray.exceptions.RayError as exc:  # the actor died or cannot be reached: its node, or ray.kill
         return _Ended(None, f"was lost with its Ray actor ({type(exc).__name__}: its node may have died)")
-    if "refusal" in result:
-        return _Ended(-1, "did not start", refusal=result["refusal"])
     kept = f"; its whole output there: {result['log']}" if result["log"] else ""
     where = f"on node {result['node']} ({result['host']}{kept})"
     code = result["code"]
@@ -259,19 +262,21 @@ class _Worker:
         self.stopped: int | None = None
         self.lock = threading.Lock()
 
-    def run(self, spec: str, cwd: str, check: tuple[str, str, str] | None, env: Mapping[str, str]) -> dict[str, Any]:
+    def run(self, spec: str, cwd: str, node_store: str | None, env: Mapping[str, str]) -> dict[str, Any]:
         """Run the worker program with the options ``spec`` (JSON) in the folder ``cwd`` (where
-        this node has it), once ``check`` shows that this node sees the store folder; returns its
-        exit status, its last lines and where its whole output is, or why it did not start."""
+        this node has it), with its store folder ``$TMPDIR/sweeplab-node-{node_store}`` of this
+        node when the head serves the stores (the node's data cache: made by its first trial,
+        read by the later ones); returns its exit status, its last lines and where its whole
+        output is."""
         import ray
 
         from sweeplab.sweeps.workers import MAIN_PID, THREAD_POOLS, WORKER_ENV
 
         node, host = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
-        if check is not None and not _reads(check[0], check[1]):
-            return {"refusal": f"--ray: node {host} ({node}) does not see this machine's store folder {check[2]}; with "
-                               "--ray the nodes need the sweep's stores as given: keep the store folder on a filesystem "
-                               "they share, or use --tracking-uri and --storage servers"}
+        if node_store is not None:
+            options = json.loads(spec)
+            options["tracking"]["store_dir"] = str(Path(tempfile.gettempdir()) / f"sweeplab-node-{node_store}")
+            spec = json.dumps(options)
         folder = Path(tempfile.mkdtemp(prefix=f"sweeplab-worker-{self.number}-"))
         (folder / "options.json").write_text(spec, encoding="utf-8")
         log = folder / "worker.log"
@@ -302,13 +307,6 @@ class _Worker:
             self.stopped = signum
             if self.process is not None and self.process.poll() is None:
                 self.process.send_signal(signum)
-
-
-def _reads(path: str, text: str) -> bool:
-    try:
-        return Path(path).read_text(encoding="utf-8") == text
-    except OSError:
-        return False
 
 
 def _tail(log: Path) -> str:

@@ -5,8 +5,10 @@ An RDB URL gives Optuna's RDBStorage with heartbeats (a running trial records on
 ``--heartbeat`` seconds; one silent for twice that is failed by the next process that looks),
 behind Optuna's own trial cache and :class:`ReconnectingStorage`, whose calls are retried through
 an outage of up to ``--outage-limit`` seconds (:class:`~sweeplab.tracker.reconnect.Patience`).
-Anything else is a journal file path (one machine; :mod:`sweeplab.sweeps.recovery` keeps
-heartbeats there itself). :func:`close_storage` gives back the database connections an RDB
+``grpc://HOST:PORT`` is Optuna's gRPC storage proxy (``optuna.storages.run_grpc_proxy_server``),
+through which the nodes of a Ray cluster reach the head's journal file
+(:mod:`sweeplab.sweeps.head_stores`); :mod:`sweeplab.sweeps.recovery` keeps heartbeats there itself,
+as on a journal file. Anything else is a journal file path (one machine). :func:`close_storage` gives back the database connections an RDB
 storage pooled, once a sweep is done with it.
 """
 
@@ -29,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeplab.errors import UsageError
 from sweeplab.sweeps import optuna_private
 from sweeplab.tracker.reconnect import Patience, is_connection_error
-from sweeplab.tracker.store import RDB_SCHEMES, redact, with_postgres_driver
+from sweeplab.tracker.store import GRPC_SCHEME, RDB_SCHEMES, grpc_address, redact, with_postgres_driver
 
 __all__ = ["ReconnectingStorage", "close_storage", "open_optuna_storage", "reconnecting_rdb"]
 
@@ -48,6 +50,11 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
     ``sweeps.recovery`` keeps heartbeats there itself).
 
     A missing database driver or an unreachable server is a one-line :class:`UsageError`."""
+    if spec.startswith(GRPC_SCHEME):
+        host, port = grpc_address(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the proxy: experimental since 4.2
+            return optuna.storages.GrpcStorageProxy(host=host, port=port)
     if not spec.startswith(RDB_SCHEMES):
         path = Path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,13 @@ def main() -> None:
     set_threads(int(os.environ.get("SWEEPLAB_THREADS", "1")))
     try:
         _stop_with_main()
+        options = _load(Path(sys.argv[1]))
+        if options.tracking.served_artifacts is not None and options.tracking.tracking_uri is not None:
+            from sweeplab.tracker.artifact_proxy import route_through_server
+
+            route_through_server(options.tracking.served_artifacts, options.tracking.tracking_uri)
         with stop_on_signals():
-            run_sweep(_load(Path(sys.argv[1])))
+            run_sweep(options)
     except SweeplabError as exc:  # one line in the worker's log, and the error's exit status for the main process
         print(f"error: {exc}", flush=True)
         raise SystemExit(exc.exit_code) from None

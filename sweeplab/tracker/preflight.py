@@ -50,7 +50,7 @@ from sqlalchemy.pool import NullPool
 
 from sweeplab.errors import UsageError
 from sweeplab.tracker.access import check_login
-from sweeplab.tracker.store import RDB_SCHEMES, Store, redact, with_postgres_driver
+from sweeplab.tracker.store import GRPC_SCHEME, RDB_SCHEMES, Store, grpc_address, redact, with_postgres_driver
 
 __all__ = ["check_store"]
 
@@ -71,7 +71,7 @@ _TRACKING_SCHEMES = (*_DATABASE_SCHEMES, *_SERVER_SCHEMES, "databricks")
 _FILE_SCHEMES = ("", "file")
 
 #: Optuna storages besides a journal file: RDBStorage's database URLs (store.RDB_SCHEMES decides).
-_STORAGE_SCHEMES = "sqlite, postgresql, mysql"
+_STORAGE_SCHEMES = "sqlite, postgresql, mysql, grpc"
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 #: The connect-timeout argument of each DBAPI driver SQLAlchemy may load (seconds, as an int).
@@ -193,12 +193,25 @@ def _check_storage(store: Store, timeout: float) -> list[_Probe]:
     shown = f"{flag} {redact(spec)}"
     if spec.startswith(RDB_SCHEMES):
         return _check_database(with_postgres_driver(spec, flag), flag, shown, timeout)
+    if spec.startswith(GRPC_SCHEME):
+        host, port = grpc_address(spec)
+        return [_Probe(shown, lambda: _probe_grpc_proxy(host, port, shown, timeout))]
     if match := _URL_SCHEME.match(spec):
         # open_optuna_storage would take it for a path and write a journal named like "./bogus:/x".
         raise UsageError(f"{shown}: unknown scheme '{match.group(1)}' "
                             f"(expected {_STORAGE_SCHEMES}, or a journal file path)")
     _check_file(Path(spec).resolve(), flag)
     return []
+
+
+def _probe_grpc_proxy(host: str, port: int, shown: str, timeout: float) -> None:
+    """Open a TCP connection to Optuna's gRPC storage proxy (it has no call that proves more
+    without a study): something listens there."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise UsageError(f"{shown}: no Optuna gRPC storage proxy answers ({_network_reason(exc, timeout)})") from None
 
 
 # --- databases (tracking URI or storage) --------------------------------------------------------

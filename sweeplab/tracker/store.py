@@ -5,7 +5,7 @@ otherwise) holding ``mlflow.db`` (SQLite; MLflow >= 3.7 defaults to it and refus
 store), ``artifacts/`` and ``optuna.journal`` (Optuna's journal file storage, which several worker
 processes may share). ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` select another MLflow store
 (for example a tracking server) and ``--storage`` another Optuna storage (an RDB URL such as
-``postgresql://...``, or a journal file path).
+``postgresql://...``, Optuna's gRPC storage proxy ``grpc://HOST:PORT``, or a journal file path).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sweeplab.errors import UsageError
 
-__all__ = ["RDB_SCHEMES", "Store", "quiet_libraries", "redact", "resolve_store", "set_env_default", "set_level",
+__all__ = ["GRPC_SCHEME", "RDB_SCHEMES", "Store", "grpc_address", "quiet_libraries", "redact", "resolve_store", "set_env_default", "set_level",
            "with_postgres_driver"]
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
+#: How a storage spec names Optuna's gRPC storage proxy: ``grpc://HOST:PORT``.
+GRPC_SCHEME = "grpc://"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,15 @@ def resolve_store(store_dir: Path | str = "mlruns", tracking_uri: str | None = N
     # (else MLflow would fall back to ./mlruns in whatever directory a worker runs in).
     artifact_root = None if uri.startswith(("http:", "https:", "databricks")) else (root / "artifacts").as_uri()
     return Store(root=root, tracking_uri=uri, artifact_root=artifact_root, optuna_storage=storage or str(root / "optuna.journal"))
+
+
+def grpc_address(spec: str) -> tuple[str, int]:
+    """The host and port of a ``grpc://HOST:PORT`` storage spec (``[::1]`` for an IPv6 host);
+    :class:`UsageError` when it has no port."""
+    host, sep, port = spec.removeprefix(GRPC_SCHEME).rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--storage {spec}: expected grpc://HOST:PORT (Optuna's gRPC storage proxy)")
+    return host.strip("[]"), int(port)
 
 
 def with_postgres_driver(uri: str, flag: str) -> str:

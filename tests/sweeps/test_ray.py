@@ -201,7 +201,9 @@ def test_the_trials_run_on_both_nodes_and_the_store_holds_what_local_workers_lea
     """4 trials with ``--ray ADDRESS`` and no ``--workers`` (the cluster holds 2 at once): each
     trial's run names the node it ran on, both nodes ran trials, no worker is left behind, and
     the store holds what ``--workers 2`` on this machine leaves, curves, summaries and pictures
-    alike."""
+    alike. The workers reached the store through the servers the sweep started (their requests
+    are in the MLflow server's log, the artifacts among them) and kept their own store folders
+    on their node, and the servers are gone with the sweep."""
     started = time.monotonic()
     sweep = subprocess.run(_sweep(tmp_path, "--trials", "4", "--ray", two_nodes.address), cwd=tmp_path,
                            capture_output=True, text=True, timeout=300, env=two_nodes.env)
@@ -212,6 +214,10 @@ def test_the_trials_run_on_both_nodes_and_the_store_holds_what_local_workers_lea
               if r.data.tags["sweeplab.role"] == "trial"]
     assert {r.data.tags["sweeplab.node"] for r in trials} == two_nodes.node_ids()  # both nodes, nothing but them
     assert not [pid for node in two_nodes.alive() for pid in _family(node.pid) if "sweeplab.sweeps.worker" in _command(pid)]
+    served = (tmp_path / "mlruns" / "workers" / "head-mlflow.log").read_text()
+    assert served.count("POST /api/2.0/mlflow/runs/create") >= 4 and "PUT /api/2.0/mlflow-artifacts/artifacts/" in served
+    assert list(two_nodes.temp.glob("sweeplab-node-*/logs")) or list(two_nodes.temp.glob("sweeplab-node-*/staging"))
+    assert not [pid for pid in _family(1) if str(tmp_path / "mlruns") in _command(pid)]  # the servers ended with the sweep
 
     local = subprocess.run(_sweep(tmp_path, "--trials", "4", "--workers", "2", store="local"), cwd=tmp_path,
                            capture_output=True, text=True, timeout=300)
@@ -239,7 +245,8 @@ def test_a_killed_node_s_trial_is_resumed_on_the_other_node(two_nodes: Cluster, 
     try:
         def on_the_second_node_with_a_resume_state() -> object:
             for trial in running_trials(storage, STUDY):
-                if worker_pid(trial) in _family(second.pid) and list(store.glob(f"resume/*/trial-{trial.number}.pt")):
+                saved = store.glob(f"artifacts/*/*/artifacts/resume/trial-{trial.number}/state-*.pt")  # through the head
+                if worker_pid(trial) in _family(second.pid) and list(saved):
                     return trial
             return None
 
