@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +41,23 @@ def _ignore(n: int) -> None:
 @contextlib.contextmanager
 def _unseen(label: str, total: int | None) -> Any:
     yield _ignore
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (made if missing; ``flock``, released by the
+    kernel when a holder dies) for the ``with`` block; no lock where the system has none."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fingerprint_files(paths: Iterable[Path]) -> str:
@@ -74,6 +91,19 @@ class PrepCache:
         blob = json.dumps(dict(key), sort_keys=True, default=str).encode()
         return f"{kind}-{hashlib.sha1(blob).hexdigest()[:16]}"
 
+    def _build(self, name: str, kind: str, build: Callable[[], T], label: str | None, total: int | None) -> T:
+        """Build the entry ``name`` (shown as ``label`` of ``total`` items) and keep it in memory."""
+        outer = self._advance
+        with self.preparing(label or kind, total) as advance:
+            self._advance = advance
+            try:
+                value = task_code(build)
+            finally:
+                self._advance = outer
+        self.builds += 1
+        self._memory[name] = value
+        return value
+
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more items of the build under way (nothing when none is)."""
         self._advance(n)
@@ -88,26 +118,21 @@ class PrepCache:
             return self._memory[name]
         path = self.folder / f"{name}.pt" if self.folder is not None else None
         with engine_code():
-            if path is not None and path.is_file():
-                try:
-                    value = torch.load(path, weights_only=True)
-                    self.hits += 1
-                    self._memory[name] = value
-                    return value
-                except Exception:  # a truncated file from a killed run: rebuild it
-                    path.unlink(missing_ok=True)
-            outer = self._advance
-            with self.preparing(label or kind, total) as advance:
-                self._advance = advance
-                try:
-                    value = task_code(build)
-                finally:
-                    self._advance = outer
-            self.builds += 1
-            self._memory[name] = value
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.partial")  # workers may build the same entry
+            if path is None:
+                return self._build(name, kind, build, label, total)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Workers of one machine (or of one Ray node) that need the entry at once: one builds it, the others wait and read it.
+            with _exclusive(path.with_suffix(".lock")):
+                if path.is_file():
+                    try:
+                        value = torch.load(path, weights_only=True)
+                        self.hits += 1
+                        self._memory[name] = value
+                        return value
+                    except Exception:  # a truncated file from a killed run: rebuild it
+                        path.unlink(missing_ok=True)
+                value = self._build(name, kind, build, label, total)
+                partial = path.with_suffix(f".{os.getpid()}.partial")
                 try:
                     torch.save(value, partial)
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:  # what the task built cannot be saved

@@ -52,3 +52,31 @@ def test_truncated_cache_file_is_rebuilt(tmp_path: Path) -> None:
     path = next(tmp_path.glob("k-*.pt"))
     path.write_bytes(b"garbage")
     assert torch.equal(PrepCache(tmp_path).get("k", {}, lambda: torch.zeros(2)), torch.zeros(2))
+
+
+BUILD_IN_ANOTHER_PROCESS = """
+import sys, time
+from pathlib import Path
+from sweeplab.datasets.cache import PrepCache
+
+folder, log = Path(sys.argv[1]), Path(sys.argv[2])
+def build():
+    with log.open("a") as out:
+        out.write("built\\n")
+    time.sleep(1.0)  # long enough for the other process to ask meanwhile
+    return {"x": 1}
+print(PrepCache(folder).get("tokens", {"max_len": 8}, build)["x"])
+"""
+
+
+def test_processes_that_need_an_entry_at_once_build_it_once(tmp_path: Path) -> None:
+    """Two workers of one machine (or one Ray node) start together on an empty cache: one builds
+    the entry, the other waits for it and reads it."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "builds.log"
+    command = [sys.executable, "-c", BUILD_IN_ANOTHER_PROCESS, str(tmp_path / "cache"), str(log)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["1", "1"]
+    assert log.read_text().splitlines() == ["built"]
