@@ -194,7 +194,10 @@ def _no_checkpoint(row: TrialRow, rows: Sequence[TrialRow]) -> str:
     """Why trial ``row`` has no checkpoint, as far as the store tells: its test predictions were
     kept, so the checkpoint was due and the trainer passed no state; another trial of its study
     has one, so it was not among those kept (``--checkpoints best`` keeps a trial that beats the
-    sweep's best when it ends); else either (the option is not recorded on the trial's run)."""
+    sweep's best when it ends); else either (a run recorded before sweeplab recorded the reason,
+    ``sweeplab.no_checkpoint``, which is said first when present)."""
+    if row.no_checkpoint:
+        return f"no checkpoint: {row.no_checkpoint}"
     if row.predictions is not None:
         return "no checkpoint: the training function passed no state to report()"
     if any(other.checkpoint and other.study == row.study for other in rows):

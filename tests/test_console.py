@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
 from sweeplab.console import sweep_panels, trial_panels
@@ -103,3 +105,6 @@ def test_best_says_why_a_trial_has_no_checkpoint() -> None:
     none = _checkpoint_line([_trial(1)])
     assert "the trainer passed none" in none and "checkpoint=PATH" in none and "--checkpoints none" in none
     assert "runs:/run1/checkpoint" in _checkpoint_line([_trial(1, checkpoint="runs:/run1/checkpoint")])
+    # The trial's run says why (sweeplab.no_checkpoint): that is said, not guessed.
+    recorded = replace(_trial(1), no_checkpoint="--checkpoints none")
+    assert "no checkpoint: --checkpoints none" in _checkpoint_line([recorded]) and "passed none" not in _checkpoint_line([recorded])

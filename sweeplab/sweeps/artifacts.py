@@ -22,6 +22,7 @@ from sweeplab.tracker import plots
 from sweeplab.core.curves import OnsetRule
 from sweeplab.tracker.runs import TrialRecorder
 from sweeplab.tracker.summary import TrialSummary
+from sweeplab.tracker.tags import NO_CHECKPOINT
 from sweeplab.trainers.checkpoint import save_model_pt
 from sweeplab.trainers.metrics import per_class_report
 
@@ -43,11 +44,12 @@ def log_class_outputs(run: TrialRecorder, outputs: Mapping[str, Any], class_name
 
 
 def log_trial_artifacts(run: TrialRecorder, task: Task, loaded: Loaded, config: Mapping[str, Any], rule: OnsetRule,
-                        result: FitResult, summary: TrialSummary, figures: bool, keep: bool, staging: Path,
+                        result: FitResult, summary: TrialSummary, figures: bool, keep: str | None, staging: Path,
                         boundary: Boundary) -> None:
     """Log a finished trial's artifacts on ``run``: always the config, the curves (``figures``)
     and the per-class outputs at the best evaluation; the checkpoint and the test predictions
-    when ``keep``."""
+    when ``keep`` is ``None`` (else it says why not). Why the trial has no checkpoint is its
+    run's tag ``sweeplab.no_checkpoint`` (``sweep best`` says it)."""
     x_axis = task.x_axis
     run.log_dict({"task": task.name, "config": dict(config), "onset_rule": rule.as_params()}, "config.json")
     if figures:
@@ -57,11 +59,14 @@ def log_trial_artifacts(run: TrialRecorder, task: Task, loaded: Loaded, config: 
     if "y_true" in result.outputs:
         where = f"validation, best {x_axis} {result.history[summary.best]['step']:g}"
         log_class_outputs(run, result.outputs, loaded.class_names, where, "", figures)
-    if not keep:
+    if keep is not None:
+        run.set_tags({NO_CHECKPOINT: keep})
         return
     tags = {}
     if result.state is not None:
         tags["sweeplab.checkpoint"] = _log_checkpoint(run, task, loaded, config, result, summary, staging, boundary)
+    else:
+        tags[NO_CHECKPOINT] = "the trainer passed no state (report(..., state=...); a command: trial.report(..., checkpoint=PATH))"
     if result.predictions is not None and task.format_predictions is not None:
         text = boundary.call("format_predictions", task.format_predictions, result.predictions)
         tags["sweeplab.predictions"] = run.log_text(text, "predictions/test_predictions.txt")

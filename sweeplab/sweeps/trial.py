@@ -247,7 +247,10 @@ class Objective:
         run.log_summary({**summary.metrics, **peak_memory(device)}, {**summary.tags, **stop})
         pruned = result.stopped == "pruned"
         checkpoints = options.tracking.checkpoints
-        keep = checkpoints == "all" or (checkpoints == "best" and not pruned and self._better(summary.value))
+        kept = checkpoints == "all" or (checkpoints == "best" and not pruned and self._better(summary.value))
+        keep = None if kept else ("--checkpoints none" if checkpoints == "none" else "pruned (--checkpoints best keeps "
+                                  "complete trials)" if pruned else "not kept: --checkpoints best keeps a trial that "
+                                  "beat the sweep's best when it ended")
         log_trial_artifacts(run, task, loaded, config, self.checked.rule, result, summary, options.tracking.plots, keep,
                             self.staging, boundary)
         return Finished(summary.value, pruned, run)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sweeplab.core import direction_of
 from sweeplab.tracker.reading import Curve, Reader, StoredRun
-from sweeplab.tracker.tags import (DEVICE, DIRECTION, METRIC, OVERFIT, PARENT, RETRIED_BY, RETRY_OF, ROLE, SPEC, STATE, STUDY, TARGET,
+from sweeplab.tracker.tags import (DEVICE, DIRECTION, METRIC, NO_CHECKPOINT, OVERFIT, PARENT, RETRIED_BY, RETRY_OF, ROLE, SPEC, STATE, STUDY, TARGET,
                                    TASK, TRIAL)
 
 __all__ = ["SweepRow", "SweepTrials", "TrialCurve", "TrialRow", "best_trials", "metric_direction", "recorded_metric", "sweep_trials",
@@ -39,6 +39,7 @@ class TrialRow:
     checkpoint: str | None
     predictions: str | None
     overfit: str
+    no_checkpoint: str | None = None  # why the trial kept none, as its run records it (older runs: not recorded)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +113,7 @@ def _trial_row(run: StoredRun, metric: str) -> TrialRow:
         checkpoint=tags.get("sweeplab.checkpoint"),
         predictions=tags.get("sweeplab.predictions"),
         overfit=tags.get(OVERFIT, "none"),
+        no_checkpoint=tags.get(NO_CHECKPOINT),
     )
 
 

@@ -18,6 +18,7 @@ TASK = "sweeplab.task"
 STUDY = "sweeplab.study"
 TRIAL = "sweeplab.trial"  # the Optuna trial number of a child run
 OVERFIT = "sweeplab.overfit"  # none, or the half of the onset criterion that fired
+NO_CHECKPOINT = "sweeplab.no_checkpoint"  # on a finished trial's run without a checkpoint: why (see sweeps.artifacts)
 PARENT = "mlflow.parentRunId"  # MLflow's own tag: a child run's parent
 DEVICE = "sweeplab.device"  # where a trial runs: cpu, cuda:0...
 NODE = "sweeplab.node"  # the Ray node a trial ran on (sweep run --ray): its id, as `ray status` lists it (node_ID)

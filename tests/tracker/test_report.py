@@ -130,3 +130,11 @@ def test_a_report_after_a_resume_without_pictures_draws_them_afresh(swept: Path)
     assert done.returncode == 0, done.stderr
     page = (swept / "resumed.html").read_text()
     assert "6 complete" in page and _images(page)["curves_by_epoch"] != stored
+
+
+def test_best_says_a_trial_has_no_checkpoint_because_the_sweep_kept_none(swept: Path) -> None:
+    """The swept trials ran with ``--checkpoints none``; their runs record it, and ``sweep best``
+    says so instead of guessing between that and a trainer that passed no state."""
+    done = _sweep(["best", "--task", "demo.py:fit"], swept)
+    assert done.returncode == 0, done.stderr
+    assert "no checkpoint: --checkpoints none" in done.stdout and "passed none" not in done.stdout, done.stdout
