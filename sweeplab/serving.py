@@ -41,12 +41,14 @@ def use_credentials(file: Path | None) -> None:
         os.environ.update(client_environment(credentials))
 
 
-def _guard(host: str, credentials_file: Path | None, no_auth: bool, folder: Path) -> tuple[list[str], dict[str, str], list[str]]:
-    """The ``--app-name`` arguments, the environment and the warning line of a server on ``host``."""
+def _guard(host: str, credentials_file: Path | None, no_auth: bool, folder: Path,
+           app: list[str] | None = None) -> tuple[list[str], dict[str, str], list[str]]:
+    """The ``--app-name`` arguments (``app`` without a login), the environment and the warning
+    line of a server on ``host``."""
     credentials = read_credentials(credentials_file)
     warning = check_exposure(host, credentials, no_auth)
     if credentials is None:
-        return [], {}, [f"warning: {warning}"] if warning else []
+        return app or [], {}, [f"warning: {warning}"] if warning else []
     return ["--app-name", "basic-auth"], server_environment(credentials, folder), []
 
 
@@ -80,11 +82,20 @@ def ui_launch(tracking_uri: str, host: str, port: int, credentials_file: Path | 
     from sweeplab.tracker.server import check_port
 
     check_port(host, port)
-    app, env, lines = _guard(host, credentials_file, no_auth, auth_folder)
+    app, env, lines = _guard(host, credentials_file, no_auth, auth_folder, _model_training_app())
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port",
                str(port), *app]
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     return Launch(command, {**os.environ, **env}, lines, root=f"http://{'[::1]' if host == '::' else shown}:{port}/")
+
+
+def _model_training_app() -> list[str]:
+    """``--app-name sweeplab`` (:mod:`sweeplab.tracker.ui_app`: the UI starts in the model-training
+    view) where sweeplab is installed with its entry point, which MLflow looks the app up by; none
+    otherwise (a source tree on ``PYTHONPATH``), and then only the printed links carry the view."""
+    from importlib.metadata import entry_points
+
+    return ["--app-name", "sweeplab"] if entry_points(group="mlflow.app", name="sweeplab") else []
 
 
 def sweeps_or_none(store_dir: Path, tracking_uri: str | None) -> list:

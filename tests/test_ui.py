@@ -96,6 +96,43 @@ def test_ui_on_a_free_port_prints_its_address_and_starts_mlflow_there(tmp_path: 
     assert re.search(rf"^    http://127\.0\.0\.1:{port}/#/experiments\S*workflowType=machine_learning", result.output, re.M)
     [command] = started
     assert command[command.index("--port") + 1] == str(port)
+    assert command[-2:] == ["--app-name", "sweeplab"]  # the UI starts in the model-training view
+
+
+def test_the_ui_sweep_ui_starts_stores_the_model_training_view_before_mlflows_scripts_run(tmp_path: Path) -> None:
+    """``mlflow ui --app-name sweeplab`` (what ``sweep ui`` starts without a login) serves MLflow's
+    start page with the model-training view stored first, and MLflow's API as usual. This also
+    fails when MLflow moves the private names :mod:`sweeplab.tracker.ui_app` uses."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from sweeplab.tracker.ui_app import MODEL_TRAINING_SCRIPT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = _store(tmp_path / "mlruns")
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                           "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--app-name", "sweeplab"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, ui.stderr.read()[-3000:] if ui.poll() is not None else "no answer"
+                time.sleep(0.5)
+        assert page.index(MODEL_TRAINING_SCRIPT) < page.index("<script defer")  # before MLflow's own scripts
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5") as api:
+            assert b'"experiments"' in api.read()
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
 
 
 def test_server_on_a_taken_port_is_refused_before_making_its_folder(tmp_path: Path, started: list[list[str]],
