@@ -10,7 +10,12 @@ The module is a plain ``LightningModule``; the Trainer gets one callback more,
 state at its best epoch becomes the trial's checkpoint, and a pruned trial (or one past its
 overfitting onset) ends through ``trainer.should_stop``, as ``EarlyStopping`` would end it. The
 Trainer keeps no logs or checkpoints of its own (``logger=False``, ``enable_checkpointing=False``):
-the trial's MLflow run already has both.
+the trial's MLflow run already has both. When sweeplab saves the trial's resume state (every
+``--checkpoint-minutes``, and at a stop signal) the callback hands over Lightning's checkpoint,
+with the random generators' states; a retry of a trial killed, preempted or stopped gets it back
+as ``callback.resume_from``, and ``trainer.fit(..., ckpt_path=...)`` goes on from there: from an
+epoch's end with the curve it would have had uninterrupted, from a stop within an epoch with the
+batches that epoch has left drawn afresh (Lightning's resume of a plain ``DataLoader``).
 """
 
 from __future__ import annotations
@@ -83,18 +88,20 @@ class DigitsModule(lightning.LightningModule):
 
 @sweeplab.trainer(name="digits-lightning", metric="val_accuracy", space="lightning_digits.toml")
 def fit(config: dict[str, Any], report: Any) -> None:
-    """Train one configuration with a Lightning Trainer, reporting each epoch's validation."""
+    """Train one configuration with a Lightning Trainer, reporting each epoch's validation; a retry
+    of a stopped trial goes on from the checkpoint the callback handed over."""
     x_train, y_train, x_val, y_val = _data()
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=config["batch_size"], shuffle=True)
     val = DataLoader(TensorDataset(x_val, y_val), batch_size=len(y_val))  # one batch: the metrics are exact
+    callback = ReportCallback(report, monitor="val_accuracy")
     trainer = lightning.Trainer(
         max_epochs=config["epochs"],
         devices=1,  # a trial is one process: not a distributed run on every GPU in sight
-        callbacks=[ReportCallback(report, monitor="val_accuracy")],
+        callbacks=[callback],
         logger=False,  # the trial's MLflow run has the curves
         enable_checkpointing=False,  # and the best epoch's state, as its checkpoint
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(DigitsModule(config), train, val)
+    trainer.fit(DigitsModule(config), train, val, ckpt_path=callback.resume_from)  # None on a first attempt

@@ -10,7 +10,12 @@ classes). The Trainer is built as usual; ``ReportCallback(report)`` reports each
 trial is pruned or starts to overfit, and makes the best evaluation's weights the trial's
 checkpoint. ``report_to="none"`` keeps transformers' own MLflow logging off (the trial's run
 holds the curves), and ``save_strategy="no"`` its checkpoint folders (sweeplab keeps the best
-weights itself).
+weights itself). When sweeplab saves the trial's resume state (every ``--checkpoint-minutes``,
+and at a stop signal) the callback has the Trainer write its checkpoint and hands it over; a
+retry of a trial killed, preempted or stopped gets it back as ``callback.resume_from``, and
+``trainer.train(resume_from_checkpoint=...)`` goes on from that step with the curve it would
+have had uninterrupted (after a stop within an epoch, but for that epoch's ``train_loss``, which
+averages only the steps trained after the resume).
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import numpy as np
 import torch
 from transformers import (BertConfig, BertForSequenceClassification, BertTokenizer, PrinterCallback, Trainer,
                           TrainingArguments)
+from transformers.utils import logging as transformers_logging
 
 import sweeplab
 from sweeplab.integrations.transformers import ReportCallback
+
+# The progress bar of each checkpoint written for a resume state would print over the sweep's console.
+transformers_logging.disable_progress_bar()
 
 NEWS = Path(str(resources.files("sweeplab") / "data" / "news"))
 VOCAB = Path(str(resources.files("sweeplab") / "trainers" / "chinese_bert_vocab"))
@@ -82,7 +91,8 @@ def accuracy(prediction: Any) -> dict[str, float]:
 
 @sweeplab.trainer(name="trainer-news", metric="val_accuracy", space="trainer_news.toml", x_axis="step")
 def fit(config: dict[str, Any], report: Any) -> None:
-    """Train one configuration with a ``transformers.Trainer``, evaluating after every epoch."""
+    """Train one configuration with a ``transformers.Trainer``, evaluating after every epoch; a retry
+    of a stopped trial goes on from the checkpoint the callback handed over."""
     train, val, vocab_size = data()
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
@@ -100,7 +110,8 @@ def fit(config: dict[str, Any], report: Any) -> None:
             log_level="error",
             dataloader_pin_memory=torch.cuda.is_available(),
         )
+        callback = ReportCallback(report)
         trainer = Trainer(model=model(config, vocab_size), args=args, train_dataset=train, eval_dataset=val,
-                          compute_metrics=accuracy, callbacks=[ReportCallback(report)])
+                          compute_metrics=accuracy, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # its log lines would print over the sweep's console
-        trainer.train()
+        trainer.train(resume_from_checkpoint=callback.resume_from)  # None on a first attempt

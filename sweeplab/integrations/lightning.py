@@ -1,14 +1,15 @@
 """A Lightning ``Trainer`` swept by sweeplab: :class:`ReportCallback` hands each validation to ``report``.
 
 Inside a training function (:mod:`sweeplab.trainers.function`) the Trainer is built as usual,
-with one callback more::
+with one callback more, and fits from the checkpoint the callback restores for a retried trial::
 
     from sweeplab.integrations.lightning import ReportCallback
 
     def fit(config, report):
+        callback = ReportCallback(report, monitor="val_accuracy")
         trainer = lightning.Trainer(max_epochs=config["epochs"], devices=1, logger=False, enable_checkpointing=False,
-                                    callbacks=[ReportCallback(report, monitor="val_accuracy")])
-        trainer.fit(module, train_loader, val_loader)
+                                    callbacks=[callback])
+        trainer.fit(module, train_loader, val_loader, ckpt_path=callback.resume_from)  # None on a first attempt
 
 What the callback does at each of the Trainer's validations while it fits (the sanity check,
 ``trainer.validate()`` and ``trainer.test()`` are not reported):
@@ -44,8 +45,28 @@ What the callback does at each of the Trainer's validations while it fits (the s
   ``enable_checkpointing=False`` saves its disk, and ``logger=False`` the ``lightning_logs/``
   folder (the trial's MLflow run holds every curve). An ``MLFlowLogger`` would open an MLflow
   run of its own beside the trial's (a warning says so).
-* **Interruptions.** A stop signal to the sweep is answered after the next training batch (the
-  trial ends as interrupted; a retry starts it again). Lightning turns a ``KeyboardInterrupt``
+* **Resume.** The trial's resume state is Lightning's own checkpoint of the fit
+  (``trainer.save_checkpoint``: module, optimizers, schedulers, the loops' progress, the
+  callbacks' states), as bytes, built when sweeplab saves: every ``--checkpoint-minutes``, at the
+  first evaluation after that is due (where it is reported, as ``ModelCheckpoint`` saves), and
+  at a stop signal. Lightning's checkpoint holds no random generators, so the callback adds
+  Python's, NumPy's and torch's to its own state (``state_dict``, put back by
+  ``load_state_dict``), in every checkpoint the Trainer writes. A retried attempt finds the
+  checkpoint written back to a temporary file, :attr:`ReportCallback.resume_from` (``None`` on
+  a first attempt), and ``trainer.fit(..., ckpt_path=callback.resume_from)`` goes on from it as
+  Lightning resumes. From a save at the end of an epoch (epoch-end validation, the default) the
+  rest of the curve is the uninterrupted one on the CPU. From a save within an epoch (at a
+  validation with ``val_check_interval`` below 1.0, or at a stop signal mid-epoch) Lightning,
+  unless the training DataLoader is stateful (``state_dict``/``load_state_dict``, as torchdata's
+  ``StatefulDataLoader``), trains the batches that epoch has left from a fresh pass over the
+  loader (it warns so): other batches than an unstopped run, and that epoch's ``on_epoch``
+  metrics average only those; with ``val_check_interval``, the epoch-level ``train_loss`` is
+  then absent until an epoch ends. The run's ``sweeplab.resumed_from`` is the epoch saved (with
+  the share of the next one done, at a stop within it), or the optimizer step with
+  ``val_check_interval``.
+* **Interruptions.** A stop signal to the sweep is answered after the next training batch (of
+  an epoch's last batch: at the epoch's end, once its validation is reported), after the
+  checkpoint there is handed over; the trial ends as interrupted. Lightning turns a ``KeyboardInterrupt``
   into ``sys.exit(1)`` after ignoring Ctrl-C for the rest of the process, and a ``SIGTERM``
   into its ``SIGTERMException``; the callback hands an interruption on as itself (Ctrl-C's
   handler put back; a ``SIGTERM`` the sweep asked to stop for as sweeplab's stop), so that the
@@ -67,8 +88,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 try:
@@ -89,8 +112,12 @@ except ImportError:
 from sweeplab.boundary import refuse
 from sweeplab.core import stopping
 from sweeplab.errors import UsageError
+from sweeplab.trainers.loop import StaleResumeState, random_states, set_random_states
 
 __all__ = ["ReportCallback", "logged_metrics"]
+
+#: The key of the Lightning checkpoint's bytes in the resume state the callback hands over.
+CHECKPOINT = "lightning_checkpoint"
 
 
 def logged_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -132,6 +159,37 @@ class ReportCallback(pl.Callback):
         self._at_epoch_end = True  # reported at the end of training epochs (else: of validations)
         self._validated = False  # a validation ran in this training epoch (reported at its end)
         self._sigint: Any = None  # Ctrl-C's handler when fit started, put back after an interruption
+        self._restored: tempfile.TemporaryDirectory[str] | None = None  # holds resume_from's checkpoint
+
+    @property
+    def resume_from(self) -> str | None:
+        """The checkpoint a retried trial goes on from, for ``trainer.fit(..., ckpt_path=callback.resume_from)``:
+        the one the callback handed over (:meth:`_checkpoint`), written to a temporary file kept
+        as long as the callback; ``None`` on a first attempt. A saved state that is not one is
+        :class:`~sweeplab.StaleResumeState` (the trial runs again from its start)."""
+        resumed = getattr(self.report, "resumed", None)
+        if resumed is None:
+            return None
+        if not isinstance(resumed.state, Mapping) or CHECKPOINT not in resumed.state:
+            raise StaleResumeState("the saved resume state is not the Lightning checkpoint ReportCallback hands over")
+        if self._restored is None:
+            self._restored = tempfile.TemporaryDirectory(prefix="sweeplab-resume-")
+            (Path(self._restored.name) / "resume.ckpt").write_bytes(resumed.state[CHECKPOINT])
+            self.reported_step = int(resumed.step)  # reported by the earlier attempt (its curve is restored)
+        return str(Path(self._restored.name) / "resume.ckpt")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the callback adds to each checkpoint the Trainer writes: the states of Python's,
+        NumPy's and torch's generators, which Lightning's checkpoint leaves out, so that a fit
+        resumed from it draws the shuffles and dropout masks of one never stopped."""
+        states = random_states()
+        if "numpy" in states:  # its key array as a list: Lightning loads checkpoints with torch.load(weights_only=True)
+            states["numpy"] = (states["numpy"][0], states["numpy"][1].tolist(), *states["numpy"][2:])
+        return {"random_states": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "random_states" in state_dict:
+            set_random_states(state_dict["random_states"])
 
     # --- the Trainer's hooks -------------------------------------------------------------------
 
@@ -158,7 +216,13 @@ class ReportCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        stopping.check()  # a stop signal to the sweep ends the trial here, between two batches
+        if stopping.requested() is None:
+            return
+        if self._at_epoch_end and batch_idx + 1 >= trainer.num_training_batches and not self.stopped:
+            return  # the epoch's last batch: the trial stops at the epoch's end, once its validation is reported
+        at = trainer.current_epoch + (batch_idx + 1) / trainer.num_training_batches if self._at_epoch_end \
+            else trainer.global_step  # epochs done and the share of this one, or the optimizer steps
+        self._stop_here(trainer, at)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._fitting or trainer.sanity_checking:
@@ -171,7 +235,9 @@ class ReportCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._fitting and self._at_epoch_end and self._validated:
             self._validated = False
-            self._report(trainer, pl_module, int(trainer.current_epoch) + 1)
+            self._report(trainer, pl_module, int(trainer.current_epoch) + 1)  # at a stop signal: saves, then raises
+        if self._fitting and not self.stopped and stopping.requested() is not None:  # an epoch that did not validate
+            self._stop_here(trainer, trainer.current_epoch + 1 if self._at_epoch_end else trainer.global_step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Hand an interruption on as itself (see the module docstring): raised from here, it
@@ -198,9 +264,28 @@ class ReportCallback(pl.Callback):
                               f"step {step} (it logged {logged}): self.log({self.monitor!r}, ...) in validation_step, "
                               "or name one of those"))
         self.reported_step = step
-        if self.report(step, metrics, state=pl_module.state_dict):
+        if self.report(step, metrics, state=pl_module.state_dict, resume=lambda: self._checkpoint(trainer)):
             self.stopped = True
             trainer.should_stop = True
+
+    def _stop_here(self, trainer: pl.Trainer, at: float) -> None:
+        """Answer a stop signal to the sweep between two batches: save the resume state here, at
+        ``at`` (where sweeplab's ``report`` can), and raise sweeplab's stop."""
+        save = getattr(self.report, "save_resume_state", None)
+        if save is not None and not self.stopped:
+            stopping.answer()  # stopping here: the save is not cut short
+            save(lambda: self._checkpoint(trainer), at=at)
+        stopping.check()
+
+    def _checkpoint(self, trainer: pl.Trainer) -> dict[str, bytes]:
+        """The resume state, built when a save is due: Lightning's own checkpoint of where the
+        fit stands (``trainer.save_checkpoint``: module, optimizers, schedulers, the loops'
+        progress, the callbacks' states with this one's generators), as bytes the sweep's store
+        keeps and a retry on any machine reads."""
+        with tempfile.TemporaryDirectory(prefix="sweeplab-") as folder:
+            path = Path(folder) / "resume.ckpt"
+            trainer.save_checkpoint(path)
+            return {CHECKPOINT: path.read_bytes()}
 
     def _put_back_sigint(self) -> None:
         """Put back Ctrl-C's handler, which Lightning sets to "ignore" on a ``KeyboardInterrupt``."""

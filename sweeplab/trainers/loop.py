@@ -149,15 +149,24 @@ class Progress:
             with engine_code():
                 on_resume(self.result.history, saved["at"])
 
-    def save_resume_state(self, trainer_state: Any) -> None:
+    def resume_due(self) -> bool:
+        """Whether :meth:`report` would now save the resume state handed to it (a save is due, or
+        a stop was asked for): a trainer whose state is a checkpoint its framework writes only
+        after the evaluation (a transformers ``Trainer``'s) asks first, and has it written then."""
+        return self.resumption is not None and (stopping.requested() is not None or self.resumption.due())
+
+    def save_resume_state(self, trainer_state: Any, at: float | None = None) -> None:
         """Save the resume state: this fit's curve, best evaluation and kept state, with
-        ``trainer_state`` (a value, or a callable that builds it: the trainer's). A state that
+        ``trainer_state`` (a value, or a callable that builds it: the trainer's), saved at ``at``
+        (default: where :attr:`point` says training stands, else the last evaluation's step; a
+        trainer saving between two evaluations, at a stop, says where it is). A state that
         cannot be written is logged and training goes on: the trial loses only its resumability."""
         if self.resumption is None:
             return
         built = task_code(trainer_state) if callable(trainer_state) else trainer_state
         result = self.result
-        at = self.point() if self.point is not None else result.history[-1]["step"] if result.history else 0
+        if at is None:
+            at = self.point() if self.point is not None else result.history[-1]["step"] if result.history else 0
         saved = {"progress": {"history": result.history, "best": result.best, "state": result.state,
                               "outputs": result.outputs, "predictions": result.predictions},
                  "trainer": built, "at": at}

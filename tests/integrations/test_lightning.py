@@ -1,5 +1,6 @@
 """sweeplab.integrations.lightning: a Lightning Trainer swept with ReportCallback, its curves,
-stops, checkpoint and refusals read back (skipped where the ``lightning`` extra is not installed)."""
+stops, checkpoint, refusals and resumes read back (skipped where the ``lightning`` extra is not
+installed)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from mlflow import MlflowClient  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import sweeplab  # noqa: E402
+from sweeplab.core import Resumed, Resumption, stopping  # noqa: E402
 from sweeplab.core.curves import OnsetRule  # noqa: E402
 from sweeplab.core.stopping import StoppedAtStep  # noqa: E402
 from sweeplab.errors import UsageError  # noqa: E402
 from sweeplab.integrations.lightning import ReportCallback  # noqa: E402
 from sweeplab.sweeps import signals  # noqa: E402
 from sweeplab.trainers.loop import Progress  # noqa: E402
+from tests.integrations.resuming import Heard, MemoryStore, interrupted_and_retried  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_digits"
 
@@ -221,3 +224,112 @@ def test_without_lightning_the_import_names_the_extra_and_import_sweeplab_needs_
     code = "import sys, sweeplab, sweeplab.api; assert 'lightning' not in sys.modules, 'imported lightning'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+class Regression(lightning.LightningModule):
+    """A small MLP with dropout fit by Adam with a decaying learning rate to 32 random rows (4
+    shuffled batches an epoch); it notes the first optimizer step of each fit in ``firsts``, and
+    stops the first fit before step ``stop[1] + 1``: as Ctrl-C does (``"ctrl-c"``), or as a stop
+    signal to the sweep does (``"signal"``: asked for there, answered at that batch's end)."""
+
+    def __init__(self, firsts: list[int], stop: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                       torch.nn.Linear(16, 1))
+        self.firsts, self.stop = firsts, stop
+
+    def on_train_start(self) -> None:
+        self.firsts.append(self.global_step)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.stop is not None and self.global_step == self.stop[1]:
+            if self.stop[0] == "ctrl-c":
+                raise KeyboardInterrupt
+            stopping.request_stop(signal.SIGTERM)
+        loss = ((self.net(batch[0]).squeeze(1) - batch[1]) ** 2).mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", ((self.net(batch[0]).squeeze(1) - batch[1]) ** 2).mean())
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.7)}
+
+
+def _resumable(report: Any, firsts: list[int], stop: tuple[str, int] | None = None) -> None:
+    """A fit as the README's resumable one: 4 epochs, resumed from ``callback.resume_from``. Its
+    module is seeded here, so that a fit outside the sweep (whose trials have their own seeds) is
+    the same."""
+    torch.manual_seed(0)
+    module = Regression(firsts, stop)
+    train = DataLoader(_loader().dataset, batch_size=8, shuffle=True)
+    callback = ReportCallback(report, monitor="val_loss")
+    trainer = _trainer(callback, max_epochs=4, num_sanity_val_steps=0)
+    trainer.fit(module, train, _loader(), ckpt_path=callback.resume_from)
+
+
+def _whole() -> list[dict[str, float]]:
+    """The curve of the same fit never stopped."""
+    whole = Progress(Heard(), "val_loss", "minimize")
+    _resumable(whole, [])
+    return whole.result.history
+
+
+def test_a_retried_lightning_trial_goes_on_from_the_checkpoint_handed_over_and_ends_as_one_never_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted (Ctrl-C) in its 3rd epoch, the trial's retry goes on from Lightning's
+    checkpoint at the end of its 2nd (saved there: --checkpoint-minutes is tiny), with the random
+    states the callback added to it: the shuffles and dropout masks of an uninterrupted fit."""
+    monkeypatch.chdir(tmp_path)
+    firsts: list[int] = []
+
+    @sweeplab.trainer(name="lightning-resumed")
+    def fit(config: dict[str, Any], report: Any) -> None:
+        _resumable(report, firsts, None if firsts else ("ctrl-c", 10))
+
+    client, retry = interrupted_and_retried(fit, tmp_path)
+    assert firsts == [0, 8]  # the retry trained from its 3rd epoch on, not from its start
+    assert retry.data.tags["sweeplab.resumed_from"] == "2"
+    whole = _whole()
+    for name in ("val_loss", "train_loss"):
+        curve = client.get_metric_history(retry.info.run_id, name)
+        assert [m.step for m in curve] == [1, 2, 3, 4], name  # each epoch once
+        assert [m.value for m in curve] == pytest.approx([p[name] for p in whole], abs=1e-6), name
+    assert retry.data.metrics["best_val_loss"] == pytest.approx(min(p["val_loss"] for p in whole), abs=1e-6)
+
+
+@pytest.mark.parametrize(("asked_at", "resumed_at"), [(7, 2.0), (9, 2.5)], ids=["last-batch", "mid-epoch"])
+def test_a_stop_signal_hands_over_the_checkpoint_where_the_fit_stops(asked_at: int, resumed_at: float) -> None:
+    """No save is due at the validations (an hour apart). A stop asked for in an epoch's last
+    batch is answered at the epoch's end, after its validation is reported: the retry is the fit
+    never stopped. One asked for within an epoch is answered at that batch's end (2 of the 3rd
+    epoch's 4 batches done); Lightning then goes on with the 2 batches that epoch has left drawn
+    from a fresh pass over the DataLoader, so only the epochs before match."""
+    store, firsts = MemoryStore(), []
+    first = Progress(Heard(), "val_loss", "minimize", resume=Resumption(store, every_seconds=3600))
+    try:
+        with pytest.raises(StoppedAtStep):
+            _resumable(first, firsts, ("signal", asked_at))
+    finally:
+        stopping.clear()
+    assert store.saves == 1
+    retry = Progress(Heard(), "val_loss", "minimize", resume=Resumption(store, every_seconds=3600))
+    retry.take_resume_state()
+    assert retry.resumed is not None and retry.resumed.step == resumed_at
+    _resumable(retry, firsts)
+    assert firsts == [0, asked_at + 1]
+    whole = _whole()
+    assert [p["step"] for p in retry.result.history] == [p["step"] for p in whole] == [1, 2, 3, 4]
+    same = len(whole) if resumed_at == 2.0 else 2
+    assert retry.result.history[:same] == [pytest.approx(p, abs=1e-6) for p in whole[:same]]
+    assert same == 4 or retry.result.history[2]["val_loss"] != pytest.approx(whole[2]["val_loss"], abs=1e-6)
+
+
+def test_a_saved_state_that_is_not_a_lightning_checkpoint_is_stale() -> None:
+    report = Progress(Pruner(), "val_accuracy")
+    report.resumed = Resumed(step=3, state={"weight": 0.5})  # what a fit of its own handed over before
+    assert ReportCallback(Progress(Pruner(), "val_accuracy")).resume_from is None  # a first attempt
+    with pytest.raises(sweeplab.StaleResumeState, match="not the Lightning checkpoint"):
+        ReportCallback(report).resume_from

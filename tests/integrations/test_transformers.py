@@ -1,6 +1,7 @@
 """A Hugging Face ``Trainer`` swept through ``ReportCallback``: its evaluations are the trial's curve
-at its global steps, its best weights the trial's checkpoint, a pruned trial stops the Trainer,
-and a Trainer sweeplab cannot sweep fails its trial with one line saying what to change."""
+at its global steps, its best weights the trial's checkpoint, a pruned trial stops the Trainer, a
+Trainer sweeplab cannot sweep fails its trial with one line saying what to change, and a retried
+trial goes on from the Trainer's checkpoint the callback handed over."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import torch
 from mlflow import MlflowClient
 
 pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate: pip install \".[transformers]\"")
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 import sweeplab
-from sweeplab.core import stopping
+from sweeplab.core import Resumed, Resumption, stopping
 from sweeplab.errors import UsageError
 from sweeplab.integrations.transformers import ReportCallback, sweep_metrics
+from sweeplab.trainers.loop import Progress
+from tests.integrations.resuming import Heard, MemoryStore, interrupted_and_retried
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainer_news"
 
@@ -165,7 +168,7 @@ def test_the_trainers_metrics_are_named_as_the_sweep_reads_them() -> None:
 
 def test_a_stop_signal_ends_the_trainer_after_its_next_optimizer_step(tmp_path: Path, news: ModuleType) -> None:
     reported: list[int] = []
-    trainer = _trainer(news, lambda step, metrics, state=None: reported.append(step) or False, tmp_path / "out")
+    trainer = _trainer(news, lambda step, metrics, **kept: reported.append(step) or False, tmp_path / "out")
     stopping.request_stop(signal.SIGTERM)
     try:
         with pytest.raises(stopping.StoppedAtStep):  # through the Trainer's code, to the sweep
@@ -173,3 +176,104 @@ def test_a_stop_signal_ends_the_trainer_after_its_next_optimizer_step(tmp_path: 
     finally:
         stopping.clear()
     assert trainer.state.global_step == 1 and reported == []
+
+
+class _Attempt(TrainerCallback):
+    """Notes the first optimizer step an attempt trains (in ``firsts``), and stops it before step
+    ``stop[1] + 1``: as Ctrl-C does (``"ctrl-c"``), or as a stop signal to the sweep does
+    (``"signal"``: asked for there, answered at that step's end)."""
+
+    def __init__(self, firsts: list[int], stop: tuple[str, int] | None = None) -> None:
+        self.firsts, self.stop, self.started = firsts, stop, False
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not self.started:
+            self.started = True
+            self.firsts.append(state.global_step)
+        if self.stop is not None and state.global_step == self.stop[1]:
+            if self.stop[0] == "ctrl-c":
+                raise KeyboardInterrupt
+            stopping.request_stop(signal.SIGTERM)
+
+
+def _resumable(news: ModuleType, report: Any, output_dir: Path, attempt: _Attempt | None = None) -> None:
+    """A fit as the README's resumable one: 12 optimizer steps of 32 titles (8 an epoch) with
+    dropout, evaluated and logged every 4, resumed from ``callback.resume_from``. Its model is
+    seeded here, so that a fit outside the sweep (whose trials have their own seeds) is the same."""
+    train, val, vocab_size = news.data()
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(output_dir), eval_strategy="steps", eval_steps=4, logging_steps=4,
+                             max_steps=12, save_strategy="no", report_to="none", learning_rate=5e-3,
+                             per_device_train_batch_size=32, disable_tqdm=True, use_cpu=True)
+    callback = ReportCallback(report)
+    trainer = Trainer(model=news.model({"hidden": 32, "dropout": 0.2}, vocab_size), args=args, train_dataset=train[:256],
+                      eval_dataset=val[:64], compute_metrics=news.accuracy,
+                      callbacks=[callback] + ([attempt] if attempt is not None else []))
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=callback.resume_from)
+
+
+def _whole(news: ModuleType, output_dir: Path) -> list[dict[str, float]]:
+    """The curve of the same fit never stopped."""
+    whole = Progress(Heard(), "val_accuracy")
+    _resumable(news, whole, output_dir)
+    return whole.result.history
+
+
+def test_a_retried_trainer_trial_goes_on_from_the_checkpoint_handed_over_and_ends_as_one_never_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, news: ModuleType) -> None:
+    """Interrupted (Ctrl-C) in its 7th step, the trial's retry goes on from the Trainer's
+    checkpoint of its evaluation at step 4 (saved there: --checkpoint-minutes is tiny), with the
+    random states and data order of an uninterrupted fit."""
+    monkeypatch.chdir(tmp_path)
+    firsts: list[int] = []
+
+    @sweeplab.trainer(name="trainer-resumed", metric="val_accuracy", x_axis="step")
+    def fit(config: dict[str, Any], report: Any) -> None:
+        _resumable(news, report, tmp_path / "out", _Attempt(firsts, None if firsts else ("ctrl-c", 6)))
+
+    client, retry = interrupted_and_retried(fit, tmp_path)
+    assert firsts == [0, 4]  # the retry trained from step 5 on, not from its start
+    assert retry.data.tags["sweeplab.resumed_from"] == "4"
+    whole = _whole(news, tmp_path / "whole")
+    for name in ("val_accuracy", "val_loss", "train_loss"):
+        curve = client.get_metric_history(retry.info.run_id, name)
+        assert [m.step for m in curve] == [4, 8, 12], name  # each step once
+        assert [m.value for m in curve] == pytest.approx([p[name] for p in whole], abs=1e-6), name
+    assert retry.data.metrics["best_val_accuracy"] == pytest.approx(max(p["val_accuracy"] for p in whole), abs=1e-6)
+    assert not list((tmp_path / "out").iterdir())  # the checkpoints it asked for (save_strategy="no") are gone
+
+
+def test_a_stop_signal_between_evaluations_hands_over_the_checkpoint_of_that_step(tmp_path: Path,
+                                                                                  news: ModuleType) -> None:
+    """No save is due at the evaluations (an hour apart): the signal asked for in step 6 is
+    answered at its end with the Trainer's checkpoint of step 6, and the retry goes on from step
+    7 to the curve of a fit never stopped, but for the training loss at step 8, which averages
+    steps 7 and 8 only (the checkpoint holds no loss summed since the last log)."""
+    store, firsts = MemoryStore(), []
+    first = Progress(Heard(), "val_accuracy", resume=Resumption(store, every_seconds=3600))
+    try:
+        with pytest.raises(stopping.StoppedAtStep):
+            _resumable(news, first, tmp_path / "first", _Attempt(firsts, ("signal", 5)))
+    finally:
+        stopping.clear()
+    assert store.saves == 1 and [p["step"] for p in first.result.history] == [4]
+    retry = Progress(Heard(), "val_accuracy", resume=Resumption(store, every_seconds=3600))
+    retry.take_resume_state()
+    assert retry.resumed is not None and retry.resumed.step == 6
+    _resumable(news, retry, tmp_path / "retry", _Attempt(firsts))
+    assert firsts == [0, 6]
+    whole = _whole(news, tmp_path / "whole")
+    assert [p["step"] for p in retry.result.history] == [p["step"] for p in whole] == [4, 8, 12]
+    for got, want in zip(retry.result.history, whole):
+        for name in ("val_accuracy", "val_loss") + (("train_loss",) if got["step"] != 8 else ()):
+            assert got[name] == pytest.approx(want[name], abs=1e-6), (got["step"], name)
+    assert not list((tmp_path / "first").iterdir())
+
+
+def test_a_saved_state_that_is_not_a_trainer_checkpoint_is_stale() -> None:
+    report = Progress(Heard(), "val_accuracy")
+    report.resumed = Resumed(step=3, state={"weight": 0.5})  # what a fit of its own handed over before
+    assert ReportCallback(Progress(Heard(), "val_accuracy")).resume_from is None  # a first attempt
+    with pytest.raises(sweeplab.StaleResumeState, match="not the Trainer checkpoint"):
+        ReportCallback(report).resume_from
