@@ -90,7 +90,8 @@ def test_the_command_line_example_is_swept_from_its_printed_lines(tmp_path: Path
         steps = [point.step for point in curve]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) <= int(run.data.params["epochs"])
         best = max(range(len(curve)), key=lambda i: (curve[i].value, -i))  # the first of the highest
-        assert run.data.metrics["best_step"] == steps[best]
+        assert run.data.metrics["best_epoch"] == steps[best] and "best_step" not in run.data.metrics  # it printed epoch=
+        assert run.data.metrics["epochs_run"] == len(steps)
         assert run.data.metrics["best_val_accuracy"] == pytest.approx(curve[best].value)
         assert "sweeplab.device" not in run.data.tags  # the program picks its own; the sweep's process opened none
         (log,) = client.list_artifacts(run.info.run_id, "command")

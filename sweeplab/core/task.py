@@ -243,6 +243,7 @@ class FitResult:
     predictions: Any = None
     stopped: str | None = None  # "pruned", "overfit", "diverged", "time budget" or None (ran every round)
     stop_reason: str | None = None  # for "diverged": which loss became non-finite, and where
+    x_axis: str | None = None  # the curve's axis as the trainer named it (a command's printed epoch=); None: the task's
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def log_trial_artifacts(run: TrialRecorder, task: Task, loaded: Loaded, config: 
     and the per-class outputs at the best evaluation; the checkpoint and the test predictions
     when ``keep`` is ``None`` (else it says why not). Why the trial has no checkpoint is its
     run's tag ``sweeplab.no_checkpoint`` (``sweep best`` says it)."""
-    x_axis = task.x_axis
+    x_axis = result.x_axis or task.x_axis
     run.log_dict({"task": task.name, "config": dict(config), "onset_rule": rule.as_params()}, "config.json")
     if figures:
         fig = plots.curves_figure(result.history, summary, task.metric, x_axis, loaded.majority)

@@ -238,7 +238,7 @@ class Objective:
         boundary = Boundary()
         with stop_at_next_step():
             result = boundary.call("fit", task.fit, loaded, config, env, reporter)
-        summary = summarise(result.history, task.metric, task.direction, self.checked.rule, task.x_axis)
+        summary = summarise(result.history, task.metric, task.direction, self.checked.rule, result.x_axis or task.x_axis)
         if summary.value is None:
             raise TrainerError(RuntimeError(f"no finite {task.metric} in any evaluation"), "fit")
         stop = {"sweeplab.stopped": result.stopped or "none"}

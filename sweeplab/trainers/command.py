@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sweeplab.boundary import engine_code
 from sweeplab.core import FitResult, Loaded, Reporter, Task, TrialEnv, evaluations_per_epoch, stopping
@@ -64,7 +64,7 @@ from sweeplab.trainers.program import DRAIN_SECONDS, GRACE_SECONDS, Program
 from sweeplab.trial import CONFIG_ENV, FOLDER_ENV, RESUMED_ENV, SEED_ENV, SOCKET_ENV
 
 __all__ = ["COMMAND_PREFIX", "CommandFailed", "check_command", "command_name", "command_of_spec", "command_spec",
-           "command_task", "fields", "filled", "line_report"]
+           "LineReport", "command_task", "fields", "filled", "line_report"]
 
 #: How a command is written where a task name goes (``SweepOptions.task``, worker options):
 #: this prefix and the command, quoted as a shell would.
@@ -152,7 +152,16 @@ def check_command(command: Sequence[str]) -> None:
         break
 
 
-def line_report(line: str, metric: str) -> tuple[float, dict[str, float]] | None:
+class LineReport(NamedTuple):
+    """An evaluation a printed line reports: where (``at``, by ``axis``: ``step`` or ``epoch``,
+    the name the line gave it) and its ``metrics``."""
+
+    at: float
+    metrics: dict[str, float]
+    axis: str
+
+
+def line_report(line: str, metric: str) -> LineReport | None:
     """The evaluation a printed line reports: its ``step`` (or ``epoch``) and metrics; ``None``
     for a line that is not made only of ``name=number`` pairs with a step and ``metric``."""
     tokens = line.split()
@@ -169,7 +178,7 @@ def line_report(line: str, metric: str) -> tuple[float, dict[str, float]] | None
     at = step if step is not None else epoch
     if at is None or metric not in values or not math.isfinite(at):
         return None
-    return at, values
+    return LineReport(at, values, "step" if step is not None else "epoch")
 
 
 #: Where a trial keeps the copy of its best checkpoint, in the folder its attempts share (a
@@ -255,8 +264,10 @@ class _Trial:
                     continue
                 if source == "output":
                     reported = line_report(line, self.progress.metric)
-                    if reported is not None and self.hear(*reported):
-                        self.end_now()
+                    if reported is not None:
+                        self.progress.result.x_axis = reported.axis  # the curve's axis as the program names it
+                        if self.hear(reported.at, reported.metrics):
+                            self.end_now()
                     continue
                 message = json.loads(line)
                 stop = self.hear(message["step"], message["metrics"], message.get("checkpoint"),

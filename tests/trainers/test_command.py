@@ -200,7 +200,8 @@ def test_a_two_process_torchrun_trial_reports_once_per_evaluation_and_its_ranks_
 
 
 def test_lines_commands_and_names() -> None:
-    assert line_report("epoch=3 train_loss=0.5 val_loss=6e-1", "val_loss") == (3.0, {"train_loss": 0.5, "val_loss": 0.6})
+    assert line_report("epoch=3 train_loss=0.5 val_loss=6e-1", "val_loss") == (3.0, {"train_loss": 0.5, "val_loss": 0.6}, "epoch")
+    assert line_report("step=40 epoch=2 val_loss=0.5", "val_loss") == (40.0, {"val_loss": 0.5}, "step")
     assert line_report("step=10 acc=nan", "acc") is not None
     for not_a_report in ("val_loss=0.5", "epoch=3", "epoch=3 val_loss=0.5 done", "", "epoch=x val_loss=1",
                          "step=100 loss=2.3"):
