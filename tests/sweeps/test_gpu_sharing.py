@@ -169,3 +169,38 @@ def test_two_workers_given_the_same_device_both_run_trials(tmp_path: Path) -> No
     runs = _runs(store, "sweeplab-barrier_trainer.py:fit")
     assert len(runs) == 2 and {r.data.tags["sweeplab.state"] for r in runs} == {"complete"}
     assert {r.data.tags["sweeplab.device"] for r in runs} == {"cpu"} and {r.data.tags["sweeplab.gpus"] for r in runs} == {"0"}
+
+
+#: A command whose first attempt dies as PyTorch does when its card is full (the traceback's last
+#: line on stderr, exit 1); the second, alone on the card, reports.
+OOM_ONCE_PROGRAM = '''\
+import sys
+from pathlib import Path
+
+marker = Path(sys.argv[1])
+if not marker.exists():
+    marker.touch()
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr)
+    sys.exit(1)
+print("epoch=1 val_loss=0.5 val_accuracy=0.25")
+'''
+
+
+def test_a_commands_trial_out_of_gpu_memory_on_a_shared_card_runs_once_more_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's program out of GPU memory is told apart by what it printed, as a function's
+    error is by its type: on a shared card its trial is run once more, alone."""
+    import sweeplab
+
+    _on_a_shared_card(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "oom_once.py").write_text(OOM_ONCE_PROGRAM, encoding="utf-8")
+    (tmp_path / "space.toml").write_text("[search.x]\nlow = 0.0\nhigh = 1.0\n", encoding="utf-8")
+    outcome = sweeplab.run([sys.executable, "oom_once.py", str(tmp_path / "marker")], trials=1, space="space.toml",
+                           metric="val_accuracy", plots=False, store_dir=tmp_path / "store")
+    assert outcome.counts["complete"] == 1 and outcome.counts["failed"] == 0
+    first, retry = _runs(tmp_path / "store", outcome.experiment)
+    assert first.data.tags["sweeplab.state"] == "killed" and "CUDA out of memory" in first.data.tags["sweeplab.fail_reason"]
+    assert "run again alone" in first.data.tags["sweeplab.fail_reason"]
+    assert retry.data.tags["sweeplab.state"] == "complete" and retry.data.tags["sweeplab.retry_of"] == first.info.run_id
