@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -54,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
     from sweeplab.sweeps.head_stores import Served
     from sweeplab.tracker.store import Store
 
-__all__ = ["NODE_ENV", "run_ray_workers"]
+__all__ = ["NODE_ENV", "card_environment", "run_ray_workers"]
 
 #: Set in a worker process on a Ray node: the node's id, which its trials' runs are tagged with.
 NODE_ENV = "SWEEPLAB_NODE"
@@ -143,7 +144,8 @@ def _run_actors(ray: Any, options: SweepOptions, study: optuna.Study, target: in
     notes: list[str] = []
 
     def start(i: int) -> None:
-        actors[i] = actor_class.options(**placement).remote(i, max(1, int(options.runtime.resources["cpu"])))
+        actors[i] = actor_class.options(**placement).remote(i, max(1, int(options.runtime.resources["cpu"])),
+                                                             options.runtime.resources.get("gpu", 0.0))
         runs[actors[i].run.remote(*call)] = i
 
     try:
@@ -210,6 +212,20 @@ def _placement(resources: Mapping[str, float]) -> dict[str, Any]:
             "scheduling_strategy": "SPREAD", "max_concurrency": 2, "max_restarts": 0}
 
 
+def card_environment(gpu_ids: Sequence[Any], share: float) -> dict[str, str]:
+    """What tells a worker that holds ``share`` of the card(s) ``gpu_ids`` Ray gave it (a
+    fraction: ``--trial-resources gpu=0.5``) that others share its card, as ``--gpus 0,0`` does
+    on one machine (:mod:`sweeplab.sweeps.sharing`): a trial out of GPU memory there is run once
+    more alone on its card, once the trials there have ended, none starting meanwhile (the
+    card's lock files in the worker's store folder, which the workers of one node share).
+    Nothing for whole cards or none."""
+    from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV
+
+    if not gpu_ids or not 0 < share < 1:
+        return {}
+    return {CARD_ENV: ",".join(str(i) for i in gpu_ids), CARD_WORKERS_ENV: str(max(2, math.floor(1 / share + 1e-9)))}
+
+
 def _outcome(ray: Any, ref: Any) -> _Ended:
     """How the run ``ref`` of a worker's actor ended."""
     from sweeplab.sweeps.workers import ended_badly
@@ -256,8 +272,8 @@ class _Worker:
     runs the worker program on its node until the study is done; :meth:`stop`, called meanwhile,
     passes a signal on to it."""
 
-    def __init__(self, number: int, threads: int) -> None:
-        self.number, self.threads = number, threads
+    def __init__(self, number: int, threads: int, gpu_share: float = 0.0) -> None:
+        self.number, self.threads, self.gpu_share = number, threads, gpu_share
         self.process: subprocess.Popen | None = None
         self.stopped: int | None = None
         self.lock = threading.Lock()
@@ -282,6 +298,7 @@ class _Worker:
         log = folder / "worker.log"
         environment = {**os.environ, **env, NODE_ENV: node, WORKER_ENV: str(self.number), "SWEEPLAB_THREADS": str(self.threads)}
         environment.pop(MAIN_PID, None)  # the worker watches its parent, this actor: gone with the sweep or its node
+        environment.update(card_environment(ray.get_gpu_ids(), self.gpu_share))
         for pool in THREAD_POOLS:
             environment.setdefault(pool, str(self.threads))
         with self.lock:

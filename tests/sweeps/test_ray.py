@@ -339,3 +339,14 @@ def test_rays_lookup_of_auto_is_where_ray_cluster_reads_it() -> None:
     from ray._private.services import get_ray_address_from_environment
 
     assert list(inspect.signature(get_ray_address_from_environment).parameters)[:2] == ["addr", "temp_dir"]
+
+
+def test_a_worker_on_a_share_of_a_card_knows_who_shares_it_as_on_one_machine() -> None:
+    """With ``gpu=0.5`` Ray puts two workers on a card; each is told so as ``--gpus 0,0`` tells it
+    on one machine, so that a trial out of GPU memory there runs once more alone on the card."""
+    from sweeplab.sweeps.ray_workers import card_environment
+    from sweeplab.sweeps.sharing import CARD_ENV, CARD_WORKERS_ENV
+
+    assert card_environment([3], 0.5) == {CARD_ENV: "3", CARD_WORKERS_ENV: "2"}
+    assert card_environment(["1"], 0.3)[CARD_WORKERS_ENV] == "3" and card_environment([0], 0.25)[CARD_WORKERS_ENV] == "4"
+    assert card_environment([0], 1.0) == card_environment([0, 1], 2.0) == card_environment([], 0.5) == {}
