@@ -171,6 +171,8 @@ except SystemExit as exc:
 @pytest.mark.parametrize(("args", "expected"), [
     (["sentiment", "--store-dir", "/proc/x"], "--store-dir /proc/x: cannot write there"),
     (["news", "--metric", "bogus"], "--metric bogus: expected a validation metric such as val_accuracy"),
+    (["sentiment", "--metric", "val_acuracy"], "--metric val_acuracy: the sentiment task reports val_accuracy, "
+                                              "val_f1_macro, val_roc_auc, val_loss; did you mean val_accuracy?"),
     (["sentiment", "--space", "/no/such/space.toml"], "/no/such/space.toml: space file not found"),
     (["retrieval", "--data-dir", "/no/such/dir"], "/no/such/dir: data directory not found"),
 ])
@@ -257,6 +259,17 @@ def test_every_built_in_has_its_settings_and_the_trainer_uses_them() -> None:
         settings, task = importlib.import_module(module), get_task(name)
         assert (task.defaults, task.limits) == (settings.DEFAULTS, settings.LIMITS), name
     news = importlib.import_module(SETTINGS["news"])
+    # The metrics --metric is checked against before the import are those an evaluation reports.
+    import numpy as np
+
+    from sweeplab.trainers.metrics import classification_metrics
+    from sweeplab.trainers.retrieval import retrieval_metrics
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert set(news.METRICS) == set(classification_metrics(np.array([0, 1]), probabilities))
+    assert importlib.import_module(SETTINGS["sentiment"]).METRICS == news.METRICS
+    retrieved = {"val_loss", *retrieval_metrics(np.eye(2), [[0], [1]], [[0], [1]], "val_")}
+    assert set(importlib.import_module(SETTINGS["retrieval"]).METRICS) == retrieved
     assert news.LAYOUT_NAMES == tuple(LAYOUTS)  # the reader's layouts, named without importing it
     assert news.DEFAULTS["model"] == importlib.import_module(SETTINGS["retrieval"]).DEFAULTS["model"] == SCRATCH
 

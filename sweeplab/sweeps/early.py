@@ -4,17 +4,19 @@ same words :func:`~sweeplab.sweeps.checks.check` would use after the import).
 
 :func:`check_early` asks the stores (an unwritable ``--store-dir``, a server that does not
 answer or asks for a login), the space file, the data folder's existence and, for a built-in
-task, whether ``--metric`` names a validation metric. Nothing here imports torch.
+task, whether ``--metric`` names a validation metric it reports (its settings' ``METRICS``). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from pathlib import Path
 
 from sweeplab.errors import UsageError
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.space import resolve_space_path
-from sweeplab.tasks import REGISTRY
+from sweeplab.tasks import REGISTRY, SETTINGS
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.store import resolve_store
 
@@ -33,6 +35,11 @@ def check_early(options: SweepOptions) -> None:
     search, tracking = options.search, options.tracking
     if search.metric is not None and options.task in REGISTRY:
         check_metric(search.metric, open_task=False)
+        reported = importlib.import_module(SETTINGS[options.task]).METRICS
+        if search.metric not in reported:
+            close = difflib.get_close_matches(search.metric, reported, n=1)
+            raise UsageError(f"--metric {search.metric}: the {options.task} task reports {', '.join(reported)}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
     if search.space:
         resolve_space_path(search.space)
     if search.data_dir is not None and not Path(search.data_dir).is_dir():

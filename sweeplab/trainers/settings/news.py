@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from sweeplab.core import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
+from sweeplab.trainers.settings import CLASSIFICATION_METRICS
 
-__all__ = ["DEFAULTS", "LAYOUT_NAMES", "LIMITS", "USED_WHEN"]
+__all__ = ["DEFAULTS", "METRICS", "LAYOUT_NAMES", "LIMITS", "USED_WHEN"]
 
 #: The keys of :data:`sweeplab.datasets.news.LAYOUTS`, named here without importing that reader
 #: (it imports scikit-learn, a second); a test holds the two equal.
@@ -72,3 +73,7 @@ USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
     "ngrams": {"model": ("fasttext",)},
     "buckets": {"model": ("fasttext",)},
 }
+
+
+#: The validation metrics each evaluation reports: ``--metric`` names one of them.
+METRICS = CLASSIFICATION_METRICS

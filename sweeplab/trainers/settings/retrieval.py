@@ -7,7 +7,7 @@ from typing import Any
 
 from sweeplab.core import BOOLEAN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
 
-__all__ = ["DEFAULTS", "LIMITS", "USED_WHEN"]
+__all__ = ["DEFAULTS", "METRICS", "LIMITS", "USED_WHEN"]
 
 #: Every parameter and its default value; a ``--set`` value is read as its default's type.
 DEFAULTS: dict[str, Any] = {
@@ -58,3 +58,9 @@ USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
     name: {"model": ("scratch",)}
     for name in ("hidden_size", "text_layers", "vision_layers", "heads", "projection_dim", "patch_size", "image_size")
 }
+
+
+#: The validation metrics each evaluation reports (:func:`sweeplab.trainers.retrieval.retrieval_metrics`
+#: and the contrastive loss): ``--metric`` names one of them.
+METRICS = ("val_recall_mean", "val_t2i_r1", "val_t2i_r5", "val_t2i_r10", "val_i2t_mean", "val_i2t_r1", "val_i2t_r5", "val_i2t_r10",
+           "val_loss")

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from sweeplab.core import BOOLEAN, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Limit  # what each parameter accepts
+from sweeplab.trainers.settings import CLASSIFICATION_METRICS
 
-__all__ = ["DEFAULTS", "LIMITS", "MODALITIES", "USED_WHEN"]
+__all__ = ["DEFAULTS", "METRICS", "LIMITS", "MODALITIES", "USED_WHEN"]
 
 #: Every parameter and its default value; a ``--set`` value is read as its default's type.
 DEFAULTS: dict[str, Any] = {
@@ -62,3 +63,7 @@ USED_WHEN: dict[str, dict[str, tuple[str, ...]]] = {
     "image_model": {"modality": ("fusion", "image")},
     "image_weights": {"modality": ("fusion", "image")},
 }
+
+
+#: The validation metrics each evaluation reports: ``--metric`` names one of them.
+METRICS = CLASSIFICATION_METRICS
