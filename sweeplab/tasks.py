@@ -265,6 +265,9 @@ def check_before_loading(name: str, overrides: Mapping[str, Any]) -> None:
                     or name in _entry_points())
     if not maybe_a_task:
         raise _no_such_task(name)
+    where = name.rpartition(":")[0]
+    if where and _is_file_spec(where) and not Path(where).expanduser().is_file():
+        raise UsageError(f"{where}: no such file (expected FILE.py:FUNCTION)")
     if name not in SETTINGS:
         return
     settings = importlib.import_module(SETTINGS[name])

@@ -174,11 +174,14 @@ except SystemExit as exc:
     (["sentiment", "--metric", "val_acuracy"], "--metric val_acuracy: the sentiment task reports val_accuracy, "
                                               "val_f1_macro, val_roc_auc, val_loss; did you mean val_accuracy?"),
     (["sentiment", "--space", "/no/such/space.toml"], "/no/such/space.toml: space file not found"),
+    (["sentiment", "--space", "{tmp}/bad.toml"], "bad.toml: [search.lr] is an empty range: low=1.0 must be below high=0.1"),
     (["retrieval", "--data-dir", "/no/such/dir"], "/no/such/dir: data directory not found"),
 ])
 def test_a_mistake_about_the_stores_space_or_data_is_answered_before_the_task_is_imported(
         tmp_path: Path, args: list[str], expected: str) -> None:
     """The stores, the space file and the data folder need no task: said before torch is imported."""
+    (tmp_path / "bad.toml").write_text("[search.lr]\nlow = 1.0\nhigh = 0.1\n", encoding="utf-8")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, "--store-dir", str(tmp_path / "store"), *args],
                           capture_output=True, text=True, timeout=120)
     code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
@@ -192,6 +195,7 @@ def test_a_mistake_about_the_stores_space_or_data_is_answered_before_the_task_is
     [
         (["nosuchtask"], "unknown task 'nosuchtask'"),
         (["train.py"], "train.py: name the training function too"),
+        (["nowhere.py:fit"], "nowhere.py: no such file (expected FILE.py:FUNCTION)"),
         (["sentiment", "--trials", "0"], "--trials 0: expected a positive number"),
         (["news", "--sampler", "annealing"], "--sampler annealing: expected one of"),
         (["sentiment", "--set", "lr=abc"], "--set lr=abc: expected a float"),

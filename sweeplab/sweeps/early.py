@@ -3,7 +3,8 @@ and transformers, seconds before anything can be said, so what needs no task is 
 same words :func:`~sweeplab.sweeps.checks.check` would use after the import).
 
 :func:`check_early` asks the stores (an unwritable ``--store-dir``, a server that does not
-answer or asks for a login), the space file, the data folder's existence and, for a built-in
+answer or asks for a login), the space file (found, valid TOML, its ranges and values), the data
+folder's existence and, for a built-in
 task, whether ``--metric`` names a validation metric it reports (its settings' ``METRICS``). Nothing here imports torch.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sweeplab.errors import UsageError
 from sweeplab.sweeps.options import SweepOptions
-from sweeplab.sweeps.space import resolve_space_path
+from sweeplab.sweeps.space import load_space
 from sweeplab.tasks import REGISTRY, SETTINGS
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.store import resolve_store
@@ -41,7 +42,7 @@ def check_early(options: SweepOptions) -> None:
             raise UsageError(f"--metric {search.metric}: the {options.task} task reports {', '.join(reported)}"
                              + (f"; did you mean {close[0]}?" if close else ""))
     if search.space:
-        resolve_space_path(search.space)
+        load_space(search.space, None)  # its file and ranges; the names a task accepts wait for the task
     if search.data_dir is not None and not Path(search.data_dir).is_dir():
         raise UsageError(f"{search.data_dir}: data directory not found")
     check_store(resolve_store(tracking.store_dir, tracking.tracking_uri, tracking.storage), tracking.cache_dir)
