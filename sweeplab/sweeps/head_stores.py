@@ -11,16 +11,18 @@ serves them, on the address the nodes know the head by (Ray's node address of th
   one user made for this sweep: a password of 32 random characters that the nodes are handed
   with their options (through Ray, not on any command line), so that nobody else who reaches
   the port reads or writes the store;
-* Optuna through Optuna's gRPC storage proxy (``optuna.storages.run_grpc_proxy_server``) on the
-  journal file, which has no login of its own: it listens on that one address only, never on
-  every interface.
+* Optuna through Optuna's gRPC storage proxy on the journal file, which has no login of its own:
+  here each call must carry a token made for the sweep (:mod:`sweeplab.sweeps.grpc_storage`),
+  and it listens on that one address only, never on every interface.
 
 A store given as servers (``--tracking-uri http://...``, ``--storage postgresql://...``) is not
 served again; only what is a file here is. Both servers are this process's children, ended when
-the sweep ends, however it ends; their output is in ``STORE/workers/head-mlflow.log`` and
+the sweep ends: by it, or by Linux when it is killed outright (``PR_SET_PDEATHSIG``, and the
+proxy also watches its parent); their output is in ``STORE/workers/head-mlflow.log`` and
 ``head-optuna.log``. The head's own process goes on using the files directly.
 
-``python -m sweeplab.sweeps.head_stores STORAGE HOST PORT`` is the proxy's program.
+``python -m sweeplab.sweeps.head_stores HOST PORT`` is the proxy's program; the storage and the
+token come in its environment (a database URL may hold a password: never on a command line).
 """
 
 from __future__ import annotations
@@ -41,17 +43,22 @@ from functools import partial
 from pathlib import Path
 
 from sweeplab.errors import SweepFailed
+from sweeplab.sweeps.grpc_storage import TOKEN_ENV
 from sweeplab.tracker.access import Credentials, client_environment, server_environment
-from sweeplab.tracker.store import GRPC_SCHEME, Store
+from sweeplab.tracker.store import GRPC_SCHEME, RDB_SCHEMES, Store
 
 __all__ = ["SERVED_SCHEMES", "Served", "needs_serving", "serving_stores"]
 
-#: The beginnings of store URIs that name a server (any other is a file on this machine).
-SERVED_SCHEMES = ("http:", "https:", "databricks", "postgresql", "mysql", "mssql", "oracle", GRPC_SCHEME)
+#: The beginnings of store URIs that name a server (any other is a file on this machine; an SQLite
+#: database is a file too).
+SERVED_SCHEMES = (*(s for s in RDB_SCHEMES if s != "sqlite:"), "http:", "https:", "databricks", "mssql", "oracle",
+                  GRPC_SCHEME)
 #: How long the servers get to answer (MLflow's server imports for seconds; more on a busy machine).
 _START_SECONDS = 120.0
 _STOP_SECONDS = 10.0
 _USER = "sweeplab-head"
+#: Where the proxy's program finds the storage to serve (a database URL may hold a password).
+_STORAGE_ENV = "SWEEPLAB_PROXY_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -92,34 +99,40 @@ def serving_stores(store: Store, host: str, logs: Path) -> Iterator[Served]:
                             partial(_answers_http, f"{uri}/health"), logs / "head-mlflow.log"))
             served = replace(served, tracking_uri=uri, artifacts=artifacts, env=client_environment(credentials))
         if not store.optuna_storage.startswith(SERVED_SCHEMES):
-            port = _free_port(host)
-            started.append((_start_proxy(store.optuna_storage, host, port, logs / "head-optuna.log"),
+            port, token = _free_port(host), secrets.token_urlsafe(24)
+            started.append((_start_proxy(store.optuna_storage, host, port, token, logs / "head-optuna.log"),
                             partial(_answers_tcp, host, port), logs / "head-optuna.log"))
-            served = replace(served, storage=f"{GRPC_SCHEME}{_in_url(host)}:{port}")
+            served = replace(served, storage=f"{GRPC_SCHEME}{_in_url(host)}:{port}", env={**served.env, TOKEN_ENV: token})
         for process, up, log in started:  # both start at once; MLflow's takes seconds
             _wait(process, up, log)
         yield served
     finally:
-        for process, _, _ in started:
-            _end(process)
+        _end([process for process, _, _ in started])
 
 
 def _start_mlflow(store: Store, artifacts: str, host: str, port: int, credentials: Credentials, logs: Path) -> subprocess.Popen:
     from sweeplab.tracker.artifact_proxy import local_path
     from sweeplab.tracker.server import allowed_hosts, server_command
+    from sweeplab.trainers.program import ended_with_this_process
 
     hosts = allowed_hosts()  # MLflow's DNS-rebinding guard: the nodes name the server by the address it listens on
     hosts = hosts and f"{hosts},{_in_url(host)},{_in_url(host)}:*"
     command = [*server_command(store.tracking_uri, local_path(artifacts), host, port, hosts), "--app-name", "basic-auth"]
     env = {**os.environ, **server_environment(credentials, logs / "head-auth")}
     with (logs / "head-mlflow.log").open("w", encoding="utf-8") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(ended_with_this_process(command), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
 
 
-def _start_proxy(storage: str, host: str, port: int, log: Path) -> subprocess.Popen:
+def _start_proxy(storage: str, host: str, port: int, token: str, log: Path) -> subprocess.Popen:
+    """The proxy's program (:func:`_proxy`), the storage and the token in its environment (a
+    database URL may hold a password: never on a command line)."""
+    from sweeplab.trainers.program import ended_with_this_process
+
+    env = {**os.environ, _STORAGE_ENV: storage, TOKEN_ENV: token}
     with log.open("w", encoding="utf-8") as out:
-        return subprocess.Popen([sys.executable, "-m", __name__, storage, host, str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(ended_with_this_process([sys.executable, "-m", __name__, host, str(port)]), stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _wait(process: subprocess.Popen, up: Callable[[], bool], log: Path) -> None:
@@ -134,15 +147,17 @@ def _wait(process: subprocess.Popen, up: Callable[[], bool], log: Path) -> None:
         time.sleep(0.25)
 
 
-def _end(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, then SIGKILL it if it has not ended in time."""
-    for signum, wait in ((signal.SIGTERM, _STOP_SECONDS), (signal.SIGKILL, _STOP_SECONDS)):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait)
+def _end(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM each server's process group, then SIGKILL those that have not ended in time."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signum)
+        deadline = time.monotonic() + _STOP_SECONDS
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _answers_http(url: str) -> bool:
@@ -180,18 +195,21 @@ def _read(log: Path) -> str:
         return ""
 
 
-def _proxy(storage: str, host: str, port: int) -> None:
-    """Serve the Optuna storage ``storage`` (as ``--storage`` names one) on ``host:port`` until ended."""
-    import warnings
-
-    import optuna
-
+def _proxy(host: str, port: int) -> None:
+    """Serve the Optuna storage named in the environment (as ``--storage`` names one) on
+    ``host:port``, to callers with the sweep's token, until ended (a signal, or the sweep's
+    process gone: this one's parent changes)."""
+    from sweeplab.sweeps.grpc_storage import serve
     from sweeplab.sweeps.storage import open_optuna_storage
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.run_grpc_proxy_server(open_optuna_storage(storage), host=host, port=port)
+    parent = os.getppid()
+    server = serve(open_optuna_storage(os.environ.pop(_STORAGE_ENV)), host, port, os.environ.pop(TOKEN_ENV))
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop(0))
+    print(f"Optuna's gRPC storage proxy on {host}:{port}", flush=True)
+    while server.wait_for_termination(timeout=1.0):  # True: still serving after a second
+        if os.getppid() != parent:
+            server.stop(0)
 
 
 if __name__ == "__main__":
-    _proxy(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _proxy(sys.argv[1], int(sys.argv[2]))

@@ -31,7 +31,7 @@ MLflow's tracking server with its artifacts, Optuna's gRPC storage proxy, on the
 knows this machine by, behind a login made for the sweep); ``--tracking-uri`` and ``--storage``
 servers are reached as given. With ``--ray local`` the one node is this machine, which reads the
 files itself. A worker served by the head keeps a store folder of its node
-(``$TMPDIR/sweeplab-node-HASH``): its data cache, shared by the node's trials, and its copies of
+(``$TMPDIR/sweeplab-UID-node-HASH``, its user's alone: :func:`node_folder`): its data cache, shared by the node's trials, and its copies of
 resume states. The folder the command runs in is each worker's too, where the nodes have it (a
 task's FILE.py, a relative data folder). A worker's output is kept on its node; its last lines
 are appended to ``STORE/workers/worker-N.log`` when it ends.
@@ -50,6 +50,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
     from sweeplab.sweeps.head_stores import Served
     from sweeplab.tracker.store import Store
 
-__all__ = ["NODE_ENV", "card_environment", "run_ray_workers"]
+__all__ = ["NODE_ENV", "card_environment", "node_folder", "run_ray_workers"]
 
 #: Set in a worker process on a Ray node: the node's id, which its trials' runs are tagged with.
 NODE_ENV = "SWEEPLAB_NODE"
@@ -290,8 +291,11 @@ class _Worker:
 
         node, host = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
         if node_store is not None:
+            own = node_folder(node_store)
+            if isinstance(own, str):  # another user's, or open to others: one line, and the sweep stops
+                return {"code": 2, "output": f"error: {own}", "log": None, "node": node, "host": host}
             options = json.loads(spec)
-            options["tracking"]["store_dir"] = str(Path(tempfile.gettempdir()) / f"sweeplab-node-{node_store}")
+            options["tracking"]["store_dir"] = str(own)
             spec = json.dumps(options)
         folder = Path(tempfile.mkdtemp(prefix=f"sweeplab-worker-{self.number}-"))
         (folder / "options.json").write_text(spec, encoding="utf-8")
@@ -324,6 +328,23 @@ class _Worker:
             self.stopped = signum
             if self.process is not None and self.process.poll() is None:
                 self.process.send_signal(signum)
+
+
+def node_folder(tag: str) -> Path | str:
+    """The store folder of this node's workers for the sweep ``tag`` names:
+    ``$TMPDIR/sweeplab-UID-node-TAG``, made with mode 700; or why it cannot be used (one line): a
+    folder there that is another user's, a link, or open to others (its resume states are
+    unpickled and its data cache read: nobody else may write there)."""
+    folder = Path(tempfile.gettempdir()) / f"sweeplab-{os.getuid()}-node-{tag}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = folder.lstat()
+    except OSError as exc:
+        return f"--ray: this node cannot make its store folder {folder} ({exc.strerror})"
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        return (f"--ray: the node's store folder {folder} is not a folder of this user's alone (mode "
+                f"{stat.S_IMODE(found.st_mode):o}, owner {found.st_uid}); remove it, or set TMPDIR for the nodes")
+    return folder
 
 
 def _tail(log: Path) -> str:

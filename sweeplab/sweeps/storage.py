@@ -7,15 +7,19 @@ behind Optuna's own trial cache and :class:`ReconnectingStorage`, whose calls ar
 an outage of up to ``--outage-limit`` seconds (:class:`~sweeplab.tracker.reconnect.Patience`).
 ``grpc://HOST:PORT`` is Optuna's gRPC storage proxy (``optuna.storages.run_grpc_proxy_server``),
 through which the nodes of a Ray cluster reach the head's journal file
-(:mod:`sweeplab.sweeps.head_stores`); :mod:`sweeplab.sweeps.recovery` keeps heartbeats there itself,
-as on a journal file. Anything else is a journal file path (one machine). :func:`close_storage` gives back the database connections an RDB
+(:mod:`sweeplab.sweeps.head_stores`), each call carrying the token in ``SWEEPLAB_GRPC_TOKEN`` when
+it is set (:mod:`sweeplab.sweeps.grpc_storage`); :mod:`sweeplab.sweeps.recovery` keeps heartbeats
+there itself, as on a journal file. Its calls are not retried through an outage (the head's
+proxy ends only with the sweep). Anything else is a journal file path (one machine). :func:`close_storage` gives back the database connections an RDB
 storage pooled, once a sweep is done with it.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib.util
 import inspect
+import os
 import random
 import time
 import warnings
@@ -52,9 +56,11 @@ def open_optuna_storage(spec: str, heartbeat_seconds: int = 60,
     A missing database driver or an unreachable server is a one-line :class:`UsageError`."""
     if spec.startswith(GRPC_SCHEME):
         host, port = grpc_address(spec)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the proxy: experimental since 4.2
-            return optuna.storages.GrpcStorageProxy(host=host, port=port)
+        if importlib.util.find_spec("grpc") is None:
+            raise UsageError(f"--storage {spec}: Optuna's gRPC storage proxy needs grpcio: pip install 'sweeplab[ray]'")
+        from sweeplab.sweeps.grpc_storage import TOKEN_ENV, connect
+
+        return connect(host, port, os.environ.get(TOKEN_ENV))
     if not spec.startswith(RDB_SCHEMES):
         path = Path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ tracking server. Locations elsewhere stay local files.
 MLflow picks an artifact repository by the scheme of the location, from a registry whose
 ``register`` is the documented way for plugins to add schemes; the registry object itself is
 private (``mlflow.store.artifact.artifact_repository_registry._artifact_repository_registry``).
-This module is the one place that uses it; ``tests/tracker/test_artifact_proxy.py`` fails when
+This module is the one place that uses it; ``tests/sweeps/test_head_stores.py`` fails when
 MLflow moves it.
 """
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GRACE_SECONDS", "Program", "SCAN_SECONDS", "TAIL_LINES"]
+__all__ = ["GRACE_SECONDS", "Program", "SCAN_SECONDS", "TAIL_LINES", "ended_with_this_process"]
 
 #: Seconds a program is given to end on its own after it was told to stop, and after ``SIGTERM``.
 GRACE_SECONDS = 10.0
@@ -58,7 +58,7 @@ _BOUND = ("import ctypes, os, signal, sys\n"
           "os.execvp(sys.argv[2], sys.argv[2:])\n")
 
 
-def _bound(command: Sequence[str]) -> list[str]:
+def ended_with_this_process(command: Sequence[str]) -> list[str]:
     """``command``, on Linux started so that it ends with this process (see the module docstring)."""
     if not sys.platform.startswith("linux"):
         return list(command)
@@ -138,7 +138,7 @@ class Program:
     def start(self, env: Mapping[str, str]) -> None:
         """Start the program with ``env`` added to this process's environment."""
         self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(_bound(self.command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(ended_with_this_process(self.command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, env={**os.environ, **env}, start_new_session=True)
         self.selector.register(self.process.stdout, selectors.EVENT_READ, _Stream("output"))  # type: ignore[arg-type]
         self.selector.register(self.process.stderr, selectors.EVENT_READ, _Stream("errors"))  # type: ignore[arg-type]

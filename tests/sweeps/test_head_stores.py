@@ -10,6 +10,7 @@ that land in the head's files, and both servers end with the ``with`` block.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,11 +24,12 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeplab.errors import UsageError
-from sweeplab.sweeps.head_stores import serving_stores
+from sweeplab.sweeps.grpc_storage import TOKEN_ENV, connect
 from sweeplab.sweeps.storage import open_optuna_storage
 from sweeplab.tracker.embedded import ensure_tracking_db
 from sweeplab.tracker.preflight import check_store
 from sweeplab.tracker.store import resolve_store
+from tests.checks import wait_for
 from tests.conftest import free_port
 
 NODE = textwrap.dedent('''\
@@ -63,32 +65,58 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
+#: The head: serves a store until it is killed, after printing where (and the nodes' credentials).
+HEAD = textwrap.dedent('''\
+    import json, sys, time
+    from pathlib import Path
+    from sweeplab.sweeps.head_stores import serving_stores
+    from sweeplab.tracker.store import resolve_store
+
+    with serving_stores(resolve_store(Path(sys.argv[1])), "127.0.0.1", Path(sys.argv[2])) as served:
+        print(json.dumps({"tracking_uri": served.tracking_uri, "storage": served.storage, "artifacts": served.artifacts,
+                          "env": served.env, "shown": repr(served)}), flush=True)
+        time.sleep(600)
+''')
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="servers are found in /proc")
-def test_a_node_writes_through_the_heads_servers_into_its_files_and_no_one_else_gets_in(tmp_path: Path) -> None:
+def test_a_node_writes_through_the_heads_servers_and_no_one_else_gets_in_and_they_end_with_the_head(tmp_path: Path) -> None:
     store = resolve_store(tmp_path / "mlruns")
     ensure_tracking_db(store.root / "mlflow.db", store.artifact_root)
-    head = MlflowClient(store.tracking_uri)
-    experiment = head.create_experiment("exp", artifact_location=f"{store.artifact_root}/exp")
+    experiment = MlflowClient(store.tracking_uri).create_experiment("exp", artifact_location=f"{store.artifact_root}/exp")
     optuna.create_study(study_name="s", storage=open_optuna_storage(store.optuna_storage))
 
-    with serving_stores(store, "127.0.0.1", tmp_path / "logs") as served:
-        assert served.tracking_uri and served.storage and served.storage.startswith("grpc://127.0.0.1:")
-        assert "PASSWORD" not in repr(served) and served.env["MLFLOW_TRACKING_PASSWORD"] not in repr(served)
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{served.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    head = subprocess.Popen([sys.executable, "-c", HEAD, str(store.root), str(tmp_path / "logs")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        served = json.loads(head.stdout.readline() or "null") or pytest.fail(head.stderr.read()[-3000:])
+        password, token = served["env"]["MLFLOW_TRACKING_PASSWORD"], served["env"][TOKEN_ENV]
+        assert password not in served["shown"] and token not in served["shown"]
+        assert not [pid for pid in _processes_naming(password) + _processes_naming(token)]  # on no command line
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no login: 401
+            urllib.request.urlopen(f"{served['tracking_uri']}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
         assert refused.value.code == 401
-        node = subprocess.run([sys.executable, "-c", NODE, served.tracking_uri, served.storage, str(served.artifacts), experiment],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, **served.env})
+        host, port = served["storage"].removeprefix("grpc://").rsplit(":", 1)
+        with pytest.raises(Exception, match="UNAUTHENTICATED"):  # no token: refused
+            connect(host, int(port), None).get_all_studies()
+        with pytest.raises(Exception, match="UNAUTHENTICATED"):
+            connect(host, int(port), "not-the-token").get_all_studies()
+        node = subprocess.run([sys.executable, "-c", NODE, served["tracking_uri"], served["storage"], served["artifacts"],
+                               experiment], capture_output=True, text=True, timeout=120, env={**os.environ, **served["env"]})
         assert node.returncode == 0, node.stderr[-3000:]
         repository, listed, run_id = node.stdout.split("\n")[:3]
         assert repository == "MlflowArtifactsRepository" and listed == "['notes/hello.txt']"
-        assert _processes_naming(str(store.root / "mlflow.db")) and _processes_naming(store.optuna_storage)
+        assert _processes_naming(str(store.root / "mlflow.db"))
+    finally:
+        head.kill()  # as the machine's out-of-memory killer would: no clean-up in the head
+        head.wait(timeout=30)
 
     log = (tmp_path / "logs" / "head-mlflow.log").read_text()
     assert f"PUT /api/2.0/mlflow-artifacts/artifacts/exp/{run_id}/artifacts/notes/hello.txt" in log  # through the server
     assert (store.root / "artifacts" / "exp" / run_id / "artifacts" / "notes" / "hello.txt").read_text() == "from the node"
     assert [t.value for t in optuna.load_study(study_name="s", storage=open_optuna_storage(store.optuna_storage)).trials] == [0.5]
-    assert not _processes_naming(str(store.root / "mlflow.db")) and not _processes_naming(store.optuna_storage)
+    wait_for("the head's servers gone with it", lambda: not _processes_naming(str(store.root / "mlflow.db"))
+             and not _processes_naming("sweeplab.sweeps.head_stores") or None, seconds=60)
 
 
 @pytest.mark.parametrize(("storage", "said"), [

@@ -216,7 +216,7 @@ def test_the_trials_run_on_both_nodes_and_the_store_holds_what_local_workers_lea
     assert not [pid for node in two_nodes.alive() for pid in _family(node.pid) if "sweeplab.sweeps.worker" in _command(pid)]
     served = (tmp_path / "mlruns" / "workers" / "head-mlflow.log").read_text()
     assert served.count("POST /api/2.0/mlflow/runs/create") >= 4 and "PUT /api/2.0/mlflow-artifacts/artifacts/" in served
-    assert list(two_nodes.temp.glob("sweeplab-node-*/logs")) or list(two_nodes.temp.glob("sweeplab-node-*/staging"))
+    assert list(two_nodes.temp.glob("sweeplab-*-node-*/staging"))  # each worker kept a store folder on its node
     assert not [pid for pid in _family(1) if str(tmp_path / "mlruns") in _command(pid)]  # the servers ended with the sweep
 
     local = subprocess.run(_sweep(tmp_path, "--trials", "4", "--workers", "2", store="local"), cwd=tmp_path,
@@ -350,3 +350,17 @@ def test_a_worker_on_a_share_of_a_card_knows_who_shares_it_as_on_one_machine() -
     assert card_environment([3], 0.5) == {CARD_ENV: "3", CARD_WORKERS_ENV: "2"}
     assert card_environment(["1"], 0.3)[CARD_WORKERS_ENV] == "3" and card_environment([0], 0.25)[CARD_WORKERS_ENV] == "4"
     assert card_environment([0], 1.0) == card_environment([0, 1], 2.0) == card_environment([], 0.5) == {}
+
+
+def test_a_nodes_store_folder_is_its_users_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume states are unpickled from it and its data cache is read: a folder there that others
+    may write to is refused in one line, not used."""
+    from sweeplab.sweeps.ray_workers import node_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = node_folder("abc")
+    assert isinstance(made, Path) and made.parent == tmp_path and oct(made.stat().st_mode & 0o777) == "0o700"
+    assert node_folder("abc") == made  # the node's later workers share it
+    made.chmod(0o777)
+    refused = node_folder("abc")
+    assert isinstance(refused, str) and "not a folder of this user's alone (mode 777" in refused
