@@ -124,12 +124,26 @@ def test_best_without_a_store_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no tracking store here" in result.output
 
 
-def test_unreadable_images_are_skipped_and_reported(tmp_path: Path, sentiment_dir: Path) -> None:
+def test_unreadable_images_stop_the_sweep_before_any_trial_unless_told_to_go_on(tmp_path: Path, sentiment_dir: Path,
+                                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Images are decoded while the data are prepared: one that does not decode loses its row,
+    and a sample that loses more than 1% stops there with one line; with --allow-bad-rows the
+    sweep goes on, saying so before its first trial (not only in the final summary)."""
     first = (sentiment_dir / "train.txt").read_text(encoding="utf-8").splitlines()[1].split(",")[0]
     (sentiment_dir / "data" / f"{first}.jpg").write_bytes(b"broken")
-    result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", "--set", "epochs=1", *TINY)
+    stopped = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", "--set", "epochs=1", *TINY)
+    assert stopped.exit_code == 2 and "trial 0" not in stopped.output
+    refusal = stopped.output.strip().splitlines()[-1]
+    assert f"train.txt: 1 of 60 rows skipped" in refusal and f"undecodable image file at {first}.jpg" in refusal
+    assert "--allow-bad-rows" in refusal
+    with caplog.at_level(logging.WARNING, logger="sweeplab"):
+        result = _run(tmp_path, "sentiment", "--data-dir", str(sentiment_dir), "--trials", "1", "--set", "epochs=1",
+                      "--allow-bad-rows", *TINY)
     assert result.exit_code == 0, result.output
-    assert f"1 x undecodable image file (first: {first}.jpg)" in result.output.replace("\n", "")
+    assert f"1 x undecodable image file (first: {first}.jpg)" in result.output.replace("\n", "")  # the summary
+    warned = [r.getMessage() for r in caplog.records if "undecodable image" in r.getMessage()]
+    assert warned == [f"data: train.txt: 1 x undecodable image file (first: {first}.jpg)"] or \
+        warned == [f"data: {sentiment_dir / 'train.txt'}: 1 x undecodable image file (first: {first}.jpg)"], warned
 
 
 def test_news_file_with_nothing_usable_names_file_and_problems(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Checked", "check", "check_rows", "parse_override", "task_call", "with_metric"]
+__all__ = ["Checked", "check", "check_prepared", "check_rows", "parse_override", "problem_lines", "task_call", "with_metric"]
 
 T = TypeVar("T")
 
@@ -111,6 +111,24 @@ def check_rows(loaded: Loaded, options: SweepOptions) -> None:
     if options.role == "main":
         for line in (line for report in loaded.reports for line in report.problems()):
             _log.warning("data: %s", line)
+
+
+def check_prepared(loaded: Loaded, options: SweepOptions, seen: set[str]) -> None:
+    """After the task prepared its data (decoded its images, say), what :func:`check_rows` does
+    for the problems found meanwhile (those not among ``seen``, the lines said before): stop
+    when the data lost too much, else say each, before the first trial."""
+    refusal = bad_rows(loaded.reports)
+    if refusal is not None and not options.search.allow_bad_rows:
+        raise DataError(refusal)
+    if options.role == "main":
+        for line in problem_lines(loaded):
+            if line not in seen:
+                _log.warning("data: %s", line)
+
+
+def problem_lines(loaded: Loaded) -> set[str]:
+    """Every problem the data's read reports hold now, as the lines said of them."""
+    return {line for report in loaded.reports for line in report.problems()}
 
 
 def _check_needs(task: Task, space: Space) -> None:

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from sweeplab.core import TrialEnv
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.errors import SweepFailed, SweeplabError, Unreachable
-from sweeplab.sweeps.checks import Checked, check, task_call
+from sweeplab.sweeps.checks import Checked, check, check_prepared, problem_lines, task_call
 from sweeplab.sweeps.closing import close_sweep, describer, drawer
 from sweeplab.sweeps.failures import internal_error
 from sweeplab.sweeps.grid_cells import enqueue_grid_cells, requeue_killed_grid_cells
@@ -144,7 +144,9 @@ def _run_sweep(options: SweepOptions, observer: SweepObserver) -> SweepOutcome:
     bound_http_retries()
     try:
         env = _trial_env(checked, observer)
+        seen = problem_lines(checked.loaded)
         task_call("prepare", checked.task.prepare, checked.loaded, {**checked.task.defaults, **checked.space.fixed}, env)
+        check_prepared(checked.loaded, checked.options, seen)  # images that do not decode: said before any trial
         opened = open_sweep(checked)
         try:
             return _run_opened(replace(checked, options=opened.options), opened, env, observer, deadline)
