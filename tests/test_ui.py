@@ -101,12 +101,19 @@ def test_ui_on_a_free_port_prints_its_address_and_starts_mlflow_there(tmp_path: 
 
 def test_the_ui_sweep_ui_starts_stores_the_model_training_view_before_mlflows_scripts_run(tmp_path: Path) -> None:
     """``mlflow ui --app-name sweeplab`` (what ``sweep ui`` starts without a login) serves MLflow's
-    start page with the model-training view stored first, and MLflow's API as usual. This also
-    fails when MLflow moves the private names :mod:`sweeplab.tracker.ui_app` uses."""
+    start page with the model-training view stored first, also to a browser that cached MLflow's
+    plain page (its ETag and date are no "not modified"), and everything else as MLflow does: its
+    API, and an HTML artifact byte for byte. This also fails when MLflow moves the private names
+    :mod:`sweeplab.tracker.ui_app` uses."""
+    import importlib.util
     import subprocess
     import sys
     import time
     import urllib.request
+
+    from mlflow import MlflowClient
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.utils import send_from_directory
 
     from sweeplab.tracker.ui_app import MODEL_TRAINING_SCRIPT
 
@@ -114,6 +121,15 @@ def test_the_ui_sweep_ui_starts_stores_the_model_training_view_before_mlflows_sc
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     store = _store(tmp_path / "mlruns")
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("reports", artifact_location=(store / "artifacts").as_uri())).info.run_id
+    report = "<html><head><title>report</title></head><body>\u00e9t\u00e9</body></html>\n"
+    client.log_text(run_id, report, "report.html")
+    # What MLflow's plain `mlflow ui` sends for its index.html, so what a browser that opened it revalidates with.
+    mlflow_index = send_from_directory(Path(importlib.util.find_spec("mlflow.server").origin).parent / "js" / "build",
+                                       "index.html", EnvironBuilder().get_environ())
+    plain_validators = {"If-None-Match": mlflow_index.headers["ETag"], "If-Modified-Since": mlflow_index.headers["Last-Modified"]}
+    mlflow_index.close()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--app-name", "sweeplab"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -128,6 +144,13 @@ def test_the_ui_sweep_ui_starts_stores_the_model_training_view_before_mlflows_sc
                 assert ui.poll() is None and time.monotonic() < deadline, ui.stderr.read()[-3000:] if ui.poll() is not None else "no answer"
                 time.sleep(0.5)
         assert page.index(MODEL_TRAINING_SCRIPT) < page.index("<script defer")  # before MLflow's own scripts
+        revalidated = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=plain_validators)
+        with urllib.request.urlopen(revalidated) as response:  # a 304 raises HTTPError
+            assert response.status == 200 and MODEL_TRAINING_SCRIPT in response.read().decode()
+            assert response.headers["ETag"] is None and response.headers["Last-Modified"] is None
+            assert response.headers["Cache-Control"] == "no-cache"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path=report.html&run_uuid={run_id}") as artifact:
+            assert artifact.read() == report.encode()  # the downloaded file as logged, no script in it
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5") as api:
             assert b'"experiments"' in api.read()
     finally:

@@ -36,6 +36,7 @@ from sweeplab.sweeps.optuna_logs import quiet_optuna
 from sweeplab.sweeps.outcomes import count_outcomes, outcome
 from sweeplab.sweeps.storage import close_storage
 from sweeplab.sweeps.recovery import close_runs_of_ended_trials, recover
+from sweeplab.sweeps.resume_states import share_local_states
 from sweeplab.sweeps.study import Opened, open_sweep, study_name
 from sweeplab.sweeps.options import SweepOptions
 from sweeplab.sweeps.ray_cluster import on_cluster
@@ -110,6 +111,9 @@ def _search(checked: Checked, opened: Opened, env: TrialEnv, observer: SweepObse
     options, study = opened.options, opened.study
     if options.role == "main" and (options.runtime.workers > 1 or options.runtime.gpus or options.runtime.ray):
         start = run_ray_workers if options.runtime.ray else run_workers
+        if options.runtime.ray and options.runtime.ray != "local" and checked.store.is_default:
+            # The nodes read resume states among the parent run's artifacts, through the head's server.
+            share_local_states(checked, opened.recorder, study.study_name, optuna_private.study_id(study))
         notes = start(options, study, _target(checked), observer, checked.store.root / "workers")
         recover(study, opened.killed)  # the last worker killed mid-trial: its trial and its run
         close_runs_of_ended_trials(study, opened.recorder)

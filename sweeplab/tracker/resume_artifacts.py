@@ -41,11 +41,12 @@ class ArtifactVersions:
         found = [f.path for f in self.client.list_artifacts(self.run_id, self.folder) if not f.is_dir]
         return sorted(found, reverse=True)
 
-    def put(self, local: Path) -> None:
-        """Store ``local`` as the newest version, then remove the older ones."""
+    def put(self, local: Path, stored_at: int | None = None) -> None:
+        """Store ``local`` as the newest version, then remove the older ones; ``stored_at``: the
+        version's time (:func:`version_time`) when not now, such as the time ``local`` was saved."""
         older = self.newest_first()
         with tempfile.TemporaryDirectory() as folder:
-            version = Path(folder) / f"state-{time.time_ns():020d}{local.suffix}"
+            version = Path(folder) / f"state-{time.time_ns() if stored_at is None else stored_at:020d}{local.suffix}"
             try:
                 version.hardlink_to(local)
             except OSError:  # another file system
