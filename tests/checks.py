@@ -3,6 +3,7 @@ another process to reach a moment (a trial running, and its process stopped ther
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -94,3 +95,23 @@ def frozen_in_a_trial(storage: SweepStorage, study: str, pid: int | None = None)
             return trial
         os.kill(worker_pid(trial), signal.SIGCONT)
     return None
+
+
+class MemoryStore:
+    """A trial's resume store in memory, each save a serialised copy (as the store's file holds)."""
+
+    def __init__(self) -> None:
+        self.saved: bytes | None = None
+        self.saves = 0
+
+    def load(self) -> Any:
+        import torch
+
+        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=False)
+
+    def save(self, state: Any) -> None:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved, self.saves = buffer.getvalue(), self.saves + 1

@@ -112,7 +112,8 @@ except ImportError:
 from sweeplab.boundary import refuse
 from sweeplab.core import stopping
 from sweeplab.errors import UsageError
-from sweeplab.trainers.loop import StaleResumeState, random_states, set_random_states
+from sweeplab.integrations.restoring import restore
+from sweeplab.trainers.loop import random_states, set_random_states
 
 __all__ = ["ReportCallback", "logged_metrics"]
 
@@ -167,15 +168,11 @@ class ReportCallback(pl.Callback):
         the one the callback handed over (:meth:`_checkpoint`), written to a temporary file kept
         as long as the callback; ``None`` on a first attempt. A saved state that is not one is
         :class:`~sweeplab.StaleResumeState` (the trial runs again from its start)."""
-        resumed = getattr(self.report, "resumed", None)
-        if resumed is None:
-            return None
-        if not isinstance(resumed.state, Mapping) or CHECKPOINT not in resumed.state:
-            raise StaleResumeState("the saved resume state is not the Lightning checkpoint ReportCallback hands over")
         if self._restored is None:
-            self._restored = tempfile.TemporaryDirectory(prefix="sweeplab-resume-")
-            (Path(self._restored.name) / "resume.ckpt").write_bytes(resumed.state[CHECKPOINT])
-            self.reported_step = int(resumed.step)  # reported by the earlier attempt (its curve is restored)
+            restored = restore(self.report, CHECKPOINT, "Lightning", "resume.ckpt")
+            if restored is None:
+                return None
+            self._restored, self.reported_step = restored  # reported by the earlier attempt (its curve is restored)
         return str(Path(self._restored.name) / "resume.ckpt")
 
     def state_dict(self) -> dict[str, Any]:

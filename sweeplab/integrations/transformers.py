@@ -88,7 +88,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from sweeplab.boundary import refuse
 from sweeplab.core import stopping
 from sweeplab.errors import UsageError
-from sweeplab.trainers.loop import StaleResumeState
+from sweeplab.integrations.restoring import restore
 
 __all__ = ["ReportCallback", "sweep_metrics"]
 
@@ -164,17 +164,11 @@ class ReportCallback(TrainerCallback):
         handed over, written to a temporary folder kept as long as the callback; ``None`` on a
         first attempt. A saved state that is not one is :class:`~sweeplab.StaleResumeState` (the
         trial runs again from its start)."""
-        resumed = getattr(self.report, "resumed", None)
-        if resumed is None:
-            return None
-        if not isinstance(resumed.state, Mapping) or CHECKPOINT not in resumed.state:
-            raise StaleResumeState("the saved resume state is not the Trainer checkpoint ReportCallback hands over")
         if self._restored is None:
-            self._restored = tempfile.TemporaryDirectory(prefix="sweeplab-resume-")
-            for name, content in resumed.state[CHECKPOINT].items():
-                (Path(self._restored.name) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(self._restored.name) / name).write_bytes(content)
-            self.reported_step = int(resumed.step)  # reported by the earlier attempt (its curve is restored)
+            restored = restore(self.report, CHECKPOINT, "Trainer", "")
+            if restored is None:
+                return None
+            self._restored, self.reported_step = restored  # reported by the earlier attempt (its curve is restored)
         return self._restored.name
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

@@ -153,8 +153,7 @@ def check_command(command: Sequence[str]) -> None:
 
 
 class LineReport(NamedTuple):
-    """An evaluation a printed line reports: where (``at``, by ``axis``: ``step`` or ``epoch``,
-    the name the line gave it) and its ``metrics``."""
+    """A printed line's evaluation: ``at`` on its ``axis`` (``step`` or ``epoch``, as named), ``metrics``."""
 
     at: float
     metrics: dict[str, float]

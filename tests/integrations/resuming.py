@@ -1,34 +1,17 @@
-"""What the two integrations' resume tests share: a resume store in memory, a reporter that hears
-every evaluation, and a one-trial sweep interrupted (as Ctrl-C does) and run again."""
+"""What the two integrations' resume tests share (with :class:`tests.checks.MemoryStore`, a resume
+store in memory): a reporter that hears every evaluation, and a one-trial sweep interrupted (as
+Ctrl-C does) and run again."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 import sweeplab
-
-
-class MemoryStore:
-    """A trial's resume store in memory, each save a serialised copy (as the store's file holds)."""
-
-    def __init__(self) -> None:
-        self.saved: bytes | None = None
-        self.saves = 0
-
-    def load(self) -> Any:
-        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=False)
-
-    def save(self, state: Any) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.saved, self.saves = buffer.getvalue(), self.saves + 1
 
 
 class Heard:

@@ -29,7 +29,8 @@ from sweeplab.errors import UsageError  # noqa: E402
 from sweeplab.integrations.lightning import ReportCallback  # noqa: E402
 from sweeplab.sweeps import signals  # noqa: E402
 from sweeplab.trainers.loop import Progress  # noqa: E402
-from tests.integrations.resuming import Heard, MemoryStore, interrupted_and_retried  # noqa: E402
+from tests.checks import MemoryStore  # noqa: E402
+from tests.integrations.resuming import Heard, interrupted_and_retried  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_digits"
 

@@ -25,7 +25,8 @@ from sweeplab.core import Resumed, Resumption, stopping
 from sweeplab.errors import UsageError
 from sweeplab.integrations.transformers import ReportCallback, sweep_metrics
 from sweeplab.trainers.loop import Progress
-from tests.integrations.resuming import Heard, MemoryStore, interrupted_and_retried
+from tests.checks import MemoryStore
+from tests.integrations.resuming import Heard, interrupted_and_retried
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainer_news"
 

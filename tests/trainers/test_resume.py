@@ -5,7 +5,6 @@ stop signal); and the state is written so that a kill during the write leaves th
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from sweeplab.core import Resumption, TrialEnv, stopping
 from sweeplab.datasets.cache import PrepCache
 from sweeplab.trainers import news, sentiment
+from tests.checks import MemoryStore
 from sweeplab.trainers.loop import StaleResumeState, fit
 from sweeplab.trainers.resume_file import ResumeFile
 from tests.conftest import make_sentiment_dir
@@ -24,22 +24,6 @@ TEXTCNN = {"model": "textcnn", "embedding_dim": 16, "filters": 8, "kernel_sizes"
            "epochs": 2, "eval_every": 3, "dropout": 0.3}
 HEADS = {"text_model": "tiny", "image_model": "tiny", "image_size": 32, "max_length": 32, "lr": 1e-3, "epochs": 5,
          "batch_size": 16}  # three batches an epoch: a stop can fall inside one
-
-
-class _Memory:
-    """A resume store in memory, each save a serialised copy (as a file would hold)."""
-
-    def __init__(self) -> None:
-        self.saved: bytes | None = None
-        self.saves = 0
-
-    def load(self) -> Any:
-        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=False)
-
-    def save(self, state: Any) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.saved, self.saves = buffer.getvalue(), self.saves + 1
 
 
 class _Killed(Exception):
@@ -101,7 +85,7 @@ def _same_fit(resumed: Any, whole: Any) -> None:
 
 def test_a_trial_killed_after_a_save_resumes_to_the_same_curve_and_state(make_trainer: Any) -> None:
     whole = _fit(make_trainer, None, _Reporter())
-    store = _Memory()
+    store = MemoryStore()
 
     class Killing(_Reporter):
         def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
@@ -123,7 +107,7 @@ def test_a_trial_killed_after_a_save_resumes_to_the_same_curve_and_state(make_tr
 def test_a_stop_signal_between_two_batches_saves_there_and_resumes_to_the_same_curve(make_trainer: Any,
                                                                                      at_step: int) -> None:
     whole = _fit(make_trainer, None, _Reporter())
-    store = _Memory()
+    store = MemoryStore()
     trainer, env = make_trainer(Resumption(store, every_seconds=3600))
     optimise, steps = trainer.optimise, []
 
@@ -149,7 +133,7 @@ def test_a_stop_signal_between_two_batches_saves_there_and_resumes_to_the_same_c
 
 
 def test_a_state_that_no_longer_fits_the_model_is_refused_as_stale(tmp_path: Path) -> None:
-    store = _Memory()
+    store = MemoryStore()
     build = _news(tmp_path)
     cache = PrepCache(tmp_path / "cache")
     loaded = news.TASK.load(news.TASK.sample_data, 0, 0.2, news.TASK.defaults)
