@@ -117,7 +117,10 @@ def _start_mlflow(store: Store, artifacts: str, host: str, port: int, credential
 
     hosts = allowed_hosts()  # MLflow's DNS-rebinding guard: the nodes name the server by the address it listens on
     hosts = hosts and f"{hosts},{_in_url(host)},{_in_url(host)}:*"
-    command = [*server_command(store.tracking_uri, local_path(artifacts), host, port, hosts), "--app-name", "basic-auth"]
+    # MLflow's default of 4 server processes, fewer on a small head: they share its cores with the sweep.
+    workers = str(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    command = [*server_command(store.tracking_uri, local_path(artifacts), host, port, hosts), "--app-name", "basic-auth",
+               "--workers", workers]
     env = {**os.environ, **server_environment(credentials, logs / "head-auth")}
     with (logs / "head-mlflow.log").open("w", encoding="utf-8") as out:
         return subprocess.Popen(ended_with_this_process(command), stdout=out, stderr=subprocess.STDOUT, env=env,
