@@ -112,11 +112,10 @@ def serving_stores(store: Store, host: str, logs: Path) -> Iterator[Served]:
 
 def _start_mlflow(store: Store, artifacts: str, host: str, port: int, credentials: Credentials, logs: Path) -> subprocess.Popen:
     from sweeplab.tracker.artifact_proxy import local_path
-    from sweeplab.tracker.server import allowed_hosts, server_command
+    from sweeplab.tracker.server import server_command
     from sweeplab.trainers.program import ended_with_this_process
 
-    hosts = allowed_hosts()  # MLflow's DNS-rebinding guard: the nodes name the server by the address it listens on
-    hosts = hosts and f"{hosts},{_in_url(host)},{_in_url(host)}:*"
+    hosts = allowed_hosts_with(host)
     # MLflow's default of 4 server processes, fewer on a small head: they share its cores with the sweep.
     workers = str(max(1, min(4, (os.cpu_count() or 2) // 2)))
     command = [*server_command(store.tracking_uri, local_path(artifacts), host, port, hosts), "--app-name", "basic-auth",
@@ -125,6 +124,17 @@ def _start_mlflow(store: Store, artifacts: str, host: str, port: int, credential
     with (logs / "head-mlflow.log").open("w", encoding="utf-8") as out:
         return subprocess.Popen(ended_with_this_process(command), stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+
+
+def allowed_hosts_with(host: str) -> str | None:
+    """MLflow's ``--allowed-hosts`` (its guard against DNS rebinding) with ``host``, the address
+    the nodes name the server by, with any port (MLflow matches the patterns as shell globs: an
+    IPv6 address's bracket is written ``[[]`` in one, as MLflow's own list does); ``None`` for an
+    MLflow that checks no host."""
+    from sweeplab.tracker.server import allowed_hosts
+
+    hosts = allowed_hosts()
+    return hosts and f"{hosts},{_in_url(host)},{_in_url(host).replace('[', '[[]', 1)}:*"
 
 
 def _start_proxy(storage: str, host: str, port: int, token: str, log: Path) -> subprocess.Popen:

@@ -137,3 +137,15 @@ def test_mlflows_registry_of_artifact_repositories_is_where_artifact_proxy_reach
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
     assert callable(registry.register) and registry._registry.get("file") is LocalArtifactRepository
+
+
+@pytest.mark.parametrize("host", ["192.0.2.7", "fd12::5"])
+def test_the_heads_server_accepts_the_address_the_nodes_name_it_by_with_any_port(host: str) -> None:
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    from sweeplab.sweeps.head_stores import allowed_hosts_with
+
+    allowed = (allowed_hosts_with(host) or "").split(",")
+    shown = f"[{host}]" if ":" in host else host
+    assert is_allowed_host_header(allowed, f"{shown}:5000") and is_allowed_host_header(allowed, shown)
+    assert not is_allowed_host_header(allowed, "evil.example:5000")
