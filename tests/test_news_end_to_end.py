@@ -136,7 +136,9 @@ def test_an_unknown_metric_stops_the_sweep_with_one_line(swept: Path) -> None:
             "--study", "typo", "--metric", "val_acc", *TINY_NEWS]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert "metric 'val_acc' is not one this task reports (lr, train_loss, val_accuracy, val_f1_macro" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "--metric val_acc: the news task reports val_accuracy, val_f1_macro, val_roc_auc, val_loss; did you mean val_accuracy?" in said
+    assert "trial 0" not in said  # refused before the task was loaded: no trial began
 
 
 FAMILIES_GRID = """

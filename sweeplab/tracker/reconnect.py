@@ -43,6 +43,7 @@ _CONNECTION_WORDS = (
     "connection aborted", "remotedisconnected", "failed to establish a new connection", "broken pipe",
     "no route to host", "network is unreachable", "temporary failure in name resolution", "name or service not known",
     "could not translate host name", "too many clients", "not yet accepting connections", "too many connections",
+    "connection broken",  # the server went away mid-answer (urllib3's IncompleteRead, a tracking server killed)
 )
 
 #: Set when this process is being stopped (a worker whose main process died): retrying is then

@@ -45,6 +45,9 @@ class _Flaky:
     MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with exception "
                     "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url"),
     ConnectionRefusedError(111, "Connection refused"),
+    MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with exception "
+                    "('Connection broken: IncompleteRead(0 bytes read, 2 more expected)', IncompleteRead(0 bytes read, "
+                    "2 more expected))"),  # the server killed while it answered
 ])
 def test_connection_failures_are_told_apart_from_other_errors(error: Exception) -> None:
     if isinstance(error, optuna.exceptions.StorageInternalError):
