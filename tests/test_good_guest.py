@@ -168,11 +168,14 @@ def test_what_a_sweep_froze_is_back_in_the_collectors_view_however_the_block_end
 
 
 def test_objects_the_process_froze_itself_are_left_frozen_and_nothing_is_added() -> None:
+    """The count may only fall by the few frozen objects that other threads of this busy test
+    process free meanwhile (a frozen object that dies leaves the permanent generation); an
+    unfreeze would take it to 0, and anything frozen by the block would raise it."""
     gc.freeze()
     try:
         own = gc.get_freeze_count()
         with frozen_long_lived():
-            assert gc.get_freeze_count() == own
-        assert gc.get_freeze_count() == own
+            assert own - 100 <= gc.get_freeze_count() <= own
+        assert own - 100 <= gc.get_freeze_count() <= own
     finally:
         gc.unfreeze()
